@@ -1,0 +1,210 @@
+"""The `alexnet` command: every subcommand's flags in one place, dispatched lazily.
+
+    alexnet --version
+    alexnet info --model alexnet2012
+    alexnet train --preset paper --set optim.lr=0.02 --print-config
+
+Each subcommand's handler lives in its own module (`alexnet.<module>:main(args) -> exit status`)
+and is imported only when run, so `--help` answers without loading torch. Mistakes a user can fix
+(a bad flag value, a missing file, an unknown preset or model) print one line to stderr and exit
+with status 2; `--debug` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+from .errors import UserError
+
+# command -> (handler "module:function" or None while its issue is open, issue number, one-line help)
+COMMANDS: dict[str, tuple[str | None, int, str]] = {
+    "prepare": (None, 3, "convert ImageNet-style data (folders, ILSVRC tars, Kaggle, WebDataset, CSV) "
+                         "to the fast prepared format"),
+    "train": (None, 5, "train a network (the paper's recipe, torchvision's, or the fast one)"),
+    "evaluate": (None, 7, "top-1/top-5 error of checkpoints (centre crop or the paper's 10 views)"),
+    "predict": (None, 7, "top-k classes of image files"),
+    "features": (None, 7, "fc7 feature vectors of a data set"),
+    "neighbors": (None, 7, "nearest training images in fc7 space (the paper's Fig. 4, right)"),
+    "filters": (None, 7, "draw the conv1 kernels (the paper's Fig. 3)"),
+    "export": (None, 7, "export a checkpoint to ONNX or TorchScript"),
+    "serve": (None, 8, "a web page and HTTP API for predictions"),
+    "bench": (None, 4, "measure speed against torchvision's reference pipeline"),
+    "info": ("alexnet.info:main", 2, "layer table of a network (the paper's Fig. 2), or this machine"),
+}
+
+# Explicit flags of config-driven commands and the config keys they set (`--set` reaches all keys).
+CONFIG_FLAGS = {
+    "--data": ("data.path", "prepared data set folder (default: the built-in generated set)"),
+    "--out": ("train.out", "run folder (default: runs/<date>-<preset>)"),
+    "--model": ("model.name", "alexnet2012 | alexnet_owt"),
+    "--epochs": ("train.epochs", "epochs to train"),
+    "--batch-size": ("train.batch_size", "global batch: per device x world size x accumulation"),
+    "--lr": ("optim.lr", "learning rate per optim.lr_batch images"),
+    "--device": ("train.device", "auto | cpu | cuda | cuda:N | mps"),
+    "--precision": ("train.precision", "fp32 | bf16 | fp16 (autocast)"),
+    "--seed": ("train.seed", "seed of every random stream"),
+    "--workers": ("data.workers", "loader processes (default: one per core)"),
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit status 2), not usage + error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", help="base recipe: paper | torchvision | fast (default: paper)")
+    p.add_argument("--config", action="append", default=[], metavar="FILE",
+                   help="TOML/YAML/JSON file of [section] key = value overrides (repeatable)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override any config key, e.g. --set optim.lr=0.02 (repeatable)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    for flag, (key, text) in CONFIG_FLAGS.items():
+        p.add_argument(flag, dest="flag_" + key.replace(".", "__"), metavar=key.split(".")[1].upper(),
+                       help=f"{text} [{key}]")
+
+
+def build_parser() -> Parser:
+    debug = Parser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the full traceback of an error")
+    parser = Parser(prog="alexnet", parents=[debug], description=__doc__.split("\n\n")[0],
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"alexnet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, description: str = "") -> Parser:
+        text = COMMANDS[name][2]
+        return sub.add_parser(name, parents=[debug], help=text, description=f"{text}.\n\n{description}".strip(),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = command("prepare", "Per §2: shorter side to --size, centre crop, stored in shards with an index,\n"
+                           "a manifest and training-set statistics (mean image, RGB covariance).")
+    p.add_argument("source", metavar="SRC", help="data root, archive folder, shard folder or CSV list")
+    p.add_argument("out", metavar="OUT", help="output folder of the prepared data set")
+    p.add_argument("--source", dest="source_kind", default="auto",
+                   choices=["auto", "folder", "ilsvrc", "kaggle", "webdataset", "csv"],
+                   help="layout of SRC (default: detected)")
+    p.add_argument("--size", type=int, default=256, help="stored side S in px (default 256, §2)")
+    p.add_argument("--keep-aspect", action="store_true", help="keep the whole shorter-side-resized image")
+    p.add_argument("--raw", action="store_true", help="store raw uint8 pixels instead of JPEG")
+    p.add_argument("--quality", type=int, default=None, help="JPEG quality of the stored images")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+
+    p = command("train", "Examples:\n  alexnet train                       # the built-in data set, on this machine\n"
+                         "  alexnet train --data prepared/ --preset paper\n"
+                         "  torchrun --nproc_per_node=8 -m alexnet train --data prepared/ --preset fast")
+    add_config_flags(p)
+    p.add_argument("--resume", nargs="?", const="auto", metavar="CKPT",
+                   help="continue from a checkpoint (default: the run folder's last)")
+
+    p = command("evaluate", "Several checkpoints form an ensemble that averages their softmax (§6).")
+    p.add_argument("checkpoints", nargs="*", metavar="CKPT", help="checkpoint files")
+    p.add_argument("--weights", help="'torchvision' (published AlexNet weights) or a .pth file")
+    p.add_argument("--data", required=True, help="prepared data set or image folder")
+    p.add_argument("--split", default="val", help="split to evaluate (default val)")
+    p.add_argument("--views", type=int, choices=[1, 10], default=1, help="centre crop or the paper's 10 views")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", metavar="OUT", help="write the report as JSON")
+
+    p = command("predict")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders (recursive)")
+    p.add_argument("--checkpoint", metavar="CKPT", help="checkpoint file")
+    p.add_argument("--weights", help="'torchvision' or a .pth file, instead of --checkpoint")
+    p.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")
+    p.add_argument("--views", type=int, choices=[1, 10], default=1)
+    p.add_argument("--json", nargs="?", const="-", metavar="OUT", help="JSON to OUT (default stdout)")
+    p.add_argument("--sheet", metavar="OUT.png", help="draw each image with its top-5 bars (Fig. 4, left)")
+    p.add_argument("--device", default="auto")
+
+    p = command("features")
+    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("--data", required=True, help="prepared data set or image folder")
+    p.add_argument("--split", default="train")
+    p.add_argument("--out", required=True, metavar="FILE", help="where to write the vectors")
+    p.add_argument("--device", default="auto")
+
+    p = command("neighbors")
+    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("--data", required=True, help="prepared data set (its training split is searched)")
+    p.add_argument("--query", nargs="+", required=True, metavar="IMAGE", help="query images")
+    p.add_argument("--k", type=int, default=6, help="neighbours per query (default 6)")
+    p.add_argument("--sheet", metavar="OUT.png", help="draw the queries and their neighbours")
+    p.add_argument("--device", default="auto")
+
+    p = command("filters")
+    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("--out", default="conv1.png", metavar="PNG")
+
+    p = command("export")
+    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("out", metavar="OUT")
+    p.add_argument("--format", required=True, choices=["onnx", "torchscript"])
+
+    p = command("serve")
+    p.add_argument("--checkpoint", metavar="CKPT")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+
+    p = command("bench", "Side by side in one run, against torchvision's reference on the same machine.")
+    p.add_argument("what", choices=["data", "train", "infer"])
+    p.add_argument("--data", help="prepared data set (bench data)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", metavar="OUT", help="write the figures as JSON")
+
+    p = command("info", "Without --model: versions, devices and threads of this machine.")
+    p.add_argument("--model", help="alexnet2012 | alexnet_owt")
+    p.add_argument("--input-size", type=int, default=224, help="input side in px (default 224)")
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--norm", choices=["lrn", "batchnorm", "none"], help="default: the variant's own")
+    p.add_argument("--json", metavar="OUT", help="also write the table as JSON")
+    return parser
+
+
+def resolve_config(args: argparse.Namespace):
+    """The Config of a config-driven command: preset < --config files < --set < explicit flags."""
+    from . import config
+
+    flags = {flag: (key, getattr(args, "flag_" + key.replace(".", "__")))
+             for flag, (key, _) in CONFIG_FLAGS.items()}
+    return config.resolve(args.preset, files=args.config, sets=args.set, flags=flags)
+
+
+def run(args: argparse.Namespace) -> int:
+    target, issue, _ = COMMANDS[args.command]
+    if hasattr(args, "print_config"):
+        args.cfg = resolve_config(args)
+        if args.print_config:
+            from . import config
+            print(config.dump(args.cfg), end="")
+            return 0
+    if target is None:
+        print(f"alexnet {args.command}: not implemented yet (it arrives with issue #{issue})",
+              file=sys.stderr)
+        return 1
+    module, _, function = target.partition(":")
+    return getattr(importlib.import_module(module), function)(args) or 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except UserError as e:
+        if getattr(args, "debug", False):
+            raise
+        message = " ".join(str(e).split())  # always one line
+        print(f"alexnet {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"alexnet {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,384 @@
+"""Typed configuration: dataclass sections, named presets, overrides that fail loudly.
+
+    cfg = config.resolve("paper", files=["my.toml"], sets=["optim.lr=0.02"],
+                         flags={"--epochs": ("train.epochs", "30")})
+    print(config.dump(cfg))          # YAML; saved as config.yaml in every run folder
+
+Precedence, lowest first: the preset's values, then each `--config` file in order (TOML, YAML or
+JSON, nested as `[section] key = value`; a top-level `preset = "name"` picks the base preset when
+the command line names none), then each `--set section.key=value`, then explicit flags
+(`--epochs 30`). Unknown sections or keys, values of the wrong type and values outside a key's
+choices raise a ConfigError that names the key. Every knob has a default and its unit in a
+comment. The defaults are the paper's recipe (§5); the presets are:
+
+- paper: §5 exactly: alexnet2012, SGD momentum 0.9, weight decay 5e-4, batch 128, lr 0.01 divided
+  by 10 when validation error plateaus (at most 3 times), 90 epochs, §4.1 augmentation.
+- torchvision: torchvision's reference recipe for its AlexNet (references/classification: lr 0.01
+  at batch 256, weight decay 1e-4, lr x0.1 every 30 epochs, 90 epochs, RandomResizedCrop and flips,
+  per-channel mean/std), on alexnet_owt with PyTorch's default init.
+- fast: our modern recipe (bf16, channels_last, batch norm, large batch with warm-up and linear
+  decay, label smoothing). Provisional: tuned and evidenced by the training issue.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import UserError
+
+
+class ConfigError(UserError):
+    """A configuration value or key is wrong; the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    name: Literal["alexnet2012", "alexnet_owt"] = "alexnet2012"  # see alexnet.model.VARIANTS
+    num_classes: int | None = None  # None: the number of classes of the data set
+    norm: Literal["lrn", "batchnorm", "none"] | None = None  # None: the variant's own
+    dropout: float = 0.5  # §4.2, on fc6/fc7
+    init: Literal["paper", "kaiming", "he"] = "paper"  # §5 N(0, 0.01); see model.build
+    init_bias: float = 1.0  # §5 bias of conv2/4/5 and fc6/7 under init=paper (Caffe: 0.1)
+    lrn_convention: Literal["authors", "literal"] = "authors"  # §3.3 alpha/n (cuda-convnet) or alpha
+    lrn_k: float = 2.0  # §3.3 (Caffe's AlexNet: 1)
+    width: float = 1.0  # multiplier of the conv channel counts
+    hidden: int = 4096  # units in fc6 and fc7
+
+
+@dataclass
+class DataConfig:
+    path: str | None = None  # prepared data set folder; None: the built-in generated set
+    train_split: str = "train"
+    val_split: str = "val"
+    crop: int = 224  # px, side of the training and evaluation crops (§4.1: 224 of 256)
+    flip: bool = True  # §4.1 horizontal reflections, p = 0.5
+    pca_std: float = 0.1  # §4.1 std of the PCA colour coefficients alpha_i; 0 turns it off
+    mean: Literal["pixel", "channel"] = "pixel"  # §2 per-pixel mean image, or per-channel mean/std
+    scale: tuple[float, float] = (1.0, 1.0)  # area fraction of random-resized crops; (1, 1): §4.1 crops
+    ratio: tuple[float, float] = (1.0, 1.0)  # aspect-ratio range of random-resized crops
+    workers: int | None = None  # loader processes; None: one per CPU core
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.01  # per `lr_batch` images; scaled linearly to the global batch
+    lr_batch: int = 128  # images per step that `lr` is stated for
+    momentum: float = 0.9  # §5
+    weight_decay: float = 5e-4  # §5
+    nesterov: bool = False
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class ScheduleConfig:
+    name: Literal["plateau", "step", "linear", "cosine", "onecycle", "constant"] = "plateau"
+    warmup_epochs: float = 0.0  # epochs of linear warm-up to the full lr
+    gamma: float = 0.1  # §5 factor of each decay (plateau, step)
+    step_epochs: int = 30  # epochs between decays (step)
+    patience: int = 4  # epochs without a better validation error before a decay (plateau)
+    max_decays: int = 3  # §5 "three times" (plateau)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 90  # §5 "roughly 90 cycles"
+    batch_size: int = 128  # global images per optimizer step = per device x world size x accumulation
+    accumulation: int = 1  # micro-batches per optimizer step
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; fp16 adds a GradScaler
+    channels_last: bool = False  # NHWC memory format
+    compile: bool = False  # torch.compile the model
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    seed: int = 0  # every random stream derives from (seed, rank, epoch)
+    deterministic: bool = False  # deterministic kernels, for exact resume checks
+    out: str | None = None  # run folder; None: runs/<date>-<preset>
+    log_every: int = 20  # optimizer steps between progress and metric lines
+
+
+@dataclass
+class EvalConfig:
+    views: Literal[1, 10] = 1  # §4.1: centre crop, or 4 corners + centre and their reflections
+    batch_size: int = 256  # images per evaluation batch (per device)
+    every: int = 1  # epochs between validation passes during training
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    preset: str = "paper"  # the preset these values started from (informational)
+
+
+# ---------------------------------------------------------------------------------------- presets
+
+def _paper() -> dict[str, Any]:
+    return {}  # the dataclass defaults are the paper's recipe
+
+
+def _torchvision() -> dict[str, Any]:
+    return {
+        "model": {"name": "alexnet_owt", "init": "kaiming"},
+        "data": {"scale": (0.08, 1.0), "ratio": (3 / 4, 4 / 3), "pca_std": 0.0, "mean": "channel"},
+        "optim": {"lr": 0.01, "lr_batch": 256, "weight_decay": 1e-4},
+        "schedule": {"name": "step", "step_epochs": 30, "gamma": 0.1},
+        "train": {"epochs": 90, "batch_size": 256},
+    }
+
+
+def _fast() -> dict[str, Any]:
+    return {
+        "model": {"name": "alexnet2012", "norm": "batchnorm", "init": "he"},
+        "data": {"mean": "channel"},
+        "optim": {"lr": 0.02, "lr_batch": 256, "weight_decay": 5e-5, "nesterov": True,
+                  "label_smoothing": 0.1},
+        "schedule": {"name": "linear", "warmup_epochs": 2.0},
+        "train": {"epochs": 32, "batch_size": 1024, "precision": "bf16", "channels_last": True},
+    }
+
+
+PRESETS = {"paper": _paper, "torchvision": _torchvision, "fast": _fast}
+
+
+def preset(name: str) -> Config:
+    """A fresh Config with the named preset applied."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    cfg = Config(preset=name)
+    apply(cfg, PRESETS[name](), source=f"preset {name}")
+    return cfg
+
+
+# ------------------------------------------------------------------------------------- overrides
+
+def sections(cfg: Config) -> dict[str, Any]:
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+            if dataclasses.is_dataclass(getattr(cfg, f.name))}
+
+
+def apply(cfg: Config, values: dict[str, Any], source: str) -> Config:
+    """Set values given nested ({"train": {"epochs": 3}}) or dotted ({"train.epochs": 3}); in place."""
+    for key, value in _flatten(values, source).items():
+        section_name, _, name = key.partition(".")
+        section = sections(cfg).get(section_name)
+        if section is None or not name:
+            raise ConfigError(f"{source}: unknown config section {section_name!r} in {key!r}"
+                              f"{_suggest(section_name, sections(cfg))}")
+        hints = typing.get_type_hints(type(section))
+        if name not in hints:
+            raise ConfigError(f"{source}: unknown config key {key!r}"
+                              f"{_suggest(name, hints, prefix=section_name + '.')}")
+        setattr(section, name, coerce(value, hints[name], key, source))
+    return cfg
+
+
+def _flatten(values: dict[str, Any], source: str) -> dict[str, Any]:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            if "." in key:
+                raise ConfigError(f"{source}: nested table under dotted key {key!r}")
+            for sub, v in value.items():
+                if isinstance(v, dict):
+                    raise ConfigError(f"{source}: {key}.{sub} is a table; config keys are section.key")
+                flat[f"{key}.{sub}"] = v
+        else:
+            flat[key] = value
+    return flat
+
+
+def _suggest(name: str, options, prefix: str = "") -> str:
+    close = difflib.get_close_matches(name, list(options), n=1)
+    if close:
+        return f" (did you mean '{prefix}{close[0]}'?)"
+    return f"; known: {', '.join(prefix + o for o in options)}"
+
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def coerce(value: Any, hint: Any, key: str, source: str = "config") -> Any:
+    """Convert `value` (a string from the command line, or a TOML/YAML value) to type `hint`."""
+    where = f"{source}: {key}"
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if type(None) in args and (value is None or (isinstance(value, str)
+                                                      and value.lower() in ("none", "null", ""))):
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return coerce(value, inner, key, source)
+    if origin is Literal:
+        kind = type(args[0])
+        v = coerce(value, kind, key, source)
+        if v not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, args))}")
+        return v
+    if origin is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or len(items) != len(args):
+            raise ConfigError(f"{where}: expects {len(args)} comma-separated values, got {value!r}")
+        return tuple(coerce(v, a, key, source) for v, a in zip(items, args))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
+        raise ConfigError(f"{where}: expects true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.strip().replace("_", ""))
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expects an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expects a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expects a string, got {value!r}")
+    raise TypeError(f"config key {key} has an unsupported type {hint!r}")  # a bug in this file
+
+
+def parse_set(assignment: str) -> tuple[str, str]:
+    """'section.key=value' -> ('section.key', 'value')."""
+    key, sep, value = assignment.partition("=")
+    if not sep or "." not in key:
+        raise ConfigError(f"--set {assignment!r}: expected section.key=value, e.g. optim.lr=0.02")
+    return key.strip(), value.strip()
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML, YAML or JSON config file into a nested dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text) or {}
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(f"config file {path}: use .toml, .yaml, .yml or .json")
+    except (ValueError, yaml.YAMLError) as e:  # tomllib and json errors are ValueErrors
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"config file {path} does not parse: {str(e).splitlines()[0]}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a table of sections at the top level")
+    return data
+
+
+def resolve(preset_name: str | None = None, files=(), sets=(),
+            flags: dict[str, tuple[str, Any]] | None = None) -> Config:
+    """The resolved configuration: preset, then files, then --set, then flags (see module doc).
+
+    flags: {"--epochs": ("train.epochs", "30"), ...}; a value of None means the flag was not given.
+    """
+    loaded = [(str(f), load_file(f)) for f in files]
+    name = preset_name
+    for path, data in loaded:
+        file_preset = data.pop("preset", None)
+        if name is None and file_preset is not None:
+            name = coerce(file_preset, str, "preset", path)
+    cfg = preset(name or "paper")
+    for path, data in loaded:
+        apply(cfg, data, source=path)
+    for assignment in sets:
+        key, value = parse_set(assignment)
+        apply(cfg, {key: value}, source=f"--set {assignment}")
+    for flag, (key, value) in (flags or {}).items():
+        if value is not None:
+            apply(cfg, {key: value}, source=flag)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Checks that involve more than one key, or ranges; each error names the key."""
+    checks = [
+        (cfg.train.epochs >= 1, "train.epochs must be at least 1"),
+        (cfg.train.batch_size >= 1, "train.batch_size must be at least 1"),
+        (cfg.train.accumulation >= 1, "train.accumulation must be at least 1"),
+        (cfg.train.batch_size % cfg.train.accumulation == 0,
+         f"train.batch_size ({cfg.train.batch_size}) must be divisible by train.accumulation "
+         f"({cfg.train.accumulation})"),
+        (cfg.optim.lr > 0, "optim.lr must be positive"),
+        (cfg.optim.lr_batch >= 1, "optim.lr_batch must be at least 1"),
+        (0 <= cfg.optim.momentum < 1, "optim.momentum must be in [0, 1)"),
+        (cfg.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
+        (0 <= cfg.optim.label_smoothing < 1, "optim.label_smoothing must be in [0, 1)"),
+        (0 <= cfg.model.dropout < 1, "model.dropout must be in [0, 1)"),
+        (cfg.model.num_classes is None or cfg.model.num_classes >= 2,
+         "model.num_classes must be at least 2"),
+        (cfg.model.width > 0 and cfg.model.hidden >= 1, "model.width and model.hidden must be positive"),
+        (cfg.data.crop >= 32, "data.crop must be at least 32 px"),
+        (cfg.data.pca_std >= 0, "data.pca_std must be >= 0"),
+        (0 < cfg.data.scale[0] <= cfg.data.scale[1] <= 1,
+         "data.scale must be two area fractions 0 < lo <= hi <= 1"),
+        (0 < cfg.data.ratio[0] <= cfg.data.ratio[1], "data.ratio must be two ratios 0 < lo <= hi"),
+        (cfg.data.workers is None or cfg.data.workers >= 0, "data.workers must be >= 0"),
+        (0 <= cfg.schedule.warmup_epochs < cfg.train.epochs,
+         "schedule.warmup_epochs must be >= 0 and less than train.epochs"),
+        (0 < cfg.schedule.gamma < 1, "schedule.gamma must be in (0, 1)"),
+        (cfg.schedule.step_epochs >= 1 and cfg.schedule.patience >= 0 and cfg.schedule.max_decays >= 0,
+         "schedule.step_epochs must be >= 1, schedule.patience and max_decays >= 0"),
+        (cfg.eval.batch_size >= 1 and cfg.eval.every >= 1,
+         "eval.batch_size and eval.every must be at least 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+# --------------------------------------------------------------------------------- serialisation
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists), as written to config.yaml and read back by apply()."""
+    d = dataclasses.asdict(cfg)
+    return json.loads(json.dumps(d))  # tuples -> lists, a deep copy
+
+
+def from_dict(data: dict[str, Any], source: str = "config") -> Config:
+    data = copy.deepcopy(data)
+    cfg = Config(preset=coerce(data.pop("preset", "paper"), str, "preset", source))
+    apply(cfg, data, source=source)
+    validate(cfg)
+    return cfg
+
+
+def dump(cfg: Config) -> str:
+    """YAML text of the resolved config (the form `--print-config` shows and runs save)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
+
+
+def save(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(dump(cfg))
