@@ -20,7 +20,7 @@ from .errors import UserError
 
 # command -> (handler "module:function" or None while its issue is open, issue number, one-line help)
 COMMANDS: dict[str, tuple[str | None, int, str]] = {
-    "prepare": (None, 3, "convert ImageNet-style data (folders, ILSVRC tars, Kaggle, WebDataset, CSV) "
+    "prepare": ("alexnet.prepare:main", 3, "convert ImageNet-style data (folders, ILSVRC tars, Kaggle, WebDataset, CSV) "
                          "to the fast prepared format"),
     "train": (None, 5, "train a network (the paper's recipe, torchvision's, or the fast one)"),
     "evaluate": (None, 7, "top-1/top-5 error of checkpoints (centre crop or the paper's 10 views)"),
@@ -93,7 +93,9 @@ def build_parser() -> Parser:
     p.add_argument("--keep-aspect", action="store_true", help="keep the whole shorter-side-resized image")
     p.add_argument("--raw", action="store_true", help="store raw uint8 pixels instead of JPEG")
     p.add_argument("--quality", type=int, default=None, help="JPEG quality of the stored images")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores; 0: in this process)")
+    p.add_argument("--shard-size", type=int, default=None,
+                   help="samples per shard (default: about 64 shards per split, 16..8192)")
 
     p = command("train", "Examples:\n  alexnet train                       # the built-in data set, on this machine\n"
                          "  alexnet train --data prepared/ --preset paper\n"

@@ -35,7 +35,7 @@ def describe(m: nn.Module) -> str:
     if isinstance(m, nn.MaxPool2d):
         return f"max-pool {m.kernel_size}x{m.kernel_size}/{m.stride}"
     if isinstance(m, LocalResponseNorm):
-        towers = f", per tower" if m.groups > 1 else ""
+        towers = ", per tower" if m.groups > 1 else ""
         return f"LRN n={m.size} k={m.k:g} alpha={m.alpha:g} beta={m.beta:g}{towers}"
     if isinstance(m, nn.BatchNorm2d):
         return "batch norm"

@@ -25,7 +25,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-RESAMPLE = Image.Resampling.BICUBIC  # antialiased when downscaling; see benchmarks/prepare.py
+RESAMPLE = Image.Resampling.LANCZOS  # antialiased; after draft() it costs little (benchmarks/prepare.py)
 
 
 class BadImage(ValueError):

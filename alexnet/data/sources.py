@@ -10,19 +10,24 @@ Kinds (`KINDS`):
   ones that do not decode are skipped and reported later, so every file is accounted for.
 - ilsvrc: the official ILSVRC-2012 archives, read in place (never extracted): ILSVRC2012_img_train.tar
   (1000 inner per-class tars), ILSVRC2012_img_val.tar (flat) with ILSVRC2012_devkit_t12.tar.gz for
-  the validation labels (devkit ILSVRC2012_IDs mapped through meta.mat to sorted-WNID order).
+  the validation labels (devkit ILSVRC2012_IDs mapped through meta.mat to sorted-WNID order). The
+  classes are the shipped 1000 ILSVRC-2012 classes whenever every WNID met is one of them, so a
+  subset of the archives still gets the standard label numbers.
 - kaggle: "ImageNet Object Localization": ILSVRC/Data/CLS-LOC/{train/<wnid>/, val/} with
-  LOC_val_solution.csv and LOC_synset_mapping.txt.
+  LOC_val_solution.csv and LOC_synset_mapping.txt (the class list); test/ has no labels and is left out.
 - webdataset: tar shards of <key>.jpg + <key>.cls members (timm/imagenet-1k-wds); the split is
   read from the shard names (train / validation / val / test).
 - csv: a CSV or TSV list of path,label (optionally a third column split); paths relative to the list.
 
 Samples inside archives are byte ranges (path, offset, size): reading one is a seek and a read,
-so any worker can read any sample without unpacking anything.
+so any worker can read any sample without unpacking anything. Every input a lister meets is either
+a sample or an entry of `Listing.skipped` with the reason, so nothing disappears silently.
 """
 from __future__ import annotations
 
+import csv
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,14 +100,16 @@ def detect(src: Path) -> str:
         if src.suffix.lower() == ".tar":
             return "webdataset"
     elif src.is_dir():
-        names = {p.name for p in src.iterdir()}
+        # hidden entries are not part of a layout (a Hugging Face download leaves a .cache/ folder
+        # beside the shards, macOS leaves .DS_Store files)
+        names = {p.name for p in src.iterdir() if not p.name.startswith(".")}
         if names & {"ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"}:
             return "ilsvrc"
-        if (src / "ILSVRC" / "Data" / "CLS-LOC").is_dir():
+        if _kaggle_cls_loc(src) is not None:
             return "kaggle"
-        if any(n.endswith(".tar") for n in names) and not any((src / n).is_dir() for n in names):
+        if any(n.lower().endswith(".tar") for n in names) and not any((src / n).is_dir() for n in names):
             return "webdataset"
-        if any((src / n).is_dir() for n in names if not n.startswith(".")):
+        if any((src / n).is_dir() for n in names):
             return "folder"
     raise UserError(f"cannot tell what {src} holds; name it with --source: "
                     + "; ".join(f"{k}: {h}" for k, h in HINTS.items()))
@@ -110,10 +117,13 @@ def detect(src: Path) -> str:
 
 HINTS = {
     "folder": "ROOT/train/<class>/<image>, ROOT/val/<class>/<image>, or ROOT/<class>/<image>",
-    "ilsvrc": "ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar and ILSVRC2012_devkit_t12.tar.gz",
-    "kaggle": "ILSVRC/Data/CLS-LOC/train/<wnid>/, ILSVRC/Data/CLS-LOC/val/, LOC_val_solution.csv",
-    "webdataset": "tar shards of <key>.jpg and <key>.cls members",
-    "csv": "a .csv or .tsv file of path,label rows",
+    "ilsvrc": "a folder with ILSVRC2012_img_train.tar and/or ILSVRC2012_img_val.tar (the latter with "
+              "ILSVRC2012_devkit_t12.tar.gz), or one of those files",
+    "kaggle": "ILSVRC/Data/CLS-LOC/train/<wnid>/, ILSVRC/Data/CLS-LOC/val/, LOC_val_solution.csv "
+              "and LOC_synset_mapping.txt",
+    "webdataset": "a .tar shard or a folder of them holding <key>.jpg (or .png, ...) and <key>.cls "
+                  "members; the split is read from the shard names",
+    "csv": "a .csv or .tsv file of path,label[,split] rows, paths relative to the file",
 }
 
 
@@ -161,4 +171,138 @@ def list_folder(root: Path) -> Listing:
     return Listing("folder", str(root), describe(class_ids), splits, skipped)
 
 
-LISTERS = {"folder": list_folder}
+def label_samples(pending: dict[str, list[tuple]], index: dict[str, int]) -> dict[str, list[Sample]]:
+    """(key, class id, path, offset, size) rows -> Samples sorted by key; every id is in `index`."""
+    return {split: [Sample(key, index[c], path, offset, size) for key, c, path, offset, size in sorted(rows)]
+            for split, rows in sorted(pending.items())}
+
+
+# ------------------------------------------------------------------------------------ kaggle
+
+def _kaggle_cls_loc(src: Path) -> Path | None:
+    """The CLS-LOC folder, whether `src` is the download's root, its ILSVRC/ folder or CLS-LOC itself."""
+    for folder in (src / "ILSVRC" / "Data" / "CLS-LOC", src / "Data" / "CLS-LOC", src):
+        if folder.name == "CLS-LOC" and folder.is_dir():
+            return folder
+    return None
+
+
+def _csv_rows(path: Path, delimiter: str = ","):
+    """(line number, stripped cells) of the non-blank rows. utf-8-sig: lists saved by spreadsheet
+    programs start with a byte-order mark."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f, delimiter=delimiter)
+        for row in reader:
+            row = [cell.strip() for cell in row]
+            if any(row):
+                yield reader.line_num, row
+
+
+def list_kaggle(src: Path) -> Listing:
+    """Kaggle's "ImageNet Object Localization Challenge" download. The class list is
+    LOC_synset_mapping.txt sorted (which is sorted-WNID order of the 1000 classes); val labels are
+    the first WNID of each PredictionString in LOC_val_solution.csv. The CSVs sit beside ILSVRC/ in
+    the download; `src` itself is searched first."""
+    cls_loc = _kaggle_cls_loc(src)
+    if cls_loc is None:
+        raise UserError(f"{src} has no ILSVRC/Data/CLS-LOC folder; expected {HINTS['kaggle']}")
+    beside = [src] + ([cls_loc.parents[2]] if len(cls_loc.parents) > 2 else [])
+
+    def find(name: str) -> Path | None:
+        return next((d / name for d in beside if (d / name).is_file()), None)
+
+    train_dir, val_dir = cls_loc / "train", cls_loc / "val"  # test/ has no labels: not listed
+    train_classes = [d.name for d in _class_dirs(train_dir)] if train_dir.is_dir() else []
+    solution: dict[str, str] = {}  # ImageId -> WNID ("" when the row gives none)
+    if val_dir.is_dir():
+        solution_csv = find("LOC_val_solution.csv")
+        if solution_csv is None:
+            raise UserError(f"{val_dir} needs LOC_val_solution.csv (the validation labels) in "
+                            f"{' or '.join(str(d) for d in beside)}")
+        for _, row in _csv_rows(solution_csv):
+            if row[0] != "ImageId":  # the header
+                solution[row[0]] = (row[1].split() or [""])[0] if len(row) > 1 else ""
+    mapping = find("LOC_synset_mapping.txt")
+    if mapping is not None:
+        class_ids = sorted({line.split()[0] for line in mapping.read_text().splitlines() if line.strip()})
+    else:  # no class list: the classes the download shows
+        class_ids = sorted(set(train_classes) | {w for w in solution.values() if w})
+    index = {c: i for i, c in enumerate(class_ids)}  # without the mapping, every WNID met is in it
+
+    pending: dict[str, list[tuple]] = {}
+    skipped: dict[str, list[dict]] = {}
+    if train_dir.is_dir():
+        rows, skips = pending.setdefault("train", []), skipped.setdefault("train", [])
+        for d in _class_dirs(train_dir):
+            for path in _files_under(d.path):
+                key = os.path.relpath(path, cls_loc)
+                if d.name in index:
+                    rows.append((key, d.name, path, -1, -1))
+                else:
+                    skips.append({"path": key, "reason": f"class {d.name} is not in LOC_synset_mapping.txt"})
+        with os.scandir(train_dir) as it:
+            skips += [{"path": os.path.relpath(e.path, cls_loc), "reason": "not inside a class folder"}
+                      for e in _visible(it) if e.is_file()]
+    if val_dir.is_dir():
+        rows, skips = pending.setdefault("val", []), skipped.setdefault("val", [])
+        for path in _files_under(str(val_dir)):
+            key = os.path.relpath(path, cls_loc)
+            image_id = os.path.basename(path).split(".")[0]
+            wnid = solution.get(image_id)
+            if wnid is None:
+                reason = f"no row for {image_id} in LOC_val_solution.csv"
+            elif not wnid:
+                reason = f"empty PredictionString for {image_id} in LOC_val_solution.csv"
+            elif wnid not in index:
+                reason = f"class {wnid} is not in LOC_synset_mapping.txt"
+            else:
+                rows.append((key, wnid, path, -1, -1))
+                continue
+            skips.append({"path": key, "reason": reason})
+    return Listing("kaggle", str(src), describe(class_ids), label_samples(pending, index), skipped)
+
+
+# --------------------------------------------------------------------------------------- csv
+
+def list_csv(src: Path) -> Listing:
+    """A list of path,label[,split] rows. Integer labels are class numbers ("0".."max"); any other
+    labels are class names, numbered in sorted order (sorted-WNID order when they are WNIDs)."""
+    if not src.is_file():
+        raise UserError(f"{src} is not a file; expected {HINTS['csv']}")
+    default_split = split_name(src.stem)  # train.csv, val.tsv, validation.csv name their split
+    if default_split not in ("train", "val", "test"):
+        default_split = "train"
+    delimiter = "\t" if src.suffix.lower() == ".tsv" else ","
+    entries = []  # (path as written, label text, split)
+    for number, row in _csv_rows(src, delimiter):
+        if not entries and row[0].lower() == "path":  # a header row
+            continue
+        if len(row) < 2 or not row[0] or not row[1]:
+            raise UserError(f"{src} line {number}: expected path{delimiter}label[{delimiter}split], "
+                            f"got {delimiter.join(row)!r}")
+        split = split_name(row[2]) if len(row) > 2 and row[2] else default_split
+        entries.append((row[0], row[1], split))
+    labels = {label for _, label, _ in entries}  # every row's label counts, even a missing file's
+    if all(re.fullmatch(r"[0-9]+", label) for label in labels):
+        class_ids = [str(i) for i in range(max((int(label) for label in labels), default=-1) + 1)]
+        class_of = {label: str(int(label)) for label in labels}  # "007" is class 7
+    else:
+        class_ids = sorted(labels)
+        class_of = {label: label for label in labels}
+    index = {c: i for i, c in enumerate(class_ids)}
+    pending: dict[str, list[tuple]] = {}
+    skipped: dict[str, list[dict]] = {}
+    for written, label, split in entries:
+        path = src.parent / written  # an absolute path stays as it is
+        rows, skips = pending.setdefault(split, []), skipped.setdefault(split, [])
+        if path.is_file():
+            rows.append((written, class_of[label], str(path), -1, -1))
+        else:
+            skips.append({"path": written, "reason": "file not found"})
+    return Listing("csv", str(src), describe(class_ids), label_samples(pending, index), skipped)
+
+
+from .archives import list_ilsvrc, list_webdataset  # noqa: E402  (they build on the types above)
+
+LISTERS = {"folder": list_folder, "ilsvrc": list_ilsvrc, "kaggle": list_kaggle,
+           "webdataset": list_webdataset, "csv": list_csv}

@@ -1,0 +1,389 @@
+"""`alexnet prepare SRC OUT`: decode, resize and store a data set once, so training reads it fast.
+
+    alexnet prepare ~/data/imagenette2 prepared/imagenette
+    alexnet prepare ~/ILSVRC2012 prepared/imagenet --workers 32      # the official tars, in place
+    alexnet prepare train.csv prepared/mine --size 160 --raw
+
+Per §2 every image's shorter side is resized to S (default 256, antialiased) and the central SxS
+crop is kept (`--keep-aspect` keeps the whole resized image), then stored as JPEG (quality 90 by
+default; see docs/benchmarks.md for the size/fidelity trade-off) or raw uint8 (`--raw`) in the
+format of alexnet.data.store, with the training split's statistics (mean image, channel mean/std,
+RGB covariance and its eigen-decomposition for §4.1 PCA colour augmentation, 0-255 scale).
+
+Work is split into shards of consecutive samples, done in parallel by `--workers` processes. A shard
+is complete when its tar has been renamed into place and its index piece written beside it, so a
+run stopped by Ctrl-C, kill -9 or a full disk resumes from the completed shards when the same
+command is run again, and gives byte-identical output. Files that do not decode are skipped, never
+abort the run, and are listed with their reason in the manifest: found = written + skipped.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import math
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import threadpoolctl
+
+from . import __version__
+from .data import store
+from .data.decode import BadImage, encode_jpeg, open_rgb, resize_crop
+from .data.sources import Listing, Sample, list_source, read_bytes
+from .errors import UserError
+
+DEFAULT_QUALITY = 90  # see docs/benchmarks.md: ~40 dB PSNR at about 1/3 of quality-100's bytes
+
+
+@dataclass(frozen=True)
+class Options:
+    size: int = 256  # px, S of §2
+    keep_aspect: bool = False
+    encoding: str = "jpeg"  # jpeg | raw
+    quality: int = DEFAULT_QUALITY  # JPEG quality (ignored for raw)
+
+
+@dataclass(frozen=True)
+class Task:
+    split: str
+    shard: int
+    first: int  # index of the shard's first sample in the split listing
+    samples: tuple[Sample, ...]
+    out: str
+    options: Options
+    with_stats: bool
+
+
+def shard_size_for(count: int) -> int:
+    """Samples per shard: about 64 shards per split (parallelism, resume granularity), 16..8192."""
+    return min(8192, max(16, math.ceil(count / 64)))
+
+
+def plan(listing: Listing, shard_size: int | None) -> dict[str, list[tuple[int, int]]]:
+    """split -> [(first, end)] sample ranges of its shards; depends only on the listing."""
+    out = {}
+    for split, samples in listing.splits.items():
+        n = shard_size or shard_size_for(len(samples))
+        out[split] = [(i, min(i + n, len(samples))) for i in range(0, len(samples), n)] or [(0, 0)]
+    return out
+
+
+def fingerprint(listing: Listing, options: Options, shards: dict) -> str:
+    """Identifies the work: the same source listing, options and shard plan give the same value."""
+    h = hashlib.sha256(json.dumps([asdict(options), shards, [c.to_json() for c in listing.classes]],
+                                  sort_keys=True).encode())
+    for split in sorted(listing.splits):
+        for s in listing.splits[split]:
+            h.update(f"{split}\t{s.key}\t{s.label}\t{s.offset}\t{s.size}\n".encode())
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------ the work
+
+class Stats:
+    """Running sums for the §2 mean image and the §4.1 RGB covariance (0-255 scale), over the
+    central SxS crop of every stored image (the whole image unless --keep-aspect)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.images = 0
+        self.image_sum = np.zeros((size, size, 3), np.int64)  # exact; per-pixel sums give the mean too
+        self.outer = np.zeros((3, 3), np.float64)  # sum over pixels of x x^T
+
+    def add(self, arr: np.ndarray) -> None:
+        h, w, _ = arr.shape
+        top, left = (h - self.size) // 2, (w - self.size) // 2
+        crop = arr[top:top + self.size, left:left + self.size]
+        self.image_sum += crop
+        planes = crop.transpose(2, 0, 1).reshape(3, -1).astype(np.float64)  # (3, S*S)
+        for i in range(3):  # six dot products: ~10x faster than one (3, S*S) @ (S*S, 3) matmul here
+            for j in range(i, 3):
+                self.outer[i, j] += planes[i] @ planes[j]
+        self.images += 1
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"images": np.array(self.images), "image_sum": self.image_sum, "outer": self.outer}
+
+
+def finish_stats(parts: list[dict]) -> dict[str, np.ndarray]:
+    """Merge per-shard sums (in shard order, so the result is reproducible) into the statistics."""
+    images = sum(int(p["images"]) for p in parts)
+    if images == 0:
+        raise UserError("no image of the statistics split could be decoded; see the skipped list")
+    image_sum = sum(p["image_sum"] for p in parts)  # (S, S, 3) int64
+    outer = sum(p["outer"] for p in parts)
+    outer = np.triu(outer) + np.triu(outer, 1).T  # the sums filled the upper triangle
+    pixels = images * image_sum.shape[0] * image_sum.shape[1]
+    mean = image_sum.sum((0, 1)) / pixels
+    cov = outer / pixels - np.outer(mean, mean)
+    eigval, eigvec = np.linalg.eigh(cov)  # ascending eigenvalues; eigenvectors are the columns
+    return {"mean_image": (image_sum / images).transpose(2, 0, 1).astype(np.float32),
+            "mean": mean, "std": np.sqrt(np.diag(cov)), "cov": cov, "eigval": eigval, "eigvec": eigvec}
+
+
+_counter = None  # per-worker handle on the shared progress counter
+
+
+def _init_worker(counter) -> None:
+    global _counter
+    _counter = counter
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
+    # One BLAS thread per worker: the workers already fill the cores, and OpenBLAS threads
+    # inherited across fork() spin against each other (measured: 2-5x slower with 2 workers).
+    threadpoolctl.threadpool_limits(1)
+
+
+def _tick() -> None:
+    with _counter.get_lock():
+        _counter.value += 1
+
+
+def piece_path(out: str | Path, split: str, shard: int) -> Path:
+    return Path(out) / split / f"{split}-{shard:05d}.piece.npz"
+
+
+def shard_path(out: str | Path, split: str, shard: int) -> Path:
+    return Path(out) / split / f"{split}-{shard:05d}.tar"
+
+
+def run_task(task: Task) -> int:
+    """Process one shard: returns the number of images written (the piece file holds the rest)."""
+    opt = task.options
+    writer = store.ShardWriter(shard_path(task.out, task.split, task.shard))
+    stats = Stats(opt.size) if task.with_stats else None
+    keys, skipped = [], []
+    try:
+        for i, sample in enumerate(task.samples):
+            try:
+                img = open_rgb(read_bytes(sample), min_side=opt.size)
+                arr = resize_crop(img, opt.size, opt.keep_aspect)
+            except (BadImage, OSError) as e:  # unreadable input: recorded, never fatal
+                skipped.append({"path": sample.key, "reason": str(e) or type(e).__name__})
+                _tick()
+                continue
+            if stats is not None:
+                stats.add(arr)
+            payload = arr if opt.encoding == "raw" else encode_jpeg(arr, opt.quality)
+            writer.add(f"{task.first + i:09d}", sample.label, payload, arr.shape[0], arr.shape[1])
+            keys.append(sample.key)
+            _tick()
+        nbytes, sha = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    rows = np.zeros(len(writer.rows), store.INDEX_DTYPE)
+    if writer.rows:
+        r = np.array(writer.rows, dtype=np.int64)
+        rows["shard"], rows["offset"], rows["size"] = task.shard, r[:, 0], r[:, 1]
+        rows["label"], rows["height"], rows["width"] = r[:, 2], r[:, 3], r[:, 4]
+    buf = io.BytesIO()
+    meta = json.dumps({"keys": keys, "skipped": skipped, "bytes": nbytes, "sha256": sha})
+    np.savez(buf, rows=rows, meta=np.array(meta), **(stats.arrays() if stats else {}))
+    store.atomic_write(piece_path(task.out, task.split, task.shard), buf.getvalue())
+    return len(keys)
+
+
+# ------------------------------------------------------------------------------- orchestration
+
+def prepare(src: str | Path, out: str | Path, kind: str = "auto", size: int = 256,
+            keep_aspect: bool = False, raw: bool = False, quality: int | None = None,
+            workers: int | None = None, shard_size: int | None = None, progress: bool = True) -> dict:
+    """Prepare `src` into `out` (resuming an interrupted run); returns the manifest."""
+    if size < 32:
+        raise UserError(f"--size {size} is too small: the network needs at least 64 px crops")
+    if quality is not None and not 1 <= quality <= 100:
+        raise UserError(f"--quality must be in 1..100, got {quality}")
+    if raw and quality is not None:
+        raise UserError("--quality applies to JPEG storage; it has no effect with --raw")
+    if shard_size is not None and shard_size < 1:
+        raise UserError(f"--shard-size must be at least 1, got {shard_size}")
+    started = time.time()
+    options = Options(size, keep_aspect, "raw" if raw else "jpeg",
+                      0 if raw else (quality or DEFAULT_QUALITY))
+    listing = list_source(src, kind)
+    shards = plan(listing, shard_size)
+    fp = fingerprint(listing, options, shards)
+    out = Path(out)
+    manifest_path = out / "manifest.json"
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("fingerprint") == fp:
+            say(progress, f"{out} is already prepared from this source with these options; nothing to do")
+            return manifest
+        raise UserError(f"{out} already holds a data set prepared from other data or options; "
+                        f"choose another OUT or delete {out}")
+    state_path = out / "prepare-state.json"
+    _make_writable(out)
+    if state_path.is_file() and json.loads(state_path.read_text()).get("fingerprint") != fp:
+        raise UserError(f"{out} holds an interrupted prepare of other data or options; "
+                        f"choose another OUT or delete {out}")
+    store.atomic_write(state_path, json.dumps({"fingerprint": fp, "source": str(src)}).encode())
+    stats_split = "train" if "train" in shards else sorted(shards)[0]
+    tasks = []
+    for split, ranges in shards.items():
+        (out / split).mkdir(exist_ok=True)
+        for stale in (out / split).glob("*.tmp"):  # leftovers of an interrupted run
+            stale.unlink()
+        for shard, (first, end) in enumerate(ranges):
+            done = piece_path(out, split, shard).is_file() and shard_path(out, split, shard).is_file()
+            if not done:
+                tasks.append(Task(split, shard, first, tuple(listing.splits[split][first:end]), str(out),
+                                  options, split == stats_split))
+    total = sum(len(t.samples) for t in tasks)
+    resumed = sum(len(r) for r in shards.values()) - len(tasks)
+    if resumed:
+        say(progress, f"resuming: {resumed} shard(s) already done, {len(tasks)} to go")
+    try:
+        _run(tasks, total, workers, progress)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise UserError(f"disk full while writing {out}: free some space and run the same command "
+                            f"again to resume") from e
+        raise UserError(f"cannot write to {out}: {e}") from e
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to resume from the completed shards",
+              file=sys.stderr)
+        raise
+    manifest = assemble(out, listing, shards, options, fp, stats_split, src, time.time() - started)
+    state_path.unlink(missing_ok=True)
+    if progress:
+        print_summary(manifest, out, time.time() - started)
+    return manifest
+
+
+def say(progress: bool, message: str) -> None:
+    if progress:
+        print(message, file=sys.stderr)
+
+
+def _make_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-probe"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to {out}: {e.strerror or e}") from None
+
+
+class _LocalCounter:
+    """The shared counter's interface, for in-process runs (workers=0)."""
+
+    def __init__(self):
+        self.value = 0
+
+    def get_lock(self):
+        import contextlib
+        return contextlib.nullcontext()
+
+
+def _run(tasks: list[Task], total: int, workers: int | None, progress: bool) -> None:
+    from tqdm import tqdm
+
+    if workers is None:
+        workers = os.cpu_count() or 1
+    bar = tqdm(total=total, unit="img", disable=not progress, desc="prepare", smoothing=0.1, mininterval=0.5)
+    try:
+        if workers == 0 or not tasks:  # in this process: for debugging and tests
+            _init_worker_local()
+            for task in tasks:
+                run_task(task)
+                bar.update(_counter.value - bar.n)
+            return
+        counter = mp.get_context().Value("q", 0)
+        with mp.get_context().Pool(min(workers, len(tasks)), _init_worker, (counter,)) as pool:
+            pending = [pool.apply_async(run_task, (t,)) for t in tasks]
+            while pending:
+                time.sleep(0.2)
+                bar.update(counter.value - bar.n)
+                for r in [r for r in pending if r.ready()]:
+                    r.get()  # re-raises a worker's error here
+                    pending.remove(r)
+            bar.update(counter.value - bar.n)
+    finally:
+        bar.close()
+
+
+def _init_worker_local() -> None:
+    global _counter
+    _counter = _LocalCounter()
+
+
+def assemble(out: Path, listing: Listing, shards: dict, options: Options, fp: str, stats_split: str,
+             src, elapsed: float) -> dict:
+    """Join the shards' pieces into each split's index, the statistics and the manifest."""
+    splits, stats_parts = {}, []
+    for split, ranges in shards.items():
+        rows, keys, skipped, shard_info = [], [], list(listing.skipped.get(split, [])), []
+        for shard in range(len(ranges)):
+            with np.load(piece_path(out, split, shard)) as piece:
+                meta = json.loads(str(piece["meta"]))
+                rows.append(piece["rows"])
+                if split == stats_split:
+                    stats_parts.append({k: piece[k] for k in piece.files if k not in ("rows", "meta")})
+            keys += meta["keys"]
+            skipped += meta["skipped"]
+            shard_info.append({"file": f"{split}/{shard_path(out, split, shard).name}",
+                               "count": len(meta["keys"]), "bytes": meta["bytes"], "sha256": meta["sha256"]})
+        index = np.concatenate(rows)
+        store.atomic_save_npy(out / split / "index.npy", index)
+        store.atomic_write(out / split / "keys.txt", "".join(k + "\n" for k in keys).encode())
+        checksum = hashlib.sha256((out / split / "index.npy").read_bytes())
+        for s in shard_info:
+            checksum.update(s["sha256"].encode())
+        splits[split] = {"count": len(index), "skipped": skipped, "found": listing.found(split),
+                         "shard_size": ranges[0][1] - ranges[0][0], "shards": shard_info,
+                         "bytes": sum(s["bytes"] for s in shard_info), "sha256": checksum.hexdigest()}
+        assert splits[split]["count"] + len(skipped) == splits[split]["found"], split  # all accounted for
+    stats = finish_stats(stats_parts)
+    buf = io.BytesIO()
+    np.savez(buf, **stats)
+    store.atomic_write(out / "stats.npz", buf.getvalue())
+    manifest = {
+        "format": store.FORMAT, "format_version": store.FORMAT_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "alexnet": __version__,
+        "source": {"path": str(Path(src).resolve()), "kind": listing.kind},
+        "options": asdict(options), "fingerprint": fp,
+        "classes": [c.to_json() for c in listing.classes],
+        "splits": splits,
+        "stats": {"split": stats_split, "file": "stats.npz", "scale": "0-255",
+                  **{k: v.tolist() for k, v in stats.items() if k != "mean_image"}},
+        "elapsed_s": round(elapsed, 1),
+    }
+    store.atomic_write(out / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
+    for split, ranges in shards.items():  # the pieces are folded into the index now
+        for shard in range(len(ranges)):
+            piece_path(out, split, shard).unlink(missing_ok=True)
+    return manifest
+
+
+def print_summary(manifest: dict, out: Path, elapsed: float) -> None:
+    written = sum(s["count"] for s in manifest["splits"].values())
+    print(f"\n{'split':<8}{'found':>10}{'written':>10}{'skipped':>9}{'shards':>8}{'MB':>10}")
+    for name, s in manifest["splits"].items():
+        print(f"{name:<8}{s['found']:>10,}{s['count']:>10,}{len(s['skipped']):>9,}{len(s['shards']):>8}"
+              f"{s['bytes'] / 1e6:>10.1f}")
+    for name, s in manifest["splits"].items():
+        for item in s["skipped"][:5]:
+            print(f"  skipped ({name}) {item['path']}: {item['reason']}")
+        if len(s["skipped"]) > 5:
+            print(f"  ... and {len(s['skipped']) - 5} more in {out / 'manifest.json'}")
+    st = manifest["stats"]
+    print(f"{len(manifest['classes'])} classes; {manifest['stats']['split']} mean RGB "
+          f"{np.round(st['mean'], 1).tolist()}, PCA sqrt-eigenvalues {np.round(np.sqrt(st['eigval']), 1).tolist()}")
+    print(f"wrote {written:,} images in {elapsed:.0f} s ({written / max(elapsed, 1e-9):.0f} images/s) to {out}")
+
+
+def main(args) -> int:
+    prepare(args.source, args.out, kind=args.source_kind, size=args.size, keep_aspect=args.keep_aspect,
+            raw=args.raw, quality=args.quality, workers=args.workers, shard_size=args.shard_size)
+    return 0
