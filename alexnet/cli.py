@@ -30,7 +30,7 @@ COMMANDS: dict[str, tuple[str | None, int, str]] = {
     "filters": (None, 7, "draw the conv1 kernels (the paper's Fig. 3)"),
     "export": (None, 7, "export a checkpoint to ONNX or TorchScript"),
     "serve": (None, 8, "a web page and HTTP API for predictions"),
-    "bench": (None, 4, "measure speed against torchvision's reference pipeline"),
+    "bench": ("alexnet.bench:main", 4, "measure speed against torchvision's reference pipeline"),
     "info": ("alexnet.info:main", 2, "layer table of a network (the paper's Fig. 2), or this machine"),
 }
 
@@ -156,7 +156,12 @@ def build_parser() -> Parser:
     p = command("bench", "Side by side in one run, against torchvision's reference on the same machine.")
     p.add_argument("what", choices=["data", "train", "infer"])
     p.add_argument("--data", help="prepared data set (bench data)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--source", metavar="DIR", help="ImageFolder of the same images for the reference "
+                                                    "(default: the folder the data set was prepared from)")
+    p.add_argument("--device", default="auto", help="cpu | cuda (default: cuda when present)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batches", type=int, default=30, help="timed batches per side (after 3 warm-up)")
+    p.add_argument("--workers", type=int, default=None, help="loader processes, both sides (default: cores)")
     p.add_argument("--json", metavar="OUT", help="write the figures as JSON")
 
     p = command("info", "Without --model: versions, devices and threads of this machine.")

@@ -1,0 +1,298 @@
+"""The input pipeline: a prepared split -> augmented batches on the device, with exact sharding.
+
+    loader = Loader(ds.split("train"), ds, batch_size=128, train=True, crop=224, seed=0,
+                    rank=rank, world_size=world, device="cuda", workers=8)
+    for batch in loader.epoch(epoch, start_step=0):     # batch.images (B, 3, 224, 224), batch.labels
+        ...
+    loader.wait_s                                       # time the consumer waited for data
+
+Order (§5 trains on random mini-batches): one random permutation of the split per epoch, drawn
+from (seed, epoch) and identical on every rank. Global step i takes the next batch_size x world
+samples of it and rank r the r-th batch_size of those, so the ranks' batches are disjoint and
+together cover the epoch (the last partial global batch is dropped, or with drop_last=False split
+as evenly as it goes). Evaluation gives rank r the samples r, r + world, ... in order: every image
+exactly once for any world size, no padding duplicates.
+
+Randomness: the batch at (epoch, step) of rank r is augmented with a generator seeded from
+(seed, epoch, rank, step), so it is the same in a worker process or not, and a run restarted at
+`start_step` yields exactly the batches the uninterrupted run would have.
+
+Where the work happens: on CPU, worker processes decode (libjpeg-turbo through
+torchvision.io.decode_jpeg) and augment whole batches (alexnet.data.augment) straight into a
+small pool of shared-memory batch buffers that the main process owns, and send back only the
+slot number. A fresh 77 MB float batch costs more in page faults than the augmentation itself, so
+the buffers are reused: a batch's `images` stay valid until `keep` (default 2) further batches
+have been requested; clone them to keep them longer. On CUDA, workers only read bytes; the main process decodes the batch with nvJPEG
+(`decode_jpeg(..., device="cuda")`) and augments it on the GPU, one batch ahead on a side stream,
+from pinned memory. Raw-uint8 data sets skip decoding. --keep-aspect data sets are cropped per
+image in the workers (random-resized or fixed crops), then flipped and coloured as a batch.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torchvision
+from torchvision.io import ImageReadMode
+
+from . import augment as A
+from .store import PreparedDataset, PreparedSplit
+
+# torchvision 0.29 deprecates its image codecs in favour of TorchCodec; they remain the batched
+# libjpeg-turbo / nvJPEG decoders this loader is built on until TorchCodec's are a drop-in.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                        category=DeprecationWarning)
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # (B, 3, C, C), or (B, 10, 3, C, C) for 10-view evaluation
+    labels: torch.Tensor  # (B,) int64
+    indices: torch.Tensor  # (B,) positions in the split
+
+
+def step_seed(seed: int, epoch: int, rank: int, step: int) -> int:
+    """A well-mixed 63-bit seed for one batch (numpy's SeedSequence hashing)."""
+    return int(np.random.SeedSequence([seed, epoch, rank, step]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    g = torch.Generator().manual_seed(step_seed(seed, epoch, 0, 2**31 - 1))
+    return torch.randperm(n, generator=g).numpy()
+
+
+def train_plan(n: int, batch_size: int, world_size: int, rank: int, seed: int, epoch: int,
+               drop_last: bool = True) -> list[np.ndarray]:
+    """Rank `rank`'s batches (sample indices) for one training epoch."""
+    perm = epoch_permutation(n, seed, epoch)
+    block = batch_size * world_size
+    steps = n // block if drop_last else -(-n // block)
+    plan = []
+    for i in range(steps):
+        chunk = perm[i * block:(i + 1) * block]
+        if len(chunk) == block:
+            plan.append(chunk[rank * batch_size:(rank + 1) * batch_size])
+        else:  # the last, partial global batch: as even a split as it goes
+            plan.append(np.array_split(chunk, world_size)[rank])
+    return plan
+
+
+def eval_plan(n: int, batch_size: int, world_size: int, rank: int) -> list[np.ndarray]:
+    share = np.arange(rank, n, world_size)
+    return [share[i:i + batch_size] for i in range(0, len(share), batch_size)]
+
+
+class BatchSource(torch.utils.data.Dataset):
+    """Item `step` is one whole batch: what a DataLoader worker builds."""
+
+    def __init__(self, split: PreparedSplit, plan: list[np.ndarray], epoch: int, loader: "Loader"):
+        self.split, self.plan, self.epoch = split, plan, epoch
+        self.o = loader.options  # plain, picklable settings
+        self.norm_cpu, self.eig = loader.norm_cpu, loader.eig_cpu
+        self.pool = loader.pool  # shared-memory output buffers, or None
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, step: int):
+        idx = self.plan[step]
+        labels, indices = torch.from_numpy(self.split.labels[idx]), torch.from_numpy(idx)
+        o = self.o
+        g = torch.Generator().manual_seed(step_seed(o["seed"], self.epoch, o["rank"], step))
+        if o["gpu_decode"]:  # bytes only: the main process decodes them on the GPU
+            data = [torch.frombuffer(bytearray(self.split[int(i)][0]), dtype=torch.uint8) for i in idx]
+            return data, labels, indices, g.get_state()
+        images = self._per_image_crops(idx, g) if o["keep_aspect"] else self.decode(idx)
+        if o["gpu_augment"]:  # uint8 to the GPU; the augmentation runs there
+            return torch.stack(images), labels, indices, g.get_state()
+        if self.pool is None:
+            return make_batch(images, labels, indices, g, o, self.norm_cpu, self.eig, o["train"])
+        slot = step % len(self.pool)
+        out = self.pool[slot][:len(idx) * (1 if o["train"] else o["views"])]
+        make_batch(images, labels, indices, g, o, self.norm_cpu, self.eig, o["train"], out=out)
+        return slot, labels, indices  # the main process owns the buffer: only its number travels
+
+    def decode(self, idx) -> list[torch.Tensor]:
+        """[(3, S, S) uint8] for the samples `idx` (raw: views of the memory map, no copy)."""
+        if self.split.raw:
+            return [torch.from_numpy(self.split[int(i)][0]).permute(2, 0, 1) for i in idx]
+        data = [torch.frombuffer(bytearray(self.split[int(i)][0]), dtype=torch.uint8) for i in idx]
+        return torchvision.io.decode_jpeg(data, mode=ImageReadMode.RGB)
+
+    def _per_image_crops(self, idx, g) -> list[torch.Tensor]:
+        """--keep-aspect images differ in size: crop each to C x C here (random-resized in training,
+        centre or 10 views are taken later from a shorter-side-C resize in evaluation)."""
+        from torchvision.transforms.v2 import functional as TF
+        o, out = self.o, []
+        for i in idx:
+            img = self._one(int(i))
+            _, h, w = img.shape
+            if o["train"]:
+                p = A.sample_params(1, (h, w), o["crop"], g, flip=False, scale=o["scale"], ratio=o["ratio"])
+                img = TF.resized_crop(img, int(p.top), int(p.left), int(p.height), int(p.width),
+                                      [o["crop"], o["crop"]], antialias=True)
+            else:  # the shorter side is already S: the centre S x S, as fixed-size data sets store
+                img = TF.center_crop(img, [o["size"], o["size"]])
+            out.append(img)
+        return out
+
+    def _one(self, i: int) -> torch.Tensor:
+        data, _ = self.split[i]
+        if self.split.raw:
+            return torch.from_numpy(data).permute(2, 0, 1)
+        return torchvision.io.decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                                          mode=ImageReadMode.RGB)
+
+
+def make_batch(images, labels, indices, g, o: dict, norm: A.Normalize, eig, train: bool, out=None) -> Batch:
+    """uint8 images on any device -> the Batch the model eats (the same code on CPU and GPU)."""
+    dtype = getattr(torch, o["dtype"])
+    if train:
+        b, (h, w) = len(images), images[0].shape[-2:]
+        fixed_crop = o["keep_aspect"]  # already cropped to C x C: only flips and colour remain
+        p = A.sample_params(b, (h, w), o["crop"], g, flip=o["flip"], pca_std=o["pca_std"],
+                            scale=(1.0, 1.0) if fixed_crop else o["scale"],
+                            ratio=(1.0, 1.0) if fixed_crop else o["ratio"])
+        x = A.train_batch(images, p, norm, *(eig or (None, None)), pca_scale=o["pca_scale"],
+                          dtype=dtype, channels_last=o["channels_last"], out=out)
+    else:
+        x = A.eval_views(images, o["crop"], o["views"], norm, dtype=dtype, channels_last=o["channels_last"],
+                         out=out)
+    return Batch(x, labels, indices)
+
+
+class Loader:
+    """Batches of one split for one rank; see the module docstring."""
+
+    def __init__(self, split: PreparedSplit, dataset: PreparedDataset, batch_size: int, train: bool,
+                 crop: int = 224, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 drop_last: bool | None = None, workers: int = 2, device: str | torch.device = "cpu",
+                 flip: bool = True, pca_std: float = 0.1, pca_scale: str = "authors",
+                 mean: str = "pixel", scale=(1.0, 1.0), ratio=(1.0, 1.0), views: int = 1,
+                 dtype: str = "float32", channels_last: bool = False, gpu_decode: bool | None = None,
+                 prefetch: int = 2, keep: int = 2, pool_bytes: int = 2 << 30):
+        self.split, self.batch_size, self.train = split, batch_size, train
+        self.rank, self.world_size, self.workers, self.prefetch = rank, world_size, workers, prefetch
+        self.drop_last = train if drop_last is None else drop_last
+        self.device = torch.device(device)
+        cuda = self.device.type == "cuda"
+        keep_aspect = bool(dataset.manifest["options"]["keep_aspect"])
+        if gpu_decode is None:
+            gpu_decode = cuda and not split.raw and not keep_aspect
+        if crop > dataset.size:
+            raise ValueError(f"crop {crop} is larger than the prepared images ({dataset.size} px)")
+        if mean == "pixel" and keep_aspect:
+            mean = "channel"  # the mean image is of the centre SxS; whole images use channel means
+        stats = dataset.stats
+        f32 = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
+        self.norm_cpu = (A.Normalize(mean_image=f32(stats["mean_image"])) if mean == "pixel"
+                         else A.Normalize(mean=f32(stats["mean"]), std=f32(stats["std"])))
+        self.eig_cpu = (f32(stats["eigval"]), f32(stats["eigvec"])) if pca_std > 0 else None
+        self.options = dict(train=train, crop=crop, size=dataset.size, seed=seed, rank=rank, flip=flip,
+                            pca_std=pca_std, pca_scale=pca_scale, scale=tuple(scale), ratio=tuple(ratio),
+                            views=views, dtype=dtype, channels_last=channels_last,
+                            keep_aspect=keep_aspect, gpu_decode=gpu_decode, gpu_augment=cuda)
+        self.wait_s = 0.0  # time the consumer spent waiting for batches (since the last reset)
+        self.batches = 0
+        self.pool = None if cuda else self._make_pool(keep, pool_bytes)
+
+    def _make_pool(self, keep: int, budget: int) -> list[torch.Tensor] | None:
+        """Reused output buffers (CPU path): enough that none is rewritten while in flight in a
+        worker or among the `keep` batches the consumer may still hold. None above `budget` bytes."""
+        o = self.options
+        rows = self.batch_size * (1 if self.train else o["views"])
+        shape = (rows, 3, o["crop"], o["crop"])
+        dtype = getattr(torch, o["dtype"])
+        slots = self.workers * self.prefetch + keep + 1
+        if slots * rows * 3 * o["crop"] ** 2 * torch.empty(0, dtype=dtype).element_size() > budget:
+            return None
+        fmt = torch.channels_last if o["channels_last"] else torch.contiguous_format
+        return [torch.empty(shape, dtype=dtype, memory_format=fmt).share_memory_() for _ in range(slots)]
+
+    def plan(self, epoch: int) -> list[np.ndarray]:
+        if self.train:
+            return train_plan(len(self.split), self.batch_size, self.world_size, self.rank,
+                              self.options["seed"], epoch, self.drop_last)
+        return eval_plan(len(self.split), self.batch_size, self.world_size, self.rank)
+
+    def steps(self, epoch: int = 0) -> int:
+        return len(self.plan(epoch))
+
+    def epoch(self, epoch: int, start_step: int = 0):
+        """Iterate the batches of `epoch` from `start_step` on."""
+        source = BatchSource(self.split, self.plan(epoch), epoch, self)
+        steps = range(start_step, len(source))
+        cuda = self.device.type == "cuda"
+        dl = torch.utils.data.DataLoader(
+            source, batch_size=None, sampler=steps, num_workers=self.workers, pin_memory=cuda,
+            prefetch_factor=self.prefetch if self.workers else None)
+        it = iter(dl)
+        if cuda:
+            yield from self._timed(_cuda_ahead(it, self))
+        elif self.pool is not None:
+            yield from self._timed(self._from_pool(it))
+        else:
+            yield from self._timed(it)
+
+    def _from_pool(self, it):
+        for slot, labels, indices in it:
+            rows = len(indices) * (1 if self.train else self.options["views"])
+            images = self.pool[slot][:rows]
+            if not self.train and self.options["views"] == 10:
+                images = images.view(len(indices), 10, *images.shape[1:])
+            yield Batch(images, labels, indices)
+
+    def _timed(self, it):
+        while True:
+            t = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            self.wait_s += time.perf_counter() - t
+            self.batches += 1
+            yield batch
+
+    def reset_timing(self) -> None:
+        self.wait_s, self.batches = 0.0, 0
+
+
+def _cuda_ahead(it, loader: Loader):
+    """Decode (nvJPEG) and augment batch k+1 on a side stream while the consumer uses batch k."""
+    dev = loader.device
+    stream = torch.cuda.Stream(dev)
+    norm = loader.norm_cpu.to(dev)
+    eig = None if loader.eig_cpu is None else tuple(t.to(dev) for t in loader.eig_cpu)
+    o = loader.options
+
+    def stage(item):
+        data, labels, idx, state = item
+        g = torch.Generator()
+        g.set_state(state)
+        with torch.cuda.stream(stream):
+            if o["gpu_decode"]:  # batched nvJPEG
+                images = torch.stack(torchvision.io.decode_jpeg(data, mode=ImageReadMode.RGB, device=dev))
+            else:
+                images = data.to(dev, non_blocking=True)
+            return make_batch(images, labels.to(dev, non_blocking=True), idx, g, o, norm, eig, o["train"])
+
+    def hand_over(batch: Batch) -> Batch:
+        consumer = torch.cuda.current_stream(dev)
+        consumer.wait_stream(stream)
+        for t in (batch.images, batch.labels):  # made on the side stream, used on the consumer's
+            t.record_stream(consumer)
+        return batch
+
+    try:
+        ahead = stage(next(it))
+    except StopIteration:
+        return
+    for item in it:
+        current = hand_over(ahead)
+        ahead = stage(item)
+        yield current
+    yield hand_over(ahead)

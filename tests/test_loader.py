@@ -1,0 +1,197 @@
+"""The loader: exact per-epoch coverage for any world size, determinism, resume, workers."""
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from PIL import Image
+
+from alexnet.data import augment as A
+from alexnet.data.loader import Loader, eval_plan, step_seed, train_plan
+from alexnet.data.store import open_prepared
+from alexnet.prepare import prepare
+
+
+def make_source(root, n_per_class=(9, 8), size=(40, 48), seed=0):
+    rng = np.random.default_rng(seed)
+    for c, n in zip(("n01440764", "n02102040"), n_per_class):
+        for split, k in (("train", n), ("val", n // 2 + 1)):
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(k):
+                h = size[0] + int(rng.integers(0, 20))
+                Image.fromarray(rng.integers(0, 256, (h, size[1], 3), dtype=np.uint8)).save(
+                    root / split / c / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    base = tmp_path_factory.mktemp("loader")
+    make_source(base / "src")
+    prepare(base / "src", base / "jpeg", size=40, workers=0, progress=False)
+    prepare(base / "src", base / "raw", size=40, raw=True, workers=0, progress=False)
+    prepare(base / "src", base / "aspect", size=40, keep_aspect=True, workers=0, progress=False)
+    return base
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+@pytest.mark.parametrize("n,batch", [(17, 4), (24, 4), (5, 2)])
+def test_training_epochs_cover_every_sample_once(world, n, batch):
+    for epoch in (0, 1):
+        plans = [train_plan(n, batch, world, r, seed=3, epoch=epoch, drop_last=False) for r in range(world)]
+        assert len({len(p) for p in plans}) == 1  # every rank takes the same number of steps
+        seen = np.concatenate([b for p in plans for b in p])
+        assert sorted(seen.tolist()) == list(range(n))
+        kept = [train_plan(n, batch, world, r, seed=3, epoch=epoch, drop_last=True) for r in range(world)]
+        seen = np.concatenate([b for p in kept for b in p] or [np.array([], int)])
+        assert len(seen) == len(set(seen.tolist())) == (n // (batch * world)) * batch * world
+        assert all(len(b) == batch for p in kept for b in p)
+
+
+def test_epochs_are_reshuffled_deterministically():
+    a = train_plan(100, 10, 1, 0, seed=0, epoch=0)
+    assert [x.tolist() for x in a] == [x.tolist() for x in train_plan(100, 10, 1, 0, seed=0, epoch=0)]
+    assert [x.tolist() for x in a] != [x.tolist() for x in train_plan(100, 10, 1, 0, seed=0, epoch=1)]
+    assert [x.tolist() for x in a] != [x.tolist() for x in train_plan(100, 10, 1, 0, seed=1, epoch=0)]
+    assert step_seed(0, 0, 0, 1) != step_seed(0, 0, 1, 0)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_evaluation_counts_every_image_once(world):
+    n = 23
+    seen = np.concatenate([b for r in range(world) for b in eval_plan(n, 4, world, r)])
+    assert sorted(seen.tolist()) == list(range(n)) and len(seen) == n
+
+
+def batches(loader, epoch=0, start=0):
+    return [(b.images.clone(), b.labels.clone(), b.indices.clone()) for b in loader.epoch(epoch, start)]
+
+
+def same(xs, ys):
+    return len(xs) == len(ys) and all(torch.equal(a, c) and torch.equal(b, d) and torch.equal(e, f)
+                                      for (a, b, e), (c, d, f) in zip(xs, ys))
+
+
+def test_batches_are_the_same_in_workers_and_alone_and_resume_exactly(data):
+    ds = open_prepared(data / "jpeg")
+    split = ds.split("train")
+    alone = Loader(split, ds, 4, train=True, crop=32, workers=0, pca_std=0.1)
+    workers = Loader(split, ds, 4, train=True, crop=32, workers=2, pca_std=0.1)
+    full = batches(alone)
+    assert same(full, batches(workers))  # the op alone == inside DataLoader workers
+    assert same(full, batches(Loader(split, ds, 4, train=True, crop=32, workers=0, pca_std=0.1)))
+    assert not same(full, batches(alone, epoch=1))
+    assert same(full[2:], batches(alone, start=2)) and same(full[2:], batches(workers, start=2))
+    assert full[0][0].shape == (4, 3, 32, 32) and full[0][0].dtype == torch.float32
+    assert alone.steps(0) == len(split) // 4 == len(full)
+    assert alone.wait_s > 0 and alone.batches > 0
+
+
+def test_train_batch_is_the_documented_augmentation_of_the_stored_images(data):
+    """Rebuild one batch by hand: decode the stored JPEGs, draw the same generator, augment."""
+    import io
+    ds = open_prepared(data / "jpeg")
+    split = ds.split("train")
+    loader = Loader(split, ds, 4, train=True, crop=32, workers=0, pca_std=0.1, seed=5)
+    got = next(iter(loader.epoch(2)))
+    idx = loader.plan(2)[0]
+    assert got.indices.tolist() == idx.tolist() and got.labels.tolist() == split.labels[idx].tolist()
+    imgs = torch.stack([torch.from_numpy(np.asarray(Image.open(io.BytesIO(split[int(i)][0])).convert("RGB")))
+                        .permute(2, 0, 1) for i in idx])
+    g = torch.Generator().manual_seed(step_seed(5, 2, 0, 0))
+    p = A.sample_params(4, 40, 32, g, pca_std=0.1)
+    st = ds.stats
+    want = A.train_batch(imgs, p, A.Normalize(mean_image=torch.tensor(st["mean_image"])),
+                         torch.tensor(st["eigval"], dtype=torch.float32), torch.tensor(st["eigvec"], dtype=torch.float32))
+    torch.testing.assert_close(got.images, want, atol=2.0, rtol=0)  # libjpeg-turbo vs Pillow rounding
+
+
+def test_evaluation_batches_and_ten_views(data):
+    ds = open_prepared(data / "jpeg")
+    val = ds.split("val")
+    for views, shape in ((1, (3, 32, 32)), (10, (10, 3, 32, 32))):
+        loader = Loader(val, ds, 3, train=False, crop=32, workers=0, views=views)
+        got = batches(loader)
+        assert all(b[0].shape[1:] == shape for b in got)
+        assert sorted(torch.cat([b[2] for b in got]).tolist()) == list(range(len(val)))
+    loader = Loader(val, ds, 3, train=False, crop=32, workers=0, views=10, rank=1, world_size=2)
+    assert torch.cat([b[2] for b in batches(loader)]).tolist() == list(range(1, len(val), 2))
+
+
+def test_raw_and_keep_aspect_data_sets(data):
+    ds = open_prepared(data / "raw")
+    loader = Loader(ds.split("train"), ds, 4, train=True, crop=32, workers=2, mean="channel", dtype="bfloat16")
+    got = batches(loader)
+    assert got[0][0].dtype == torch.bfloat16 and got[0][0].shape == (4, 3, 32, 32)
+    ds = open_prepared(data / "aspect")
+    assert len({(int(r["height"]), int(r["width"])) for r in ds.split("train").index}) > 1
+    for train, kw in ((True, {}), (True, {"scale": (0.3, 1.0), "ratio": (0.75, 1.33)}), (False, {"views": 10})):
+        loader = Loader(ds.split("train" if train else "val"), ds, 4, train=train, crop=32, workers=0, **kw)
+        got = batches(loader)
+        assert got and all(torch.isfinite(b[0]).all() for b in got)
+        assert got[0][0].shape[-2:] == (32, 32)
+
+
+def test_scale_jitter_on_fixed_size_data(data):
+    ds = open_prepared(data / "jpeg")
+    loader = Loader(ds.split("train"), ds, 4, train=True, crop=32, workers=0, mean="channel",
+                    scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3))
+    a, b = batches(loader), batches(loader)
+    assert same(a, b) and a[0][0].shape == (4, 3, 32, 32)
+
+
+def _gloo_worker(rank, world, init_file, root, out_dir):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    ds = open_prepared(root)
+    seen = {}
+    for name, train in (("train", True), ("val", False)):
+        loader = Loader(ds.split(name), ds, 3, train=train, crop=32, workers=0, rank=rank, world_size=world,
+                        drop_last=False)
+        mine = [int(i) for b in loader.epoch(1) for i in b.indices]
+        gathered = [None] * world
+        dist.all_gather_object(gathered, mine)
+        seen[name] = gathered
+    if rank == 0:
+        torch.save(seen, os.path.join(out_dir, "seen.pt"))
+    dist.destroy_process_group()
+
+
+def test_two_process_gloo_run_covers_each_epoch_exactly_once(data, tmp_path):
+    mp.spawn(_gloo_worker, args=(2, str(tmp_path / "init"), str(data / "jpeg"), str(tmp_path)), nprocs=2)
+    seen = torch.load(tmp_path / "seen.pt")
+    ds = open_prepared(data / "jpeg")
+    for name in ("train", "val"):
+        per_rank = seen[name]
+        assert not set(per_rank[0]) & set(per_rank[1])
+        assert sorted(per_rank[0] + per_rank[1]) == list(range(len(ds.split(name))))
+
+
+def test_pooled_buffers_stay_valid_for_keep_batches(data):
+    """CPU batches are written into reused shared buffers: valid until `keep` more are requested."""
+    ds = open_prepared(data / "jpeg")
+    loader = Loader(ds.split("train"), ds, 2, train=True, crop=32, workers=2, keep=2, pca_std=0.1)
+    assert loader.pool is not None and len(loader.pool) == 2 * 2 + 2 + 1
+    held = []
+    for batch in loader.epoch(0):
+        held.append((batch.images, batch.images.clone()))
+        for images, copy in held[-3:]:  # the current batch and the `keep` before it are intact
+            assert torch.equal(images, copy)
+    assert len(held) == len(ds.split("train")) // 2 > len(loader.pool)
+    fresh = Loader(ds.split("train"), ds, 2, train=True, crop=32, workers=0, pool_bytes=0, pca_std=0.1)
+    assert fresh.pool is None and same(batches(fresh), batches(loader))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_decoding_and_augmentation_match_the_cpu(data):
+    ds = open_prepared(data / "jpeg")
+    for train in (True, False):
+        name = "train" if train else "val"
+        cpu = Loader(ds.split(name), ds, 4, train=train, crop=32, workers=0, pca_std=0.1, views=1 if train else 10)
+        gpu = Loader(ds.split(name), ds, 4, train=train, crop=32, workers=2, pca_std=0.1, device="cuda",
+                     views=1 if train else 10)
+        assert gpu.options["gpu_decode"]
+        for a, b in zip(cpu.epoch(0), gpu.epoch(0)):
+            assert b.images.is_cuda and torch.equal(a.indices, b.indices.cpu())
+            assert (a.images - b.images.cpu()).abs().mean() < 1.0  # nvJPEG vs libjpeg-turbo rounding
