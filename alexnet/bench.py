@@ -1,6 +1,11 @@
-"""`alexnet bench`: our pipeline against the torchvision reference, side by side in one run.
+"""`alexnet bench`: ours against the torchvision reference, side by side in one run.
 
     alexnet bench data --data prepared/imagenette [--device cuda] [--json out.json]
+    alexnet bench train [--device cuda] [--batches 5] [--json out.json]
+
+train: images/s of a training step (forward, backward, SGD) of the same architecture at 224 px:
+torchvision's AlexNet the plain way (fp32, NCHW) against ours (channels_last, and bf16 autocast),
+and each as a share of the machine's measured matrix-multiply ceiling.
 
 data: images/s of ready-to-train batches. Ours: prepared shards -> decode (libjpeg-turbo on CPU,
 nvJPEG on CUDA) -> §4.1 crops, reflections, PCA colour, mean subtraction, as batches. Reference:
@@ -146,20 +151,121 @@ def print_data(r: dict) -> None:
           f"augment {r['augment_images_per_s_one_process']:.0f} img/s ({r['encoding']} data)")
 
 
+def matmul_ceiling(device: torch.device, dtype: torch.dtype, n: int = 2048, seconds: float = 1.0) -> float:
+    """The machine's measured matrix-multiply rate (FLOP/s) for `dtype`: the ceiling a training
+    step, which is mostly convolutions and matrix products, can approach."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    a @ b
+    sync()
+    count, t = 0, time.perf_counter()
+    while time.perf_counter() - t < seconds or count < 2:
+        a @ b
+        count += 1
+        if count == 2 and time.perf_counter() - t > 10 * seconds:  # emulated and very slow: enough
+            break
+    sync()
+    return 2 * n ** 3 * count / (time.perf_counter() - t)
+
+
+def _step_rate(model, batch: int, size: int, device, amp: torch.dtype | None, channels_last: bool,
+               steps: int, budget_s: float) -> float:
+    """Training images/s of SGD steps on a random batch (after one warm-up step)."""
+    import torch.nn.functional as F
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=fmt).train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
+    y = torch.randint(0, 1000, (batch,), device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def step():
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            loss = F.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()
+    sync()
+    done, t = 0, time.perf_counter()
+    while done < steps and (done == 0 or time.perf_counter() - t < budget_s):
+        step()
+        done += 1
+    sync()
+    return batch * done / (time.perf_counter() - t)
+
+
+def bench_train(device: str = "cpu", batch: int = 128, steps: int = 5, size: int = 224, budget_s: float = 60) -> dict:
+    """Our training step (alexnet_owt, channels_last, the autocast dtype of precision=auto) against
+    torchvision's AlexNet trained the plain way (fp32, NCHW), same batch and machine."""
+    import torchvision
+
+    from .info import layer_table
+    from .model import build
+    from .train import amp_dtype, cpu_has_native_bf16
+
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    macs = sum(r["macs"] for r in layer_table(build("alexnet_owt", 1000), size))
+    flops_per_image = 3 * 2 * macs  # forward + backward ~ 3x forward; 2 FLOP per multiply-accumulate
+    rows = {}
+    rows["torchvision fp32 NCHW"] = _step_rate(torchvision.models.alexnet(), batch, size, dev, None, False, steps, budget_s)
+    rows["ours fp32 channels_last"] = _step_rate(build("alexnet_owt", 1000, init="kaiming"), batch, size, dev, None,
+                                                 True, steps, budget_s)
+    auto = amp_dtype("auto", dev)
+    native = auto == torch.bfloat16  # emulated bf16 is ~60x slower: one small step tells enough
+    rows["ours bf16 channels_last"] = _step_rate(build("alexnet_owt", 1000, init="kaiming"),
+                                                 batch if native else min(batch, 8), size, dev,
+                                                 torch.bfloat16, True, steps if native else 1, budget_s)
+    reference = rows["torchvision fp32 NCHW"]
+    best = max(rows, key=rows.get)
+    ceiling = {"fp32": matmul_ceiling(dev, torch.float32), "bf16": matmul_ceiling(dev, torch.bfloat16)}
+    return {"device": str(dev), "batch": batch, "size": size, "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "model": "alexnet_owt (torchvision's architecture)",
+            "images_per_s": rows, "reference_images_per_s": reference,
+            "ratios": {k: v / reference for k, v in rows.items()}, "best": best, "ratio": rows[best] / reference,
+            "precision_auto": "fp32" if auto is None else str(auto).split(".")[-1],
+            "cpu_native_bf16": cpu_has_native_bf16() if dev.type == "cpu" else None,
+            "flops_per_image": flops_per_image, "matmul_ceiling_flops": ceiling,
+            "fraction_of_ceiling": {k: v * flops_per_image / ceiling["bf16" if "bf16" in k else "fp32"]
+                                    for k, v in rows.items()},
+            "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None}
+
+
+def print_train(r: dict) -> None:
+    where = r["device"] + (f" ({r['gpu']})" if r.get("gpu") else f", {r['cores']} cores")
+    print(f"training step of AlexNet ({r['model']}), {where}, batch {r['batch']} at {r['size']} px, "
+          f"{r['flops_per_image'] / 1e9:.2f} GFLOP per image\n")
+    for name, rate in r["images_per_s"].items():
+        print(f"  {name:<28}{rate:>9.1f} img/s {r['ratios'][name]:>6.2f}x   "
+              f"{100 * r['fraction_of_ceiling'][name]:>5.1f}% of the {'bf16' if 'bf16' in name else 'fp32'} matmul ceiling")
+    c = r["matmul_ceiling_flops"]
+    print(f"\n  matmul ceiling: fp32 {c['fp32'] / 1e9:.1f} GFLOP/s, bf16 {c['bf16'] / 1e9:.1f} GFLOP/s; "
+          f"precision=auto picks {r['precision_auto']} here")
+    if r.get("cpu_native_bf16") is False:
+        print("  this CPU has no native bf16 (AVX512-BF16/AMX): PyTorch emulates it, so bf16 is far slower than fp32")
+
+
 def main(args) -> int:
-    if args.what != "data":
-        print(f"alexnet bench {args.what}: not implemented yet (it arrives with issue "
-              f"#{5 if args.what == 'train' else 7})", file=sys.stderr)
+    if args.what == "infer":
+        print("alexnet bench infer: not implemented yet (it arrives with issue #7)", file=sys.stderr)
         return 1
-    if not args.data:
-        raise UserError("bench data needs --data PREPARED (a folder made by alexnet prepare)")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here")
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
         ("cpu" if args.device == "auto" else args.device)
-    r = bench_data(args.data, device=device, batch=args.batch_size, batches=args.batches,
-                   workers=args.workers, source=args.source)
-    print_data(r)
+    if args.what == "train":
+        r = bench_train(device, batch=args.batch_size, steps=args.batches)
+        print_train(r)
+    else:
+        if not args.data:
+            raise UserError("bench data needs --data PREPARED (a folder made by alexnet prepare)")
+        r = bench_data(args.data, device=device, batch=args.batch_size, batches=args.batches,
+                       workers=args.workers, source=args.source)
+        print_data(r)
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=2) + "\n")
     return 0

@@ -22,7 +22,7 @@ from .errors import UserError
 COMMANDS: dict[str, tuple[str | None, int, str]] = {
     "prepare": ("alexnet.prepare:main", 3, "convert ImageNet-style data (folders, ILSVRC tars, Kaggle, WebDataset, CSV) "
                          "to the fast prepared format"),
-    "train": (None, 5, "train a network (the paper's recipe, torchvision's, or the fast one)"),
+    "train": ("alexnet.train:main", 5, "train a network (the paper's recipe, torchvision's, or the fast one)"),
     "evaluate": (None, 7, "top-1/top-5 error of checkpoints (centre crop or the paper's 10 views)"),
     "predict": (None, 7, "top-k classes of image files"),
     "features": (None, 7, "fc7 feature vectors of a data set"),
@@ -57,7 +57,8 @@ class Parser(argparse.ArgumentParser):
 
 
 def add_config_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", help="base recipe: paper | torchvision | fast (default: paper)")
+    p.add_argument("--preset", help="base recipe: paper | torchvision | fast | quick "
+                                    "(default: quick on the built-in data, paper with --data)")
     p.add_argument("--config", action="append", default=[], metavar="FILE",
                    help="TOML/YAML/JSON file of [section] key = value overrides (repeatable)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -174,12 +175,17 @@ def build_parser() -> Parser:
 
 
 def resolve_config(args: argparse.Namespace):
-    """The Config of a config-driven command: preset < --config files < --set < explicit flags."""
+    """The Config of a config-driven command: preset < --config files < --set < explicit flags.
+    With no preset and no data named anywhere, `train` uses the built-in data set's preset, quick."""
     from . import config
 
     flags = {flag: (key, getattr(args, "flag_" + key.replace(".", "__")))
              for flag, (key, _) in CONFIG_FLAGS.items()}
-    return config.resolve(args.preset, files=args.config, sets=args.set, flags=flags)
+    preset = args.preset
+    if preset is None and args.flag_data__path is None and not args.config \
+            and not any(a.replace(" ", "").startswith("data.path=") for a in args.set):
+        preset = "quick"
+    return config.resolve(preset, files=args.config, sets=args.set, flags=flags)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -46,7 +46,7 @@ def test_precedence_preset_file_set_flag(tmp_path):
     f.write_text('preset = "fast"\n[optim]\nlr = 0.5\nmomentum = 0.8\n[train]\nepochs = 7\n')
     cfg = config.resolve(None, files=[f], sets=["optim.lr=0.25", "train.epochs=9"],
                          flags={"--epochs": ("train.epochs", "11"), "--lr": ("optim.lr", None)})
-    assert cfg.preset == "fast" and cfg.train.precision == "bf16"  # from the file's preset
+    assert cfg.preset == "fast" and cfg.train.batch_size == 1024  # from the file's preset
     assert cfg.optim.momentum == 0.8  # file
     assert cfg.optim.lr == 0.25  # --set beats file; a flag left unset changes nothing
     assert cfg.train.epochs == 11  # flag beats --set

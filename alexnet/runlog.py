@@ -1,0 +1,84 @@
+"""A self-describing run folder: config, versions, metrics, TensorBoard events, summary.
+
+    runs/20261125-101500-quick/
+        config.yaml       the resolved config (a valid --config for a rerun)
+        env.json          command, git revision, library and device versions, world size
+        metrics.jsonl     one JSON object per line: training steps and validation epochs
+        events.*          TensorBoard (tensorboard --logdir runs/)
+        last.pt best.pt   checkpoints (alexnet.checkpoint)
+        curves.png conv1.png summary.json
+Only the main rank writes; the others get a RunLog that does nothing.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import config as config_mod
+from .info import environment
+
+
+def git_revision() -> dict:
+    """The commit of the alexnet source tree in use, and whether it had local changes."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        if rev.returncode != 0:
+            return {}
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip() != ""
+        return {"commit": rev.stdout.strip(), "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {}
+
+
+class RunLog:
+    def __init__(self, folder: Path, cfg, active: bool = True, extra_env: dict | None = None):
+        self.folder, self.active = Path(folder), active
+        self.tb = None
+        if not active:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        config_mod.save(cfg, self.folder / "config.yaml")
+        env = {"command": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+               "git": git_revision(), **environment(), **(extra_env or {})}
+        (self.folder / "env.json").write_text(json.dumps(env, indent=2, default=str) + "\n")
+        self.metrics = open(self.folder / "metrics.jsonl", "a")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(self.folder))
+        except ImportError:  # tensorboard is a dependency; tolerate its absence in odd installs
+            self.tb = None
+
+    def log(self, kind: str, step: int, **values) -> None:
+        """One record: kind ("train" or "val"), the global optimizer step, and numbers."""
+        if not self.active:
+            return
+        self.metrics.write(json.dumps({"kind": kind, "step": step, "time": round(time.time(), 3), **values}) + "\n")
+        self.metrics.flush()
+        if self.tb is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.tb.add_scalar(f"{kind}/{key}", value, step)
+
+    def write_json(self, name: str, data: dict) -> Path:
+        path = self.folder / name
+        if self.active:
+            path.write_text(json.dumps(data, indent=2) + "\n")
+        return path
+
+    def close(self) -> None:
+        if self.active:
+            self.metrics.close()
+            if self.tb is not None:
+                self.tb.close()
+
+
+def read_metrics(folder: Path) -> list[dict]:
+    path = Path(folder) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,131 @@
+"""`alexnet train` end to end on a tiny built-in set: run folder, resume, accumulation, errors."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from alexnet import checkpoint, cli, config
+from alexnet.data import synthetic
+from alexnet.errors import UserError
+from alexnet.model import build
+from alexnet.train import Diverged, amp_dtype, pick_device, train
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return synthetic.ensure(train_per_class=8, val_per_class=3, size=72, root=tmp_path_factory.mktemp("shapes"),
+                            progress=False)
+
+
+def tiny_cfg(data, out, *sets):
+    base = [f"data.path={data}", f"train.out={out}", "train.epochs=2", "train.batch_size=16", "model.width=0.25",
+            "model.hidden=64", "data.workers=0", "train.log_every=2", "eval.batch_size=16"]
+    return config.resolve("quick", sets=base + list(sets))
+
+
+def test_a_run_writes_a_self_describing_folder(tiny, tmp_path):
+    out = tmp_path / "run"
+    summary = train(tiny_cfg(tiny, out), progress=False)
+    for name in ("config.yaml", "env.json", "metrics.jsonl", "last.pt", "best.pt", "curves.png", "conv1.png",
+                 "summary.json"):
+        assert (out / name).is_file(), name
+    assert list(out.glob("events.out.tfevents.*")), "TensorBoard events"
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved == json.loads(json.dumps(summary))
+    for key in ("top1", "top5", "epochs", "images_per_s", "wall_time_s", "checkpoint", "plots"):
+        assert key in saved
+    assert 0 <= saved["top1"] <= saved["top5"] <= 1 and saved["epochs"] == 2
+    assert config.from_dict(yaml.safe_load((out / "config.yaml").read_text())) == tiny_cfg(tiny, out)
+    env = json.loads((out / "env.json").read_text())
+    assert env["torch"] == torch.__version__ and "git" in env
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {r["kind"] for r in records} == {"train", "val"} and len([r for r in records if r["kind"] == "val"]) == 2
+    state = checkpoint.load(out / "last.pt")
+    assert state["epoch"] == 2 and state["step"] == 0 and len(state["classes"]) == 10
+    net = build("alexnet2012", 10, norm="batchnorm", width=0.25, hidden=64)
+    net.load_state_dict(state["model"])  # unwrapped: plain keys
+    assert state["data"]["mean_image"].shape == (3, 72, 72) and state["data"]["crop"] == 64
+
+
+def test_resume_continues_and_matches_an_uninterrupted_run(tiny, tmp_path, monkeypatch):
+    from alexnet import train as train_module
+    cfg = lambda out: tiny_cfg(tiny, out, "train.epochs=3", "train.deterministic=true")  # noqa: E731
+    train(cfg(tmp_path / "straight"), progress=False)
+    real = train_module.train_epoch
+
+    def stop_in_second_epoch(*args, **kwargs):
+        if args[5] == 1:  # epoch index: the first epoch and its checkpoint are done
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_epoch", stop_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(tmp_path / "split"), progress=False)
+    assert checkpoint.load(tmp_path / "split" / "last.pt")["epoch"] == 1
+    monkeypatch.setattr(train_module, "train_epoch", real)
+    train(cfg(tmp_path / "split"), progress=False)  # the same command again: continues the run
+    a, b = checkpoint.load(tmp_path / "straight" / "last.pt"), checkpoint.load(tmp_path / "split" / "last.pt")
+    assert a["epoch"] == b["epoch"] == 3
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0, msg=key)
+    vals = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in vals if r["kind"] == "val"] == [1, 2, 3]
+
+
+def test_gradient_accumulation_matches_one_big_batch(tiny, tmp_path):
+    common = ["model.norm=none", "model.dropout=0", "train.epochs=1", "data.pca_std=0", "schedule.warmup_epochs=0"]
+    train(tiny_cfg(tiny, tmp_path / "a", *common), progress=False)
+    train(tiny_cfg(tiny, tmp_path / "b", *common, "train.accumulation=4"), progress=False)
+    a, b = checkpoint.load(tmp_path / "a" / "last.pt"), checkpoint.load(tmp_path / "b" / "last.pt")
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-4, atol=1e-6, msg=key)
+
+
+def test_divergence_stops_with_a_clear_message(tiny, tmp_path):
+    with pytest.raises(Diverged, match=r"diverged at epoch 1, step \d+: loss nan"):
+        train(tiny_cfg(tiny, tmp_path / "nan", "optim.lr=1e12", "schedule.warmup_epochs=0"), progress=False)
+    assert not (tmp_path / "nan" / "last.pt").exists()
+
+
+def test_bad_runs_fail_before_any_work(tiny, tmp_path):
+    with pytest.raises(UserError, match="larger than the training split"):
+        train(tiny_cfg(tiny, tmp_path / "x", "train.batch_size=512"), progress=False)
+    with pytest.raises(UserError, match="larger than the prepared images"):
+        train(tiny_cfg(tiny, tmp_path / "x", "data.crop=100"), progress=False)
+    with pytest.raises(UserError, match="not a prepared data set|not found"):
+        train(tiny_cfg(tmp_path / "nothing", tmp_path / "x"), progress=False)
+    with pytest.raises(UserError, match="unknown device"):
+        pick_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="CUDA is not available"):
+            pick_device("cuda")
+
+
+def test_precision_auto_and_the_default_preset(capsys):
+    assert amp_dtype("fp32", torch.device("cpu")) is None
+    assert amp_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    assert amp_dtype("auto", torch.device("cpu")) in (None, torch.bfloat16)
+    assert cli.main(["train", "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["preset"] == "quick"  # built-in data: quick
+    assert cli.main(["train", "--data", "somewhere", "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["preset"] == "paper"
+
+
+def test_the_quick_network_can_overfit_one_batch(tiny):
+    from alexnet.data.loader import Loader
+    from alexnet.data.store import open_prepared
+    ds = open_prepared(tiny)
+    batch = next(iter(Loader(ds.split("train"), ds, 32, train=True, crop=64, workers=0).epoch(0)))
+    torch.manual_seed(0)
+    net = build("alexnet2012", 10, norm="batchnorm", init="kaiming", width=0.5, hidden=256, dropout=0.0, seed=0)
+    opt = torch.optim.SGD(net.parameters(), lr=0.02, momentum=0.9)
+    first = None
+    for _ in range(40):
+        loss = F.cross_entropy(net(batch.images), batch.labels)
+        first = first or loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1 * first
