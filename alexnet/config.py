@@ -94,6 +94,7 @@ class ScheduleConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 90  # §5 "roughly 90 cycles"
+    budget_minutes: float | None = None  # stop after this much wall time; decays then follow the clock
     batch_size: int = 128  # global images per optimizer step = per device x world size x accumulation
     accumulation: int = 1  # micro-batches per optimizer step
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"  # autocast dtype; fp16 adds a GradScaler;
@@ -346,6 +347,7 @@ def validate(cfg: Config) -> None:
     """Checks that involve more than one key, or ranges; each error names the key."""
     checks = [
         (cfg.train.epochs >= 1, "train.epochs must be at least 1"),
+        (cfg.train.budget_minutes is None or cfg.train.budget_minutes > 0, "train.budget_minutes must be positive"),
         (cfg.train.batch_size >= 1, "train.batch_size must be at least 1"),
         (cfg.train.accumulation >= 1, "train.accumulation must be at least 1"),
         (cfg.train.batch_size % cfg.train.accumulation == 0,

@@ -15,6 +15,9 @@ all multiplied by a linear warm-up over `schedule.warmup_epochs`:
 - step: x gamma every `step_epochs` epochs (torchvision's recipe: 0.1 every 30);
 - linear: decay to 0 at the last step; onecycle: warm up (over 30% of training when
   warmup_epochs is 0) then decay linearly to 0; cosine: half a cosine to 0; constant.
+With a wall-clock budget (`train.budget_minutes`) the decaying schedules follow the clock instead
+of the step count: progress = elapsed / budget, so a run ends at lr 0 when its time is up, however
+fast the machine is.
 """
 from __future__ import annotations
 
@@ -73,9 +76,10 @@ class Schedule:
         warmup = s.warmup_epochs if not (s.name == "onecycle" and s.warmup_epochs == 0) else 0.3 * self.epochs
         self.warmup_steps = round(warmup * self.steps_per_epoch)
         self.total_steps = self.epochs * self.steps_per_epoch
+        self.budget_s = None if cfg.train.budget_minutes is None else 60.0 * cfg.train.budget_minutes
         self.decays, self.best, self.bad_epochs = 0, math.inf, 0  # plateau state
 
-    def lr(self, epoch: int, step: int) -> float:
+    def lr(self, epoch: int, step: int, elapsed_s: float = 0.0) -> float:
         t = epoch * self.steps_per_epoch + step  # optimizer steps taken before this one
         warm = min(1.0, (t + 1) / self.warmup_steps) if self.warmup_steps else 1.0
         if self.name == "plateau":
@@ -84,9 +88,11 @@ class Schedule:
             shape = self.gamma ** (epoch // self.step_epochs)
         elif self.name == "constant":
             shape = 1.0
-        else:  # decays to 0 after the warm-up
+        else:  # decays to 0 after the warm-up (by steps, or by the clock under a budget)
             span = max(1, self.total_steps - self.warmup_steps)
             p = min(1.0, max(0.0, (t - self.warmup_steps) / span))
+            if self.budget_s:
+                p = min(1.0, elapsed_s / self.budget_s)
             shape = 0.5 * (1 + math.cos(math.pi * p)) if self.name == "cosine" else 1.0 - p
         return self.base_lr * warm * shape
 

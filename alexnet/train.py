@@ -159,7 +159,7 @@ def train(cfg: config_mod.Config, resume: str | None = None, progress: bool = Tr
         state, path = checkpoint.load_latest(out, warn=say)
         if resume == "auto" and state is None:
             raise UserError(f"--resume: no checkpoint in {out}; start a new run without --resume")
-    epoch, step, best = 0, 0, {"top1": -1.0}
+    epoch, step, best, elapsed = 0, 0, {"top1": -1.0}, 0.0
     if state is not None:
         if state["config"]["model"] != config_mod.to_dict(cfg)["model"]:
             raise UserError(f"{path} was trained with another model configuration; "
@@ -169,7 +169,7 @@ def train(cfg: config_mod.Config, resume: str | None = None, progress: bool = Tr
         schedule.load_state_dict(state["schedule"])
         scaler.load_state_dict(state["scaler"])
         checkpoint.set_rng_state(state["rng"])
-        epoch, step, best = state["epoch"], state["step"], state["best"]
+        epoch, step, best, elapsed = state["epoch"], state["step"], state["best"], state.get("elapsed_s", 0.0)
         say(f"resuming {path} at epoch {epoch + 1}, step {step}")
     log = RunLog(out, cfg, active=ctx.main, extra_env={"world_size": ctx.world_size, "device": str(device)})
     net = model
@@ -185,42 +185,56 @@ def train(cfg: config_mod.Config, resume: str | None = None, progress: bool = Tr
         checkpoint.save(out / name, {
             "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch_, "step": step_,
-            "best": best, "rng": checkpoint.rng_state(), "config": config_mod.to_dict(cfg),
+            "best": best, "elapsed_s": clock(), "rng": checkpoint.rng_state(), "config": config_mod.to_dict(cfg),
             "classes": ds.classes, "data": data_summary(ds, cfg), "num_classes": num_classes})
 
     # ------------------------------------------------------------------ the epochs
     images_seen, train_time = 0, 0.0
+    resumed_at, t_run = elapsed, time.time()
+
+    def clock() -> float:  # training wall time, across resumes (what train.budget_minutes limits)
+        return resumed_at + time.time() - t_run
+
+    budget = None if cfg.train.budget_minutes is None else 60.0 * cfg.train.budget_minutes
     val = None
-    while epoch < cfg.train.epochs:
+    while epoch < cfg.train.epochs and not (budget and clock() >= budget):
         t0 = time.time()
-        seen = train_epoch(net, optimizer, schedule, scaler, train_loader, epoch, step, cfg, device, dtype,
-                           log, ctx, progress, save)
+        seen, stopped_at = train_epoch(net, optimizer, schedule, scaler, train_loader, epoch, step, cfg, device,
+                                       dtype, log, ctx, progress, save, clock, budget)
         train_time += time.time() - t0
         images_seen += seen
-        step = 0
-        if (epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.train.epochs:
+        out_of_time = stopped_at is not None
+        val = None
+        if out_of_time or (epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.train.epochs:
             val = evaluate(net, val_loader, device, dtype, num_classes)
-            decayed = schedule.on_epoch_end(val["top1_error"])
-            log.log("val", (epoch + 1) * steps, epoch=epoch + 1, **{k: v for k, v in val.items() if k != "per_class"})
+            decayed = schedule.on_epoch_end(val["top1_error"]) if not out_of_time else False
+            done_epochs = epoch + (stopped_at / steps if out_of_time else 1)
+            log.log("val", epoch * steps + (stopped_at or steps), epoch=done_epochs,
+                    **{k: v for k, v in val.items() if k != "per_class"})
             say(f"epoch {epoch + 1}/{cfg.train.epochs}: val top-1 {100 * val['top1']:.2f}%  top-5 "
-                f"{100 * val['top5']:.2f}%  loss {val['loss']:.3f}" + ("  (lr divided)" if decayed else ""))
+                f"{100 * val['top5']:.2f}%  loss {val['loss']:.3f}" + ("  (lr divided)" if decayed else "")
+                + (f"  (time budget of {cfg.train.budget_minutes:g} min reached)" if out_of_time else ""))
             if val["top1"] > best["top1"]:
-                best = {"top1": val["top1"], "top5": val["top5"], "epoch": epoch + 1}
-                save(epoch + 1, 0, "best.pt")
-        epoch += 1
+                best = {"top1": val["top1"], "top5": val["top5"], "epoch": done_epochs}
+                save(epoch if out_of_time else epoch + 1, stopped_at or 0, "best.pt")
+        if out_of_time:
+            save(epoch, stopped_at)
+            break
+        epoch, step = epoch + 1, 0
         save(epoch, 0)
 
     # ------------------------------------------------------------------ the end: plots, summary
+    if val is None:  # the last epoch was not evaluated (eval.every, or a finished run resumed); all ranks
+        val = evaluate(net, val_loader, device, dtype, num_classes)
     summary = {}
     if ctx.main:
         records = read_metrics(out)
         curves = plots.curves(records, out / "curves.png", title=f"{m.name}, preset {cfg.preset}")
         filters = plots.filters(unwrap(model).conv1_weight(), out / "conv1.png", towers=unwrap(model).towers)
-        if val is None and state is not None:  # resumed a finished run: report what it reached
-            val = evaluate(net, val_loader, device, dtype, num_classes)
         summary = {"top1": val["top1"], "top5": val["top5"], "top1_error": val["top1_error"],
                    "top5_error": val["top5_error"], "val_loss": val["loss"], "best": best,
-                   "epochs": cfg.train.epochs, "images_per_s": images_seen / max(train_time, 1e-9),
+                   "epochs": cfg.train.epochs, "epochs_done": best.get("epoch") if budget else cfg.train.epochs,
+                   "training_time_s": clock(), "images_per_s": images_seen / max(train_time, 1e-9),
                    "wall_time_s": time.time() - started, "checkpoint": str(out / "last.pt"),
                    "best_checkpoint": str(out / "best.pt"), "plots": [str(curves), str(filters)],
                    "metrics": str(out / "metrics.jsonl"), "run": str(out), "data": str(data_path),
@@ -241,9 +255,10 @@ def data_summary(ds, cfg) -> dict:
 
 
 def train_epoch(net, optimizer, schedule, scaler, loader, epoch, start_step, cfg, device, dtype, log, ctx,
-                progress, save) -> int:
-    """One epoch from `start_step`; returns the number of images this rank trained on. Running sums
-    stay on the device and are read (a sync) only when the progress bar or the log shows them."""
+                progress, save, clock, budget) -> tuple[int, int | None]:
+    """One epoch from `start_step`: (images this rank trained on, the step it stopped before when the
+    time budget ran out, else None). Running sums stay on the device and are read (a sync) only
+    when the progress bar or the log shows them."""
     from tqdm import tqdm
 
     net.train()
@@ -255,8 +270,12 @@ def train_epoch(net, optimizer, schedule, scaler, loader, epoch, start_step, cfg
     loader.reset_timing()
     t_start, seen = time.perf_counter(), 0
     window = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, right, n
+    stopped_at = None
     for step, batch in enumerate(loader.epoch(epoch, start_step), start=start_step):
-        lr = schedule.lr(epoch, step)
+        if budget and out_of_time(clock, budget, device):
+            stopped_at = step
+            break
+        lr = schedule.lr(epoch, step, clock())
         for group in optimizer.param_groups:
             group["lr"] = lr
         x, y = batch.images, batch.labels.to(device, non_blocking=True)
@@ -293,7 +312,14 @@ def train_epoch(net, optimizer, schedule, scaler, loader, epoch, start_step, cfg
         if cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0 and done < steps:
             save(epoch, done)
     bar.close()
-    return seen
+    return seen, stopped_at
+
+
+def out_of_time(clock, budget: float, device) -> bool:
+    """Every rank must stop at the same step: the slowest clock decides."""
+    t = torch.tensor([clock()], dtype=torch.float64, device=device)
+    distributed.all_reduce_max(t)
+    return t.item() >= budget
 
 
 def divergence_report(net, loss, logits, epoch, step, lr) -> str:

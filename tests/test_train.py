@@ -129,3 +129,15 @@ def test_the_quick_network_can_overfit_one_batch(tiny):
         loss.backward()
         opt.step()
     assert loss.item() < 0.1 * first
+
+
+def test_a_time_budget_stops_the_run_and_drives_the_decay(tiny, tmp_path):
+    out = tmp_path / "budget"
+    summary = train(tiny_cfg(tiny, out, "train.epochs=1000", "train.budget_minutes=0.05",
+                             "eval.every=1000"), progress=False)
+    assert 0 < summary["training_time_s"] < 60 and summary["epochs_done"] < 1000
+    state = checkpoint.load(out / "last.pt")
+    assert state["elapsed_s"] >= 3.0 and state["epoch"] < 1000
+    lrs = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()
+           if '"train"' in line]
+    assert lrs[-1] < 0.5 * max(lrs)  # linear decay by the clock: near 0 when the time is up
