@@ -104,6 +104,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     seed: int = 0  # every random stream derives from (seed, rank, epoch)
     deterministic: bool = False  # deterministic kernels, for exact resume checks
+    grad_compression: Literal["none", "bf16", "fp16"] = "none"  # DDP gradient all-reduce precision
     out: str | None = None  # run folder; None: runs/<date>-<preset>
     log_every: int = 20  # optimizer steps between metric lines
     checkpoint_every: int = 0  # optimizer steps between mid-epoch checkpoints; 0: at epoch ends only

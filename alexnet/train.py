@@ -17,6 +17,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
+import sys
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -125,7 +128,7 @@ def train(cfg: config_mod.Config, resume: str | None = None, progress: bool = Tr
         f"precision {'fp32' if dtype is None else str(dtype).split('.')[-1]}")
 
     # ------------------------------------------------------------------ model, optimizer, schedule
-    torch.manual_seed(cfg.train.seed)
+    torch.manual_seed(cfg.train.seed + 1_000_003 * ctx.rank)  # dropout masks differ across ranks
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     m = cfg.model
@@ -151,7 +154,7 @@ def train(cfg: config_mod.Config, resume: str | None = None, progress: bool = Tr
 
     # ------------------------------------------------------------------ run folder and resume
     out = Path(cfg.train.out) if cfg.train.out else (
-        Path(resume).parent if resume not in (None, "auto") else default_out(cfg))
+        Path(resume).parent if resume not in (None, "auto") else distributed.broadcast(default_out(cfg)))
     state, path = None, None
     if resume not in (None, "auto"):
         state, path = checkpoint.load(resume), Path(resume)
@@ -168,64 +171,74 @@ def train(cfg: config_mod.Config, resume: str | None = None, progress: bool = Tr
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         scaler.load_state_dict(state["scaler"])
-        checkpoint.set_rng_state(state["rng"])
+        rng = state["rng"]  # one state per rank; a run resumed on another world size reuses rank 0's
+        checkpoint.set_rng_state(rng[ctx.rank] if isinstance(rng, list) and len(rng) == ctx.world_size
+                                 else rng[0] if isinstance(rng, list) else rng)
         epoch, step, best, elapsed = state["epoch"], state["step"], state["best"], state.get("elapsed_s", 0.0)
         say(f"resuming {path} at epoch {epoch + 1}, step {step}")
     log = RunLog(out, cfg, active=ctx.main, extra_env={"world_size": ctx.world_size, "device": str(device)})
     net = model
-    if ctx.distributed:
+    if ctx.distributed:  # gradients all-reduced in buckets while the backward pass still runs
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+        distributed.compress_gradients(net, cfg.train.grad_compression)
     if cfg.train.compile:
         net = torch.compile(net)
 
     def save(epoch_: int, step_: int, name: str = "last.pt") -> None:
+        rng = distributed.gather(checkpoint.rng_state())  # every rank's, for an exact resume
         if not ctx.main:
             return
         checkpoint.save(out / name, {
             "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch_, "step": step_,
-            "best": best, "elapsed_s": clock(), "rng": checkpoint.rng_state(), "config": config_mod.to_dict(cfg),
+            "best": best, "elapsed_s": clock(), "rng": rng, "config": config_mod.to_dict(cfg),
             "classes": ds.classes, "data": data_summary(ds, cfg), "num_classes": num_classes})
 
     # ------------------------------------------------------------------ the epochs
     images_seen, train_time = 0, 0.0
-    resumed_at, t_run = elapsed, time.time()
-
-    def clock() -> float:  # training wall time, across resumes (what train.budget_minutes limits)
-        return resumed_at + time.time() - t_run
-
-    budget = None if cfg.train.budget_minutes is None else 60.0 * cfg.train.budget_minutes
-    val = None
-    while epoch < cfg.train.epochs and not (budget and clock() >= budget):
-        t0 = time.time()
-        seen, stopped_at = train_epoch(net, optimizer, schedule, scaler, train_loader, epoch, step, cfg, device,
-                                       dtype, log, ctx, progress, save, clock, budget)
-        train_time += time.time() - t0
-        images_seen += seen
-        out_of_time = stopped_at is not None
-        val = None
-        if out_of_time or (epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.train.epochs:
-            val = evaluate(net, val_loader, device, dtype, num_classes)
-            decayed = schedule.on_epoch_end(val["top1_error"]) if not out_of_time else False
-            done_epochs = epoch + (stopped_at / steps if out_of_time else 1)
-            log.log("val", epoch * steps + (stopped_at or steps), epoch=done_epochs,
-                    **{k: v for k, v in val.items() if k != "per_class"})
-            say(f"epoch {epoch + 1}/{cfg.train.epochs}: val top-1 {100 * val['top1']:.2f}%  top-5 "
-                f"{100 * val['top5']:.2f}%  loss {val['loss']:.3f}" + ("  (lr divided)" if decayed else "")
-                + (f"  (time budget of {cfg.train.budget_minutes:g} min reached)" if out_of_time else ""))
-            if val["top1"] > best["top1"]:
-                best = {"top1": val["top1"], "top5": val["top5"], "epoch": done_epochs}
-                save(epoch if out_of_time else epoch + 1, stopped_at or 0, "best.pt")
-        if out_of_time:
-            save(epoch, stopped_at)
-            break
-        epoch, step = epoch + 1, 0
-        save(epoch, 0)
+    stopper = Stopper(elapsed, cfg.train.budget_minutes, device)
+    clock = stopper.clock
+    val, position = None, epoch + step / steps  # epochs done, fractional
+    with stopper:
+        while epoch < cfg.train.epochs and not stopper.out_of_time():
+            t0 = time.time()
+            seen, stopped_at = train_epoch(net, optimizer, schedule, scaler, train_loader, epoch, step, cfg,
+                                           device, dtype, log, ctx, progress, save, stopper)
+            train_time += time.time() - t0
+            images_seen += seen
+            position = epoch + (stopped_at / steps if stopped_at is not None else 1)
+            if stopped_at is not None and stopper.signal:  # SIGINT/SIGTERM: save and leave
+                save(epoch, stopped_at)
+                say(f"\nstopped by {stopper.signal} at epoch {epoch + 1}, step {stopped_at}: saved "
+                    f"{out / 'last.pt'}; run the same command with --out {out} to resume")
+                log.close()
+                return {"stopped": stopper.signal, "checkpoint": str(out / "last.pt"), "run": str(out)}
+            out_of_time = stopped_at is not None
+            val = None
+            if out_of_time or (epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.train.epochs:
+                val = evaluate(net, val_loader, device, dtype, num_classes)
+                decayed = schedule.on_epoch_end(val["top1_error"]) if not out_of_time else False
+                log.log("val", epoch * steps + (stopped_at or steps), epoch=position,
+                        **{k: v for k, v in val.items() if k != "per_class"})
+                say(f"epoch {epoch + 1}/{cfg.train.epochs}: val top-1 {100 * val['top1']:.2f}%  top-5 "
+                    f"{100 * val['top5']:.2f}%  loss {val['loss']:.3f}" + ("  (lr divided)" if decayed else "")
+                    + (f"  (time budget of {cfg.train.budget_minutes:g} min reached)" if out_of_time else ""))
+                if val["top1"] > best["top1"]:
+                    best = {"top1": val["top1"], "top5": val["top5"], "epoch": position}
+                    save(epoch if out_of_time else epoch + 1, stopped_at or 0, "best.pt")
+            if out_of_time:
+                save(epoch, stopped_at)
+                break
+            epoch, step = epoch + 1, 0
+            save(epoch, 0)
 
     # ------------------------------------------------------------------ the end: plots, summary
     if val is None:  # the last epoch was not evaluated (eval.every, or a finished run resumed); all ranks
         val = evaluate(net, val_loader, device, dtype, num_classes)
+    in_sync = distributed.in_sync(unwrap(model).parameters())
+    if not in_sync:
+        say("warning: the ranks' weights differ at the end of training (a DDP bug or a non-deterministic op)")
     summary = {}
     if ctx.main:
         records = read_metrics(out)
@@ -233,12 +246,13 @@ def train(cfg: config_mod.Config, resume: str | None = None, progress: bool = Tr
         filters = plots.filters(unwrap(model).conv1_weight(), out / "conv1.png", towers=unwrap(model).towers)
         summary = {"top1": val["top1"], "top5": val["top5"], "top1_error": val["top1_error"],
                    "top5_error": val["top5_error"], "val_loss": val["loss"], "best": best,
-                   "epochs": cfg.train.epochs, "epochs_done": best.get("epoch") if budget else cfg.train.epochs,
+                   "epochs": cfg.train.epochs, "epochs_done": round(position, 3),
                    "training_time_s": clock(), "images_per_s": images_seen / max(train_time, 1e-9),
                    "wall_time_s": time.time() - started, "checkpoint": str(out / "last.pt"),
                    "best_checkpoint": str(out / "best.pt"), "plots": [str(curves), str(filters)],
                    "metrics": str(out / "metrics.jsonl"), "run": str(out), "data": str(data_path),
-                   "device": str(device), "world_size": ctx.world_size, "preset": cfg.preset}
+                   "device": str(device), "world_size": ctx.world_size, "ranks_in_sync": in_sync,
+                   "preset": cfg.preset}
         log.write_json("summary.json", summary)
         if progress:
             finish_message(summary, out, data_path)
@@ -255,10 +269,10 @@ def data_summary(ds, cfg) -> dict:
 
 
 def train_epoch(net, optimizer, schedule, scaler, loader, epoch, start_step, cfg, device, dtype, log, ctx,
-                progress, save, clock, budget) -> tuple[int, int | None]:
-    """One epoch from `start_step`: (images this rank trained on, the step it stopped before when the
-    time budget ran out, else None). Running sums stay on the device and are read (a sync) only
-    when the progress bar or the log shows them."""
+                progress, save, stopper) -> tuple[int, int | None]:
+    """One epoch from `start_step`: (images this rank trained on, the number of steps done when
+    the stopper (time budget, SIGINT/SIGTERM) ended it early, else None). Running sums stay on
+    the device and are read (a sync) only when the progress bar or the log shows them."""
     from tqdm import tqdm
 
     net.train()
@@ -272,10 +286,7 @@ def train_epoch(net, optimizer, schedule, scaler, loader, epoch, start_step, cfg
     window = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, right, n
     stopped_at = None
     for step, batch in enumerate(loader.epoch(epoch, start_step), start=start_step):
-        if budget and out_of_time(clock, budget, device):
-            stopped_at = step
-            break
-        lr = schedule.lr(epoch, step, clock())
+        lr = schedule.lr(epoch, step, stopper.clock())
         for group in optimizer.param_groups:
             group["lr"] = lr
         x, y = batch.images, batch.labels.to(device, non_blocking=True)
@@ -311,15 +322,54 @@ def train_epoch(net, optimizer, schedule, scaler, loader, epoch, start_step, cfg
         bar.update(1)
         if cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0 and done < steps:
             save(epoch, done)
+        if done < steps and stopper.should_stop():
+            stopped_at = done
+            break
     bar.close()
     return seen, stopped_at
 
 
-def out_of_time(clock, budget: float, device) -> bool:
-    """Every rank must stop at the same step: the slowest clock decides."""
-    t = torch.tensor([clock()], dtype=torch.float64, device=device)
-    distributed.all_reduce_max(t)
-    return t.item() >= budget
+class Stopper:
+    """When to stop early: the wall-clock budget, or SIGINT/SIGTERM (finish the step, save, exit 0;
+    a second Ctrl-C stops at once). All ranks agree: the slowest clock and any rank's signal decide."""
+
+    def __init__(self, elapsed: float, budget_minutes: float | None, device):
+        self.resumed_at, self.started = elapsed, time.time()
+        self.budget = None if budget_minutes is None else 60.0 * budget_minutes
+        self.device, self.signal, self._previous = device, None, {}
+
+    def clock(self) -> float:  # training wall time across resumes (what train.budget_minutes limits)
+        return self.resumed_at + time.time() - self.started
+
+    def out_of_time(self) -> bool:
+        return self.budget is not None and self.clock() >= self.budget
+
+    def should_stop(self) -> bool:
+        if self.budget is None and not distributed.is_initialized() and self.signal is None:
+            return False
+        t = torch.tensor([self.clock(), 1.0 if self.signal else 0.0], dtype=torch.float64, device=self.device)
+        distributed.all_reduce_max(t)
+        if t[1].item() and self.signal is None:
+            self.signal = "a signal on another rank"
+        return bool(t[1].item()) or (self.budget is not None and t[0].item() >= self.budget)
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:  # the second one: stop now
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+        print(f"\n{self.signal}: finishing this step and saving a checkpoint (again to stop at once)",
+              file=sys.stderr)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        return False
 
 
 def divergence_report(net, loss, logits, epoch, step, lr) -> str:

@@ -148,6 +148,13 @@ class BatchSource(torch.utils.data.Dataset):
                                           mode=ImageReadMode.RGB)
 
 
+def _worker_init(_: int) -> None:
+    """Ctrl-C reaches the whole process group: workers leave it to the main process, which stops
+    cleanly (finishes the step, saves) instead of seeing its workers die."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def make_batch(images, labels, indices, g, o: dict, norm: A.Normalize, eig, train: bool, out=None) -> Batch:
     """uint8 images on any device -> the Batch the model eats (the same code on CPU and GPU)."""
     dtype = getattr(torch, o["dtype"])
@@ -227,9 +234,12 @@ class Loader:
         source = BatchSource(self.split, self.plan(epoch), epoch, self)
         steps = range(start_step, len(source))
         cuda = self.device.type == "cuda"
+        # its own generator: creating the iterator must not draw from torch's global RNG, which the
+        # training step's dropout uses and checkpoints restore (an exact mid-epoch resume needs that)
         dl = torch.utils.data.DataLoader(
             source, batch_size=None, sampler=steps, num_workers=self.workers, pin_memory=cuda,
-            prefetch_factor=self.prefetch if self.workers else None)
+            prefetch_factor=self.prefetch if self.workers else None, worker_init_fn=_worker_init,
+            generator=torch.Generator().manual_seed(0))
         it = iter(dl)
         if cuda:
             yield from self._timed(_cuda_ahead(it, self))
