@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -215,6 +214,12 @@ def bench_train(device: str = "cpu", batch: int = 128, steps: int = 5, size: int
     rows["torchvision fp32 NCHW"] = _step_rate(torchvision.models.alexnet(), batch, size, dev, None, False, steps, budget_s)
     rows["ours fp32 channels_last"] = _step_rate(build("alexnet_owt", 1000, init="kaiming"), batch, size, dev, None,
                                                  True, steps, budget_s)
+    try:  # torch.compile (inductor): the warm-up step pays for the compilation, the timed ones do not
+        rows["ours fp32 channels_last compiled"] = _step_rate(
+            torch.compile(build("alexnet_owt", 1000, init="kaiming").to(memory_format=torch.channels_last)),
+            batch, size, dev, None, True, steps, budget_s)
+    except Exception as e:  # no C++ compiler, unsupported platform
+        print(f"torch.compile skipped: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
     auto = amp_dtype("auto", dev)
     native = auto == torch.bfloat16  # emulated bf16 is ~60x slower: one small step tells enough
     rows["ours bf16 channels_last"] = _step_rate(build("alexnet_owt", 1000, init="kaiming"),
@@ -249,10 +254,110 @@ def print_train(r: dict) -> None:
         print("  this CPU has no native bf16 (AVX512-BF16/AMX): PyTorch emulates it, so bf16 is far slower than fp32")
 
 
+def _infer_rate(fn, x: torch.Tensor, repeats: int, sync) -> float:
+    fn(x)
+    sync()
+    t = time.perf_counter()
+    for _ in range(repeats):
+        fn(x)
+    sync()
+    return len(x) * repeats / (time.perf_counter() - t)
+
+
+def _latency_ms(fn, x: torch.Tensor, repeats: int, sync) -> float:
+    times = []
+    for _ in range(repeats + 1):
+        t = time.perf_counter()
+        fn(x)
+        sync()
+        times.append(time.perf_counter() - t)
+    return 1000 * sorted(times[1:])[len(times[1:]) // 2]  # median, after a warm-up call
+
+
+def bench_infer(device: str = "cpu", batch: int = 64, repeats: int = 3) -> dict:
+    """Batched evaluation (centre crop; 10 views = 10x the images) and single-image latency: ours
+    (channels_last; bf16 where native; onnxruntime on CPU) against torchvision's AlexNet in eager
+    fp32, same weights, with the largest difference in probabilities stated."""
+    import tempfile
+
+    import torch.nn.functional as F
+    import torchvision
+
+    from .model import build
+    from .train import amp_dtype
+
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    torch.manual_seed(0)
+    reference = torchvision.models.alexnet().eval().to(dev)
+    ours = build("alexnet_owt", 1000)
+    ours.load_state_dict(reference.state_dict())
+    ours = ours.eval().to(dev, memory_format=torch.channels_last)
+    x = torch.rand(batch, 3, 224, 224, device=dev) * 4 - 2  # normalised images
+    one = x[:1]
+
+    def run_reference(t):
+        with torch.no_grad():
+            return reference(t)
+
+    def run_ours(t):
+        with torch.no_grad():
+            return ours(t.contiguous(memory_format=torch.channels_last))
+
+    variants = {"torchvision eager fp32": run_reference, "ours fp32 channels_last": run_ours}
+    auto = amp_dtype("auto", dev)
+    if auto is not None:
+        def run_amp(t):
+            with torch.no_grad(), torch.autocast(dev.type, dtype=auto):
+                return ours(t.contiguous(memory_format=torch.channels_last)).float()
+        variants[f"ours {str(auto).split('.')[-1]} channels_last"] = run_amp
+    if dev.type == "cpu":
+        try:
+            import onnxruntime as ort
+
+            from .export import exportable
+
+            path = tempfile.mktemp(suffix=".onnx")
+            torch.onnx.export(exportable(ours, 224), (x[:2].contiguous(),), path, input_names=["x"], output_names=["y"],
+                              dynamic_axes={"x": {0: "b"}, "y": {0: "b"}}, opset_version=17, dynamo=False)
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = os.cpu_count() or 1
+            session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+            os.unlink(path)
+            variants["ours onnxruntime fp32"] = lambda t: torch.from_numpy(session.run(None, {"x": t.numpy()})[0])
+        except ImportError:
+            pass
+    rows = {}
+    ten = x[:max(1, batch // 10)].repeat_interleave(10, 0)  # the 10 views of batch/10 images
+    ref_probs = F.softmax(run_reference(x).float(), 1).cpu()
+    for name, fn in variants.items():
+        probs = F.softmax(fn(x).float(), 1).cpu()
+        rows[name] = {
+            "centre_images_per_s": _infer_rate(fn, x, repeats, sync),
+            "ten_view_images_per_s": _infer_rate(fn, ten, repeats, sync) / 10,  # per image of 10 views
+            "latency_ms": _latency_ms(fn, one, 5 * repeats, sync),
+            "max_probability_difference": float((probs - ref_probs).abs().max()),
+            "top1_agreement": float((probs.argmax(1) == ref_probs.argmax(1)).float().mean()),
+        }
+    base = rows["torchvision eager fp32"]["centre_images_per_s"]
+    best = max(rows, key=lambda k: rows[k]["centre_images_per_s"])
+    return {"device": str(dev), "batch": batch, "cores": os.cpu_count(), "rows": rows, "best": best,
+            "ratio": rows[best]["centre_images_per_s"] / base,
+            "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None}
+
+
+def print_infer(r: dict) -> None:
+    where = r["device"] + (f" ({r['gpu']})" if r.get("gpu") else f", {r['cores']} cores")
+    print(f"inference of AlexNet (torchvision's architecture and weights), {where}, batch {r['batch']}\n")
+    print(f"  {'':<28}{'centre img/s':>13}{'10-view img/s':>15}{'1-image ms':>12}{'vs ref':>8}{'max |dp|':>10}{'top-1 =':>9}")
+    base = r["rows"]["torchvision eager fp32"]["centre_images_per_s"]
+    for name, row in r["rows"].items():
+        print(f"  {name:<28}{row['centre_images_per_s']:>13.1f}{row['ten_view_images_per_s']:>15.1f}"
+              f"{row['latency_ms']:>12.1f}{row['centre_images_per_s'] / base:>7.2f}x{row['max_probability_difference']:>10.1e}"
+              f"{100 * row['top1_agreement']:>8.1f}%")
+
+
 def main(args) -> int:
-    if args.what == "infer":
-        print("alexnet bench infer: not implemented yet (it arrives with issue #7)", file=sys.stderr)
-        return 1
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here")
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
@@ -260,6 +365,9 @@ def main(args) -> int:
     if args.what == "train":
         r = bench_train(device, batch=args.batch_size, steps=args.batches)
         print_train(r)
+    elif args.what == "infer":
+        r = bench_infer(device, batch=min(args.batch_size, 64))
+        print_infer(r)
     else:
         if not args.data:
             raise UserError("bench data needs --data PREPARED (a folder made by alexnet prepare)")

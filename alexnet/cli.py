@@ -23,12 +23,12 @@ COMMANDS: dict[str, tuple[str | None, int, str]] = {
     "prepare": ("alexnet.prepare:main", 3, "convert ImageNet-style data (folders, ILSVRC tars, Kaggle, WebDataset, CSV) "
                          "to the fast prepared format"),
     "train": ("alexnet.train:main", 5, "train a network (the paper's recipe, torchvision's, or the fast one)"),
-    "evaluate": (None, 7, "top-1/top-5 error of checkpoints (centre crop or the paper's 10 views)"),
-    "predict": (None, 7, "top-k classes of image files"),
-    "features": (None, 7, "fc7 feature vectors of a data set"),
-    "neighbors": (None, 7, "nearest training images in fc7 space (the paper's Fig. 4, right)"),
-    "filters": (None, 7, "draw the conv1 kernels (the paper's Fig. 3)"),
-    "export": (None, 7, "export a checkpoint to ONNX or TorchScript"),
+    "evaluate": ("alexnet.evaluate:main", 7, "top-1/top-5 error of checkpoints (centre crop or the paper's 10 views)"),
+    "predict": ("alexnet.predict:main", 7, "top-k classes of image files"),
+    "features": ("alexnet.features:main_features", 7, "fc7 feature vectors of a data set"),
+    "neighbors": ("alexnet.features:main_neighbors", 7, "nearest training images in fc7 space (the paper's Fig. 4, right)"),
+    "filters": ("alexnet.plots:main", 7, "draw the conv1 kernels (the paper's Fig. 3)"),
+    "export": ("alexnet.export:main", 7, "export a checkpoint to ONNX or TorchScript"),
     "serve": (None, 8, "a web page and HTTP API for predictions"),
     "bench": ("alexnet.bench:main", 4, "measure speed against torchvision's reference pipeline"),
     "info": ("alexnet.info:main", 2, "layer table of a network (the paper's Fig. 2), or this machine"),
@@ -125,11 +125,13 @@ def build_parser() -> Parser:
     p.add_argument("--sheet", metavar="OUT.png", help="draw each image with its top-5 bars (Fig. 4, left)")
     p.add_argument("--device", default="auto")
 
-    p = command("features")
+    p = command("features", "The fc7 codes (4096-d, after ReLU) of a split, as a memory-mapped .npy with a .json\n"
+                            "(ids, labels, classes) beside it; an interrupted run continues where it stopped.")
     p.add_argument("checkpoint", metavar="CKPT")
     p.add_argument("--data", required=True, help="prepared data set or image folder")
     p.add_argument("--split", default="train")
-    p.add_argument("--out", required=True, metavar="FILE", help="where to write the vectors")
+    p.add_argument("--out", required=True, metavar="FILE", help="where to write the vectors (.npy)")
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     p.add_argument("--device", default="auto")
 
     p = command("neighbors")
@@ -137,6 +139,8 @@ def build_parser() -> Parser:
     p.add_argument("--data", required=True, help="prepared data set (its training split is searched)")
     p.add_argument("--query", nargs="+", required=True, metavar="IMAGE", help="query images")
     p.add_argument("--k", type=int, default=6, help="neighbours per query (default 6)")
+    p.add_argument("--split", default="train", help="split searched (default train)")
+    p.add_argument("--features", metavar="FILE", help="precomputed codes of that split (alexnet features)")
     p.add_argument("--sheet", metavar="OUT.png", help="draw the queries and their neighbours")
     p.add_argument("--device", default="auto")
 
@@ -201,7 +205,11 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     module, _, function = target.partition(":")
-    return getattr(importlib.import_module(module), function)(args) or 0
+    try:
+        return getattr(importlib.import_module(module), function)(args) or 0
+    finally:
+        from . import distributed
+        distributed.shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,6 +62,8 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "val"
     crop: int = 224  # px, side of the training and evaluation crops (§4.1: 224 of 256)
+    progressive_from: int | None = None  # px: training crops grow from this to `crop` over the first
+    # 3/4 of training (progressive resizing, as ffcv-imagenet); None: `crop` throughout
     flip: bool = True  # §4.1 horizontal reflections, p = 0.5
     pca_std: float = 0.1  # §4.1 std of the PCA colour coefficients alpha_i; 0 turns it off
     mean: Literal["pixel", "channel"] = "pixel"  # §2 per-pixel mean image, or per-channel mean/std
@@ -236,10 +238,13 @@ def coerce(value: Any, hint: Any, key: str, source: str = "config") -> Any:
     where = f"{source}: {key}"
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
+        (inner,) = [a for a in args if a is not type(None)]
+        literal = typing.get_args(inner) if typing.get_origin(inner) is Literal else ()
+        if isinstance(value, str) and value in literal:  # model.norm=none is the choice "none", not null
+            return value
         if type(None) in args and (value is None or (isinstance(value, str)
                                                       and value.lower() in ("none", "null", ""))):
             return None
-        (inner,) = [a for a in args if a is not type(None)]
         return coerce(value, inner, key, source)
     if origin is Literal:
         kind = type(args[0])
@@ -364,6 +369,8 @@ def validate(cfg: Config) -> None:
          "model.num_classes must be at least 2"),
         (cfg.model.width > 0 and cfg.model.hidden >= 1, "model.width and model.hidden must be positive"),
         (cfg.data.crop >= 32, "data.crop must be at least 32 px"),
+        (cfg.data.progressive_from is None or 32 <= cfg.data.progressive_from <= cfg.data.crop,
+         "data.progressive_from must be between 32 px and data.crop"),
         (cfg.data.pca_std >= 0, "data.pca_std must be >= 0"),
         (0 < cfg.data.scale[0] <= cfg.data.scale[1] <= 1,
          "data.scale must be two area fractions 0 < lo <= hi <= 1"),

@@ -37,8 +37,23 @@ def init(device_type: str = "cpu") -> Context:
         return Context()
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        # The store's keys are namespaced by torchrun's restart count: with a static rendezvous
+        # (--master_port) the agent keeps one store across --max-restarts, and a restarted rank
+        # could otherwise read a dead rank's address and fail ("connectFullMesh ... Connection refused").
+        store, rank, world = next(dist.rendezvous("env://"))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo",
+                                store=dist.PrefixStore(f"alexnet/attempt_{attempt}", store),
+                                rank=rank, world_size=world)
     return Context(rank, world, local)
+
+
+def shutdown() -> None:
+    """Tear the process group down before exit: a gloo group left to the interpreter's exit can
+    abort the process ("terminate called without an active exception"), which torchrun reports
+    as a failed rank even though the work was done."""
+    if is_initialized():
+        dist.destroy_process_group()
 
 
 def is_initialized() -> bool:

@@ -1,21 +1,32 @@
-"""Exact evaluation (§6): top-1 / top-5 error, loss and per-class accuracy, any number of ranks.
+"""Exact evaluation (§6): top-1 / top-5 error, loss, per-class accuracy, confusions, any number of ranks.
 
-    metrics = evaluate(model, loader, device)      # loader: an evaluation Loader (views 1 or 10)
+    alexnet evaluate runs/x/best.pt --data prepared/imagenet --views 10 --json report.json
+    alexnet evaluate a.pt b.pt c.pt d.pt e.pt --data prepared/imagenet     # an ensemble (§6 "5 CNNs")
+    alexnet evaluate --weights torchvision --data ~/imagenet/val           # an ImageFolder, on the fly
+    torchrun --nproc_per_node=4 -m alexnet evaluate best.pt --data prepared/imagenet
 
 Counting is exact: every rank sums its own images' counts and the sums are all-reduced, so each
-validation image is counted once whatever the world size (the loader gives no padding duplicates).
-With 10 views the softmax of the views is averaged per image before ranking (§4.1); with several
-models (an ensemble, §6 "5 CNNs") their softmaxes are averaged too. Ties count against the model:
-an image is top-k correct when fewer than k other classes score at least as high as the true one,
-so a network that outputs the same score for every class is never right by luck.
+image is counted once whatever the world size (no padding duplicates). With 10 views the softmax of
+the views is averaged per image before ranking (§4.1); several networks (an ensemble) average their
+softmaxes too. Ties count against the model: an image is top-k correct when fewer than k other
+classes score at least as high as the true one, so a network that outputs the same score for every
+class is never right by luck. The JSON report has top1_error, top5_error, top1, top5, loss,
+n_images, views, per_class, the checkpoints and the data set's checksum; a confusion-matrix PNG
+and the most confused class pairs are written beside it.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import distributed
 from .checkpoint import unwrap
+from .errors import UserError
 
 
 def topk_correct(probs: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
@@ -29,18 +40,51 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
+class Tally:
+    """Running sums of an evaluation on one rank; result() all-reduces them."""
+
+    def __init__(self, num_classes: int, device, confusion: bool = False):
+        self.sums = torch.zeros(4, dtype=torch.float64, device=device)  # n, top-1 right, top-5 right, loss
+        self.per_class = torch.zeros(2, num_classes, dtype=torch.float64, device=device)  # right, total
+        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=device) \
+            if confusion else None
+
+    def add(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
+        right1 = topk_correct(probs, labels, 1)
+        right5 = topk_correct(probs, labels, min(5, probs.shape[1]))
+        nll = -torch.log(probs.gather(1, labels[:, None]).clamp_min(1e-12)).squeeze(1)
+        self.sums += torch.stack([torch.tensor(float(len(labels)), device=self.sums.device),
+                                  right1.sum().double(), right5.sum().double(), nll.sum().double()])
+        self.per_class[0].index_add_(0, labels, right1.double())
+        self.per_class[1].index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))
+        if self.confusion is not None:
+            pairs = labels * self.confusion.shape[0] + probs.argmax(1)
+            self.confusion.view(-1).index_add_(0, pairs, torch.ones_like(pairs, dtype=torch.float64))
+
+    def result(self) -> dict:
+        for t in (self.sums, self.per_class, self.confusion):
+            if t is not None:
+                distributed.all_reduce_sum(t)
+        n, r1, r5, loss = self.sums.tolist()
+        m = max(n, 1.0)
+        acc = (self.per_class[0] / self.per_class[1].clamp_min(1)).tolist()
+        out = {"n_images": int(n), "top1": r1 / m, "top5": r5 / m, "top1_error": 1 - r1 / m,
+               "top5_error": 1 - r5 / m, "loss": loss / m,
+               "per_class": [a if t > 0 else None for a, t in zip(acc, self.per_class[1].tolist())]}
+        if self.confusion is not None:
+            out["confusion"] = self.confusion.long().cpu()
+        return out
+
+
 @torch.no_grad()
 def evaluate(models, loader, device: torch.device, amp_dtype: torch.dtype | None = None,
              num_classes: int | None = None) -> dict:
-    """Top-1/top-5 accuracy and error, mean loss (of the averaged softmax), per-class accuracy."""
+    """Evaluate on a Loader's ready-made batches (the training loop's validation)."""
     models = models if isinstance(models, (list, tuple)) else [models]
     modes = [m.training for m in models]
     for m in models:
         m.eval()
-    if num_classes is None:
-        num_classes = unwrap(models[0]).fc8.out_features
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # n, top-1 right, top-5 right, loss
-    per_class = torch.zeros(2, num_classes, dtype=torch.float64, device=device)  # right, total
+    tally = Tally(num_classes or unwrap(models[0]).fc8.out_features, device)
     for batch in loader.epoch(0):
         x, y = batch.images, batch.labels.to(device)
         views = x.shape[1] if x.dim() == 5 else 1
@@ -51,21 +95,185 @@ def evaluate(models, loader, device: torch.device, amp_dtype: torch.dtype | None
                 logits = m(flat)
             p = F.softmax(logits.float(), dim=1)
             probs = probs + (p.view(len(y), views, -1).mean(1) if views > 1 else p)
-        probs = probs / len(models)
-        right1 = topk_correct(probs, y, 1)
-        right5 = topk_correct(probs, y, min(5, probs.shape[1]))
-        nll = -torch.log(probs.gather(1, y[:, None]).clamp_min(1e-12)).squeeze(1)
-        sums += torch.stack([torch.tensor(float(len(y)), device=device), right1.sum().double(),
-                             right5.sum().double(), nll.sum().double()])
-        per_class[0].index_add_(0, y, right1.double())
-        per_class[1].index_add_(0, y, torch.ones_like(y, dtype=torch.float64))
-    distributed.all_reduce_sum(sums)
-    distributed.all_reduce_sum(per_class)
+        tally.add(probs / len(models), y)
     for m, mode in zip(models, modes):
         m.train(mode)
-    n, r1, r5, loss = sums.tolist()
-    n = max(n, 1.0)
-    acc = (per_class[0] / per_class[1].clamp_min(1)).tolist()
-    return {"n_images": int(sums[0].item()), "top1": r1 / n, "top5": r5 / n,
-            "top1_error": 1 - r1 / n, "top5_error": 1 - r5 / n, "loss": loss / n,
-            "per_class": [a if t > 0 else None for a, t in zip(acc, per_class[1].tolist())]}
+    return tally.result()
+
+
+# ------------------------------------------------------------------------------- the command
+
+class Images(torch.utils.data.Dataset):
+    """(3, S, S) uint8 images of a prepared split or an image folder (decoded, §2-resized, on the
+    fly); an image that cannot be read comes back as None and is reported, not counted."""
+
+    def __init__(self, data: str, split: str, size: int):
+        from .data.store import open_prepared
+
+        self.size, self.prepared = size, (Path(data) / "manifest.json").is_file()
+        if self.prepared:
+            ds = open_prepared(data)
+            self.split = ds.split(split)
+            self.classes = ds.classes
+            self.labels = self.split.labels
+            self.keys = self.split.keys()
+            self.checksum = ds.manifest["splits"][split]["sha256"]
+            if ds.manifest["options"]["keep_aspect"]:
+                raise UserError(f"{data} keeps aspect ratios; evaluate a centre-cropped prepared set or a folder")
+            self.stored = ds.size
+        else:
+            from .data.sources import list_source
+            listing = list_source(data)
+            name = split if split in listing.splits else next(iter(listing.splits))
+            self.samples = listing.splits[name]
+            self.classes = [c.to_json() for c in listing.classes]
+            self.labels = np.array([s.label for s in self.samples], dtype=np.int64)
+            self.keys = [s.key for s in self.samples]
+            h = hashlib.sha256()
+            for s in self.samples:
+                h.update(f"{s.key}\t{s.label}\t{Path(s.path).stat().st_size if s.offset < 0 else s.size}\n".encode())
+            self.checksum = h.hexdigest()
+            self.stored = size
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        from .data.decode import BadImage, open_rgb, resize_crop
+        from .data.sources import read_bytes
+
+        if self.prepared:
+            data, _ = self.split[i]
+            if self.split.raw:
+                return torch.from_numpy(np.array(data)).permute(2, 0, 1), i
+            import torchvision
+            img = torchvision.io.decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                                             mode=torchvision.io.ImageReadMode.RGB)
+            return img.contiguous(), i
+        try:
+            arr = resize_crop(open_rgb(read_bytes(self.samples[i]), self.size), self.size)
+        except (BadImage, OSError) as e:
+            return None, (i, str(e))
+        return torch.from_numpy(np.array(arr)).permute(2, 0, 1), i  # writable copy of PIL's buffer
+
+
+def _collate(items):
+    good = [(x, i) for x, i in items if x is not None]
+    bad = [i for x, i in items if x is None]
+    images = torch.stack([x for x, _ in good]) if good else None
+    return images, torch.tensor([i for _, i in good], dtype=torch.long), bad
+
+
+def evaluate_networks(networks, data: str, split: str = "val", views: int = 1, batch_size: int = 64,
+                      workers: int = 2, progress: bool = True) -> dict:
+    """Evaluate one network or an ensemble on a prepared split or an image folder (this rank's share)."""
+    from tqdm import tqdm
+
+    from .data.loader import eval_plan
+
+    first = networks[0]
+    for n in networks[1:]:
+        if [c["id"] for c in n.classes] != [c["id"] for c in first.classes]:
+            raise UserError(f"{n.source} and {first.source} predict different classes: they cannot form an ensemble")
+    images = Images(data, split, first.size)
+    ids = [c["id"] for c in first.classes]
+    index = {c: i for i, c in enumerate(ids)}
+    missing = sorted({c["id"] for c in images.classes} - set(index))
+    if missing:
+        raise UserError(f"{data} has classes the network does not know: {', '.join(missing[:5])}"
+                        f"{' ...' if len(missing) > 5 else ''}")
+    remap = torch.tensor([index[c["id"]] for c in images.classes])  # data set labels -> network outputs
+    ctx = distributed.init(first.device.type)
+    plan = eval_plan(len(images), batch_size, ctx.world_size, ctx.rank)
+    loader = torch.utils.data.DataLoader(images, batch_sampler=[list(b) for b in plan], num_workers=workers,
+                                         collate_fn=_collate)
+    tally = Tally(len(ids), first.device, confusion=True)
+    failures = []
+    for batch, idx, bad in tqdm(loader, disable=not (progress and ctx.main), desc="evaluate", unit="batch"):
+        failures += [{"path": images.keys[i], "error": e} for i, e in bad]
+        if batch is None:
+            continue
+        batch = batch.to(first.device)
+        labels = remap[torch.from_numpy(images.labels[idx.numpy()])].to(first.device)
+        probs = 0
+        for net in networks:
+            from .data.augment import eval_views
+            x = eval_views(batch, net.crop, views, net.norm_for(batch.shape[-1]))
+            probs = probs + net.probabilities(x)
+        tally.add(probs / len(networks), labels)
+    result = tally.result()
+    result.update({"views": views, "split": split, "data": str(Path(data).resolve()), "data_checksum": images.checksum,
+                   "checkpoints": [{"source": n.source, "sha256": n.sha256} for n in networks],
+                   "skipped": failures, "classes": first.classes})
+    return result
+
+
+def confused_pairs(confusion: torch.Tensor, classes: list[dict], n: int = 10) -> list[dict]:
+    c = confusion.clone()
+    c.fill_diagonal_(0)
+    values, flat = c.flatten().topk(min(n, c.numel()))
+    out = []
+    for v, f in zip(values.tolist(), flat.tolist()):
+        if v <= 0:
+            break
+        t, p = divmod(f, c.shape[0])
+        out.append({"true": classes[t]["name"], "predicted": classes[p]["name"], "count": int(v),
+                    "true_id": classes[t]["id"], "predicted_id": classes[p]["id"]})
+    return out
+
+
+def confusion_png(confusion: torch.Tensor, classes: list[dict], path: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c = confusion.double()
+    rows = c / c.sum(1, keepdim=True).clamp_min(1)  # each true class's predictions, as shares
+    k = len(classes)
+    fig, ax = plt.subplots(figsize=(min(14, 3 + 0.45 * k), min(12, 2.5 + 0.4 * k)))
+    im = ax.imshow(rows.numpy(), cmap="Blues", vmin=0, vmax=1)
+    if k <= 40:
+        names = [c["name"][:18] for c in classes]
+        ax.set_xticks(range(k), names, rotation=90, fontsize=7)
+        ax.set_yticks(range(k), names, fontsize=7)
+    ax.set(xlabel="predicted", ylabel="true", title="confusion matrix (rows: share of each true class)")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(args) -> int:
+    from .inference import load, load_weights
+
+    if not args.checkpoints and not args.weights:
+        raise UserError("give one or more checkpoints, or --weights torchvision|PATH")
+    if not Path(args.data).exists():
+        raise UserError(f"data not found: {args.data}")
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (
+        "cpu" if args.device == "auto" else args.device)
+    networks = [load(c, device) for c in args.checkpoints]
+    if args.weights:
+        networks.append(load_weights(args.weights, device))
+    r = evaluate_networks(networks, args.data, args.split, args.views, args.batch_size)
+    if distributed.init().rank != 0:
+        return 0
+    confusion = r.pop("confusion")
+    classes = r.pop("classes")
+    r["per_class"] = [{"id": c["id"], "name": c["name"], "accuracy": a} for c, a in zip(classes, r["per_class"])]
+    r["most_confused"] = confused_pairs(confusion, classes)
+    print(f"{r['n_images']:,} images, {args.views} view(s), {len(networks)} network(s): top-1 error "
+          f"{100 * r['top1_error']:.2f}%, top-5 error {100 * r['top5_error']:.2f}% (top-1 {100 * r['top1']:.3f}%, "
+          f"top-5 {100 * r['top5']:.3f}%), loss {r['loss']:.4f}")
+    for p in r["most_confused"][:5]:
+        print(f"  {p['count']:>5} x {p['true']} taken for {p['predicted']}")
+    if r["skipped"]:
+        print(f"  {len(r['skipped'])} image(s) could not be read and were not counted, e.g. "
+              f"{r['skipped'][0]['path']}: {r['skipped'][0]['error']}")
+    if args.json:
+        out = Path(args.json)
+        r["confusion_png"] = str(confusion_png(confusion, classes, out.with_suffix(".confusion.png")))
+        out.write_text(json.dumps(r, indent=2) + "\n")
+        print(f"report: {out}; confusion matrix: {r['confusion_png']}")
+    return 0

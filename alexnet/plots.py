@@ -93,3 +93,17 @@ def filters(weight: torch.Tensor, path: str | Path, towers: int = 1, title: str 
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
+
+
+def main(args) -> int:
+    """`alexnet filters CKPT --out conv1.png`: Figure 3 from a checkpoint."""
+    from . import checkpoint
+
+    state = checkpoint.load(args.checkpoint)
+    weight = state["model"]["conv1.weight"]
+    towers = 2 if state["config"]["model"]["name"] == "alexnet2012" else 1
+    out = filters(weight, args.out, towers=towers,
+                  title=f"conv1 of {args.checkpoint}: {weight.shape[0]} kernels of "
+                        f"{weight.shape[2]}x{weight.shape[3]}x{weight.shape[1]}")
+    print(out)
+    return 0

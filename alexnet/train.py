@@ -135,14 +135,22 @@ def train(cfg: config_mod.Config, resume: str | None = None, progress: bool = Tr
     model = build(m.name, num_classes, norm=m.norm, dropout=m.dropout, init=m.init, init_bias=m.init_bias,
                   lrn_convention=m.lrn_convention, lrn_k=m.lrn_k, width=m.width, hidden=m.hidden,
                   seed=cfg.train.seed)
+    smallest = min(cfg.data.crop, cfg.data.progressive_from or cfg.data.crop)
+    if smallest < model.min_input_size:
+        raise UserError(f"{m.name} needs crops of at least {model.min_input_size} px; data.crop / "
+                        f"data.progressive_from ask for {smallest}")
     model.to(device, memory_format=torch.channels_last if cfg.train.channels_last else torch.preserve_format)
     workers = cfg.data.workers if cfg.data.workers is not None else (
         max(1, (os.cpu_count() or 1) // 4) if device.type == "cpu" else min(8, os.cpu_count() or 1))
     loader_kw = dict(crop=cfg.data.crop, seed=cfg.train.seed, rank=ctx.rank, world_size=ctx.world_size,
                      workers=workers, device=device, mean=cfg.data.mean,
                      dtype="float32", channels_last=cfg.train.channels_last)
-    train_loader = Loader(train_split, ds, per_device * cfg.train.accumulation, train=True, flip=cfg.data.flip,
-                          pca_std=cfg.data.pca_std, scale=cfg.data.scale, ratio=cfg.data.ratio, **loader_kw)
+    def train_loader_for(crop: int) -> Loader:
+        return Loader(train_split, ds, per_device * cfg.train.accumulation, train=True, flip=cfg.data.flip,
+                      pca_std=cfg.data.pca_std, scale=cfg.data.scale, ratio=cfg.data.ratio,
+                      **{**loader_kw, "crop": crop})
+
+    train_loader = train_loader_for(cfg.data.crop)
     val_loader = Loader(val_split, ds, cfg.eval.batch_size, train=False, views=cfg.eval.views, **loader_kw)
     steps = train_loader.steps(0)
     if steps == 0:
@@ -193,7 +201,7 @@ def train(cfg: config_mod.Config, resume: str | None = None, progress: bool = Tr
             "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch_, "step": step_,
             "best": best, "elapsed_s": clock(), "rng": rng, "config": config_mod.to_dict(cfg),
-            "classes": ds.classes, "data": data_summary(ds, cfg), "num_classes": num_classes})
+            "classes": ds.classes, "data": data_summary(ds, cfg, train_loader), "num_classes": num_classes})
 
     # ------------------------------------------------------------------ the epochs
     images_seen, train_time = 0, 0.0
@@ -203,6 +211,10 @@ def train(cfg: config_mod.Config, resume: str | None = None, progress: bool = Tr
     with stopper:
         while epoch < cfg.train.epochs and not stopper.out_of_time():
             t0 = time.time()
+            crop = progressive_crop(cfg, epoch, stopper)
+            if crop != train_loader.options["crop"]:  # progressive resizing: a loader for the new size
+                train_loader = train_loader_for(crop)
+                say(f"training crops: {crop} px")
             seen, stopped_at = train_epoch(net, optimizer, schedule, scaler, train_loader, epoch, step, cfg,
                                            device, dtype, log, ctx, progress, save, stopper)
             train_time += time.time() - t0
@@ -260,10 +272,12 @@ def train(cfg: config_mod.Config, resume: str | None = None, progress: bool = Tr
     return summary
 
 
-def data_summary(ds, cfg) -> dict:
-    """What a checkpoint needs to preprocess new images as in training."""
+def data_summary(ds, cfg, loader) -> dict:
+    """What a checkpoint needs to preprocess new images as in training (the loader's actual choice:
+    --keep-aspect data sets use channel means even when the config asks for the mean image)."""
     st = ds.stats
-    return {"size": ds.size, "crop": cfg.data.crop, "mean_mode": cfg.data.mean,
+    mode = "pixel" if loader.norm_cpu.mean_image is not None else "channel"
+    return {"size": ds.size, "crop": cfg.data.crop, "mean_mode": mode,
             "mean_image": torch.as_tensor(st["mean_image"], dtype=torch.float32),
             "mean": torch.as_tensor(st["mean"], dtype=torch.float32), "std": torch.as_tensor(st["std"], dtype=torch.float32)}
 
@@ -327,6 +341,17 @@ def train_epoch(net, optimizer, schedule, scaler, loader, epoch, start_step, cfg
             break
     bar.close()
     return seen, stopped_at
+
+
+def progressive_crop(cfg: config_mod.Config, epoch: int, stopper: "Stopper") -> int:
+    """The training crop for this epoch: from data.progressive_from up to data.crop over the first 3/4
+    of training (by the clock under a time budget), in steps of 8 px, then data.crop."""
+    start, end = cfg.data.progressive_from, cfg.data.crop
+    if start is None:
+        return end
+    done = stopper.clock() / stopper.budget if stopper.budget else epoch / cfg.train.epochs
+    ramp = min(1.0, done / 0.75)
+    return min(end, int(start + (end - start) * ramp) // 8 * 8 if ramp < 1 else end)
 
 
 class Stopper:

@@ -106,8 +106,8 @@ def test_print_config_round_trips(capsys, tmp_path):
 
 
 def test_unfinished_commands_say_so(capsys):
-    status, _, err = run_cli(capsys, "filters", "ckpt.pt")
-    assert status == 1 and "not implemented yet" in err and "issue #7" in err
+    status, _, err = run_cli(capsys, "serve")
+    assert status == 1 and "not implemented yet" in err and "issue #8" in err
 
 
 def test_console_script_and_module_agree():

@@ -69,6 +69,8 @@ def test_yaml_and_json_files(tmp_path):
     ("model.num_classes=none", ("model", "num_classes"), None),
     ("model.num_classes=37", ("model", "num_classes"), 37),
     ("model.norm=batchnorm", ("model", "norm"), "batchnorm"),
+    ("model.norm=none", ("model", "norm"), "none"),  # the choice "none", not null (the variant's own)
+    ("model.norm=null", ("model", "norm"), None),
     ("optim.lr=3e-3", ("optim", "lr"), 0.003),
     ("optim.lr=1", ("optim", "lr"), 1.0),
     ("data.ratio=0.75,1.25", ("data", "ratio"), (0.75, 1.25)),

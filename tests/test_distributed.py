@@ -34,9 +34,10 @@ def train_args(data, out, *sets):
 
 
 # the same inputs whatever the world size: no random crops (crop = stored size), flips or colour
-# noise, no dropout or batch statistics; then DDP's averaged gradient is the big batch's gradient
+# noise, no dropout or batch statistics, fp32 (precision=auto picks bf16 on AVX512-BF16 CPUs, whose
+# rounding depends on the batch split); then DDP's averaged gradient is the big batch's gradient
 SAME_INPUTS = ["data.crop=72", "data.flip=false", "data.pca_std=0", "model.norm=none", "model.dropout=0",
-               "train.deterministic=true"]
+               "train.deterministic=true", "train.precision=fp32"]
 
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same thread count everywhere: float sums agree bit for bit
@@ -164,11 +165,16 @@ def test_torchrun_restarts_a_killed_rank_and_resumes(tiny, tmp_path):
     sets = ["train.epochs=4", "train.batch_size=8", "train.checkpoint_every=2"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--max-restarts=1",
            f"--master_port={free_port()}", "-m", "alexnet", *train_args(tiny, out, *sets)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
-    assert wait_for(lambda: mid_epoch_checkpoint(out) and rank_pids(out, "1"))
-    for pid in rank_pids(out, "1"):
-        os.kill(pid, signal.SIGKILL)  # one rank dies mid-run
-    output, _ = proc.communicate(timeout=300)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
+                            start_new_session=True)
+    try:
+        assert wait_for(lambda: mid_epoch_checkpoint(out) and rank_pids(out, "1"))
+        for pid in rank_pids(out, "1"):
+            os.kill(pid, signal.SIGKILL)  # one rank dies mid-run
+        output, _ = proc.communicate(timeout=300)
+    finally:  # a hung launch must not outlive the test
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, output[-3000:]
     assert "resuming" in output
     state = checkpoint.load(out / "last.pt")

@@ -1,0 +1,139 @@
+"""`alexnet export CKPT --format onnx|torchscript OUT`: the network with its preprocessing.
+
+The exported graph takes what a user has: RGB images already resized to the network's input
+(C x C, the centre crop of the shorter-side-S image, §2) as float32 on the 0-255 scale, shape
+(batch, 3, C, C), and returns the logits (softmax gives the probabilities). The mean subtraction the
+network was trained with (the training set's mean image cropped to the centre, or per-channel
+mean/std) is inside the graph, so nothing about normalisation can be got wrong downstream. The
+file's metadata says the rest: input size S and C, the normalisation, the class ids and names, and
+where it came from (ONNX metadata_props; for TorchScript an `alexnet.json` extra file).
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import warnings
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+from .inference import Network, load
+
+
+def _pool_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """(n_out, n_in): row i averages bin [floor(i n_in / n_out), ceil((i+1) n_in / n_out)), as adaptive pooling does."""
+    m = torch.zeros(n_out, n_in)
+    for i in range(n_out):
+        a, b = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+        m[i, a:b] = 1.0 / (b - a)
+    return m
+
+
+class FixedAdaptivePool(torch.nn.Module):
+    """Adaptive average pooling for one known input size, as two small matrix products.
+
+    The TorchScript-based ONNX exporter cannot take nn.AdaptiveAvgPool2d once the batch axis is
+    dynamic ("input size not accessible"); for the fixed C x C input an export has, the pooling is a
+    fixed linear map, which every runtime runs.
+    """
+
+    def __init__(self, size_in: tuple[int, int], size_out: tuple[int, int]):
+        super().__init__()
+        self.register_buffer("ph", _pool_matrix(size_in[0], size_out[0]))
+        self.register_buffer("pw", _pool_matrix(size_in[1], size_out[1]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ph @ x @ self.pw.t()
+
+
+def exportable(model: torch.nn.Module, crop: int) -> torch.nn.Module:
+    """A copy of the model with its adaptive pooling fixed for crop x crop inputs."""
+    model = copy.deepcopy(model).eval()
+    pool = getattr(model, "avgpool", None)
+    if isinstance(pool, torch.nn.AdaptiveAvgPool2d):
+        seen = {}
+        handle = pool.register_forward_hook(lambda m, inp, out: seen.update(i=inp[0].shape[-2:], o=out.shape[-2:]))
+        with torch.no_grad():
+            model(torch.zeros(1, 3, crop, crop))
+        handle.remove()
+        model.avgpool = FixedAdaptivePool(tuple(seen["i"]), tuple(seen["o"]))
+    return model
+
+
+class WithPreprocessing(torch.nn.Module):
+    """(B, 3, C, C) float RGB 0-255 -> (B, classes) logits, mean subtraction included."""
+
+    def __init__(self, net: Network):
+        super().__init__()
+        self.net = exportable(net.model, net.crop)
+        c, s = net.crop, net.size
+        off = int(round((s - c) / 2.0))
+        if net.norm.mean_image is not None:  # the centre crop of the mean image, as evaluation uses
+            mean = net.norm_for(s).mean_image[:, off:off + c, off:off + c].clone()
+            std = torch.ones(3, 1, 1)
+        else:
+            mean, std = net.norm.mean.view(3, 1, 1).clone(), net.norm.std.view(3, 1, 1).clone()
+        self.register_buffer("mean", mean.float())
+        self.register_buffer("inv_std", (1.0 / std).float())
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net((images - self.mean) * self.inv_std)
+
+
+def metadata(net: Network) -> dict:
+    n = net.norm
+    return {
+        "producer": "alexnet", "source": net.source, "source_sha256": net.sha256,
+        "input": f"float32 RGB, 0-255, shape (batch, 3, {net.crop}, {net.crop}): the centre {net.crop}x{net.crop} "
+                 f"crop of the image resized so that its shorter side is {net.size}",
+        "input_size": net.crop, "resize_shorter_side": net.size,
+        "normalization": ("per-pixel mean image of the training set (inside the graph)" if n.mean_image is not None
+                          else "per-channel (x - mean) / std (inside the graph)"),
+        "mean_rgb": (n.mean_image.mean((1, 2)) if n.mean_image is not None else n.mean).tolist(),
+        "std_rgb": None if n.std is None else n.std.tolist(),
+        "output": "logits (batch, classes); softmax gives the probabilities",
+        "class_ids": [c["id"] for c in net.classes], "class_names": [c["name"] for c in net.classes],
+    }
+
+
+def export(net: Network, fmt: str, out: str | Path) -> Path:
+    out = Path(out)
+    module = WithPreprocessing(net.to("cpu")).eval()
+    example = torch.rand(2, 3, net.crop, net.crop) * 255
+    meta = metadata(net)
+    if fmt == "torchscript":
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            traced = torch.jit.trace(module, example)
+        torch.jit.save(traced, str(out), _extra_files={"alexnet.json": json.dumps(meta)})
+        return out
+    if fmt != "onnx":
+        raise UserError(f"unknown export format {fmt!r}; use onnx or torchscript")
+    import onnx
+
+    # the TorchScript-based exporter (dynamo=False) needs no onnxscript; its deprecation and tracer
+    # warnings (the size checks are constants for a fixed C x C input) say nothing useful to a user
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(module, (example,), str(out), input_names=["images"], output_names=["logits"],
+                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17,
+                          dynamo=False)
+    model = onnx.load(str(out))
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out))
+    return out
+
+
+def main(args) -> int:
+    net = load(args.checkpoint)
+    if args.format == "onnx" and importlib.util.find_spec("onnx") is None:
+        raise UserError("ONNX export needs the onnx package: pip install onnx onnxruntime")
+    path = export(net, args.format, args.out)
+    print(f"{path}: {args.format}, input (batch, 3, {net.crop}, {net.crop}) RGB 0-255, {len(net.classes)} classes")
+    return 0

@@ -1,0 +1,185 @@
+"""`alexnet features` and `alexnet neighbors`: fc7 codes and the paper's Fig. 4 (right).
+
+    alexnet features best.pt --data prepared/imagenet --split train --out train_fc7.npy
+    alexnet neighbors best.pt --data prepared/imagenet --query a.jpg b.jpg --k 6 --sheet nn.png
+
+§6.1: "the feature activations induced by an image at the last, 4096-dimensional hidden layer"
+(fc7, after its ReLU) are compared by Euclidean distance; images whose codes are close look alike
+to the network even where their pixels differ. `features` writes the codes of a whole split as a
+memory-mapped .npy (N x 4096, float32 or float16) with a .json beside it (ids, labels, classes);
+it writes in batches and an interrupted run continues where it stopped. `neighbors` searches a
+split exactly: it streams the training codes in chunks (from a features file, or computed on the
+fly) and keeps each query's k best, so a million vectors never need to sit in memory at once.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data.augment import eval_views
+from .errors import UserError
+from .inference import Network, load
+
+
+def codes(net: Network, images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, S, S) uint8 -> (B, 4096) fc7 after ReLU, on the centre crop."""
+    x = eval_views(images.to(net.device), net.crop, 1, net.norm_for(images.shape[-1]))
+    with torch.no_grad():
+        return net.model.embed(x).float()
+
+
+def _loader(images, start: int, batch_size: int, workers: int):
+    """Batches of (images, indices, failures) in order, from image `start` on."""
+    from .evaluate import _collate
+
+    order = [list(range(i, min(i + batch_size, len(images)))) for i in range(start, len(images), batch_size)]
+    return torch.utils.data.DataLoader(images, batch_sampler=order, num_workers=workers, collate_fn=_collate)
+
+
+def write_features(net: Network, data: str, split: str, out: str | Path, batch_size: int = 128,
+                   dtype: str = "float32", workers: int = 2, progress: bool = True) -> dict:
+    """fc7 codes of every image of the split -> OUT (.npy, memory-mapped) + OUT.json; resumable."""
+    from tqdm import tqdm
+
+    from .evaluate import Images
+
+    out = Path(out)
+    meta_path = out.with_suffix(".json")
+    images = Images(data, split, net.size)
+    n, dim = len(images), net.model.fc7.out_features
+    identity = {"checkpoint": net.source, "checkpoint_sha256": net.sha256, "data_checksum": images.checksum,
+                "split": split, "count": n, "dim": dim, "dtype": dtype}
+    done = 0
+    if meta_path.is_file() and out.is_file():
+        meta = json.loads(meta_path.read_text())
+        if {k: meta.get(k) for k in identity} != identity:
+            raise UserError(f"{out} holds features of another checkpoint or data set; choose another --out")
+        done = meta["done"]
+        if progress and done < n:
+            print(f"resuming {out} at image {done:,} of {n:,}")
+        array = np.lib.format.open_memmap(out, mode="r+")
+    else:
+        array = np.lib.format.open_memmap(out, mode="w+", dtype=dtype, shape=(n, dim))
+        meta = {**identity, "done": 0, "ids": images.keys, "labels": images.labels.tolist(),
+                "classes": images.classes, "failed": []}
+    for batch, idx, bad in tqdm(_loader(images, done, batch_size, workers), disable=not progress, desc="features", unit="batch"):
+        meta["failed"] += [{"index": i, "path": images.keys[i], "error": e} for i, e in bad]
+        if batch is not None:
+            array[idx.numpy()] = codes(net, batch).cpu().numpy().astype(dtype)
+        done = max([done] + [int(i) + 1 for i in idx.tolist()] + [i + 1 for i, _ in bad])
+        array.flush()
+        meta["done"] = done  # only after the rows are on disk: a rerun redoes at most one batch
+        meta_path.write_text(json.dumps(meta))
+    return meta
+
+
+def knn(queries: torch.Tensor, chunks, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact k nearest neighbours in Euclidean distance, streaming the database.
+
+    queries (Q, D); chunks yields (vectors (B, D), global indices (B,)). Returns (Q, k) distances
+    (ascending; ties broken by the smaller index) and the indices. Memory: O(Q * (k + B))."""
+    q = queries.double()
+    best_d = torch.full((len(q), 0), float("inf"), dtype=torch.float64)
+    best_i = torch.empty((len(q), 0), dtype=torch.long)
+    for vectors, index in chunks:
+        v = vectors.double()
+        d2 = (q * q).sum(1, keepdim=True) - 2 * q @ v.T + (v * v).sum(1)[None]  # (Q, B)
+        d = d2.clamp_min(0).sqrt()
+        all_d = torch.cat([best_d, d], 1)
+        all_i = torch.cat([best_i, index[None].expand(len(q), -1)], 1)
+        # sort by (distance, index) so that equal distances keep the earlier image
+        order = np.lexsort((all_i.numpy(), all_d.numpy()), axis=1)[:, :k]
+        best_d = torch.gather(all_d, 1, torch.from_numpy(order))
+        best_i = torch.gather(all_i, 1, torch.from_numpy(order))
+    return best_d, best_i
+
+
+def neighbours(net: Network, data: str, split: str, queries: list[Path], k: int = 6, features: str | None = None,
+               batch_size: int = 256, workers: int = 2, progress: bool = True) -> dict:
+    from tqdm import tqdm
+
+    from .data.decode import open_rgb, resize_crop
+    from .evaluate import Images
+
+    arrays = []
+    for q in queries:
+        arrays.append(torch.from_numpy(np.ascontiguousarray(resize_crop(open_rgb(Path(q).read_bytes()), net.size)))
+                      .permute(2, 0, 1))
+    query_codes = codes(net, torch.stack(arrays)).cpu()
+    images = Images(data, split, net.size)
+    if features:  # precomputed codes: stream them from the memory map
+        meta = json.loads(Path(features).with_suffix(".json").read_text())
+        if meta["count"] != len(images) or meta["done"] != meta["count"]:
+            raise UserError(f"{features} does not hold complete codes of this split; run alexnet features again")
+        store = np.load(features, mmap_mode="r")
+        chunks = ((torch.from_numpy(np.asarray(store[i:i + batch_size], dtype=np.float32)),
+                   torch.arange(i, min(i + batch_size, len(store)))) for i in range(0, len(store), batch_size))
+    else:
+        loader = _loader(images, 0, batch_size, workers)
+        chunks = ((codes(net, batch).cpu(), idx) for batch, idx, _ in
+                  tqdm(loader, disable=not progress, desc="neighbours", unit="batch") if batch is not None)
+    dist, index = knn(query_codes, chunks, k)
+    return {"queries": [str(q) for q in queries], "distances": dist.tolist(), "indices": index.tolist(),
+            "keys": [[images.keys[i] for i in row] for row in index.tolist()],
+            "labels": [[images.classes[int(images.labels[i])]["name"] for i in row] for row in index.tolist()],
+            "images": images}
+
+
+def neighbour_sheet(result: dict, net: Network, path: str | Path) -> Path:
+    """Fig. 4 (right): each query in the first column, its nearest training images to the right."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .data.decode import open_rgb, resize_crop
+
+    images = result["images"]
+    rows, k = len(result["queries"]), len(result["indices"][0])
+    fig, axes = plt.subplots(rows, k + 1, figsize=(1.6 * (k + 1), 1.8 * rows), squeeze=False)
+    for r, q in enumerate(result["queries"]):
+        axes[r, 0].imshow(resize_crop(open_rgb(Path(q).read_bytes()), net.size))
+        axes[r, 0].set_title("query", fontsize=8)
+        for c, (i, d) in enumerate(zip(result["indices"][r], result["distances"][r]), 1):
+            img, _ = images[i]
+            if img is None:
+                continue
+            axes[r, c].imshow(img.permute(1, 2, 0).numpy())
+            axes[r, c].set_title(f"{result['labels'][r][c - 1][:14]}\n{d:.1f}", fontsize=7)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def _device(name: str) -> str:
+    return "cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name)
+
+
+def main_features(args) -> int:
+    net = load(args.checkpoint, _device(args.device))
+    meta = write_features(net, args.data, args.split, args.out, dtype=args.dtype)
+    print(f"{meta['done']:,} fc7 codes ({meta['dim']}-d, {meta['dtype']}) in {args.out}; ids, labels and classes in "
+          f"{Path(args.out).with_suffix('.json')}; {len(meta['failed'])} image(s) could not be read")
+    return 0
+
+
+def main_neighbors(args) -> int:
+    if args.k < 1:
+        raise UserError(f"--k must be at least 1, got {args.k}")
+    missing = [q for q in args.query if not Path(q).is_file()]
+    if missing:
+        raise UserError(f"query image not found: {missing[0]}")
+    net = load(args.checkpoint, _device(args.device))
+    result = neighbours(net, args.data, args.split, [Path(q) for q in args.query], args.k, args.features)
+    for q, keys, labels, dists in zip(result["queries"], result["keys"], result["labels"], result["distances"]):
+        print(q)
+        for key, label, d in zip(keys, labels, dists):
+            print(f"  {d:10.2f}  {label:<24} {key}")
+    if args.sheet:
+        print(f"sheet: {neighbour_sheet(result, net, args.sheet)}")
+    return 0

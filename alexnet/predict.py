@@ -1,0 +1,156 @@
+"""`alexnet predict`: the top-k classes of image files, as a table, JSON or a picture.
+
+    alexnet predict photo.jpg holiday/ --checkpoint runs/x/best.pt
+    alexnet predict photo.jpg --weights torchvision --views 10 --json
+    alexnet predict holiday/ --checkpoint best.pt --sheet sheet.png      # the paper's Fig. 4 (left)
+
+As a library call (what a web page or HTTP API builds on):
+
+    from alexnet.predict import Predictor
+    predictor = Predictor(checkpoint="best.pt")            # or Predictor(weights="torchvision")
+    predictor.predict_images([pil_image], topk=5)          # [[{"id", "name", "probability"}, ...]]
+
+Any image Pillow opens works (JPEG, PNG, WebP, greyscale, CMYK, EXIF-rotated, ...; decoded as in
+`alexnet prepare`). Folders are searched recursively. Files that cannot be read are reported and
+skipped while the rest are predicted; the exit status is 0 when anything was predicted.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .data.decode import BadImage, open_rgb
+from .errors import UserError
+from .inference import Network, load_any
+
+
+class Predictor:
+    def __init__(self, checkpoint: str | None = None, weights: str | None = None, device: str = "cpu",
+                 batch_size: int = 32):
+        self.network: Network = load_any(checkpoint, weights, device)
+        self.batch_size = batch_size
+
+    @property
+    def classes(self) -> list[dict]:
+        return self.network.classes
+
+    def predict_images(self, images: list[Image.Image], topk: int = 5, views: int = 1) -> list[list[dict]]:
+        """RGB PIL images -> for each, the top-k classes with probabilities, most probable first."""
+        out = []
+        k = min(topk, len(self.classes))
+        for i in range(0, len(images), self.batch_size):
+            probs = self.network.probabilities(self.network.preprocess(images[i:i + self.batch_size], views))
+            values, indices = probs.topk(k, dim=1)
+            for vs, ix in zip(values.tolist(), indices.tolist()):
+                out.append([{**self.classes[j], "index": j, "probability": v} for v, j in zip(vs, ix)])
+        return out
+
+    def predict_bytes(self, data: bytes, topk: int = 5, views: int = 1) -> list[dict]:
+        """One encoded image file -> its top-k; raises BadImage when it cannot be decoded."""
+        return self.predict_images([open_rgb(data)], topk, views)[0]
+
+
+def image_files(inputs: list[str]) -> tuple[list[Path], list[dict]]:
+    """Files named, and every non-hidden file below folders named; missing paths are failures."""
+    files, failures = [], []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            for root, dirs, names in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                files += [Path(root) / n for n in sorted(names) if not n.startswith(".")]
+        elif path.is_file():
+            files.append(path)
+        else:
+            failures.append({"path": str(path), "error": "no such file or folder"})
+    return files, failures
+
+
+def predict_files(predictor: Predictor, files: list[Path], topk: int, views: int) -> tuple[list[dict], list[dict]]:
+    """Decode in chunks (so a folder of a million photos never sits in memory) and predict."""
+    results, failures = [], []
+    for i in range(0, len(files), predictor.batch_size):
+        images, names = [], []
+        for path in files[i:i + predictor.batch_size]:
+            try:
+                images.append(open_rgb(path.read_bytes()))
+                names.append(path)
+            except (BadImage, OSError) as e:
+                failures.append({"path": str(path), "error": str(e)})
+        for path, top in zip(names, predictor.predict_images(images, topk, views)):
+            results.append({"path": str(path), "top": top})
+    return results, failures
+
+
+def print_table(results: list[dict]) -> None:
+    for r in results:
+        print(r["path"])
+        for rank, c in enumerate(r["top"], 1):
+            print(f"  {rank}. {100 * c['probability']:6.2f}%  {c['name']} ({c['id']})")
+
+
+def sheet(results: list[dict], path: str | Path, columns: int = 4) -> Path:
+    """The paper's Fig. 4 (left): each image above the bars of its top-5 probabilities."""
+    import math
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(results)
+    columns = min(columns, n)
+    rows = math.ceil(n / columns)
+    fig, axes = plt.subplots(2 * rows, columns, figsize=(3.2 * columns, 4.6 * rows),
+                             gridspec_kw={"height_ratios": [3, 1.6] * rows}, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, r in enumerate(results):
+        row, col = divmod(i, columns)
+        ax = axes[2 * row, col]
+        img = open_rgb(Path(r["path"]).read_bytes())
+        img.thumbnail((256, 256))
+        ax.imshow(img)
+        ax.set_title(Path(r["path"]).name[:28], fontsize=8)
+        bars = axes[2 * row + 1, col]
+        bars.axis("on")
+        top = r["top"][:5]
+        names = [t["name"][:22] for t in top][::-1]
+        probs = [t["probability"] for t in top][::-1]
+        bars.barh(range(len(top)), probs, color=["#999999"] * (len(top) - 1) + ["#c0392b"])
+        bars.set_yticks(range(len(top)), names, fontsize=7)
+        bars.set_xlim(0, 1)
+        bars.tick_params(axis="x", labelsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def main(args) -> int:
+    if args.topk < 1:
+        raise UserError(f"--topk must be at least 1, got {args.topk}")
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (
+        "cpu" if args.device == "auto" else args.device)
+    predictor = Predictor(args.checkpoint, args.weights, device)
+    files, failures = image_files(args.inputs)
+    results, bad = predict_files(predictor, files, args.topk, args.views)
+    failures += bad
+    if args.json:
+        text = json.dumps({"results": results, "failures": failures, "source": predictor.network.source}, indent=2)
+        if args.json == "-":
+            print(text)
+        else:
+            Path(args.json).write_text(text + "\n")
+    else:
+        print_table(results)
+    if args.sheet and results:
+        print(f"sheet: {sheet(results, args.sheet)}", file=sys.stderr)
+    for f in failures:
+        print(f"skipped {f['path']}: {f['error']}", file=sys.stderr)
+    print(f"{len(results)} image(s) predicted, {len(failures)} failure(s)", file=sys.stderr)
+    return 0 if results else 1
