@@ -264,7 +264,7 @@ def train(cfg: config_mod.Config, resume: str | None = None, progress: bool = Tr
                    "best_checkpoint": str(out / "best.pt"), "plots": [str(curves), str(filters)],
                    "metrics": str(out / "metrics.jsonl"), "run": str(out), "data": str(data_path),
                    "device": str(device), "world_size": ctx.world_size, "ranks_in_sync": in_sync,
-                   "preset": cfg.preset}
+                   "preset": cfg.preset, "precision": "fp32" if dtype is None else str(dtype).split(".")[-1]}
         log.write_json("summary.json", summary)
         if progress:
             finish_message(summary, out, data_path)
