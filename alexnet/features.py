@@ -138,7 +138,7 @@ def neighbour_sheet(result: dict, net: Network, path: str | Path) -> Path:
 
     images = result["images"]
     rows, k = len(result["queries"]), len(result["indices"][0])
-    fig, axes = plt.subplots(rows, k + 1, figsize=(1.6 * (k + 1), 1.8 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, k + 1, figsize=(1.6 * (k + 1), 2.0 * rows), squeeze=False)
     for r, q in enumerate(result["queries"]):
         axes[r, 0].imshow(resize_crop(open_rgb(Path(q).read_bytes()), net.size))
         axes[r, 0].set_title("query", fontsize=8)
