@@ -101,14 +101,17 @@ def neighbours(net: Network, data: str, split: str, queries: list[Path], k: int 
                batch_size: int = 256, workers: int = 2, progress: bool = True) -> dict:
     from tqdm import tqdm
 
-    from .data.decode import open_rgb, resize_crop
+    from .data.decode import BadImage, open_rgb
     from .evaluate import Images
 
-    arrays = []
+    pictures = []
     for q in queries:
-        arrays.append(torch.from_numpy(np.ascontiguousarray(resize_crop(open_rgb(Path(q).read_bytes()), net.size)))
-                      .permute(2, 0, 1))
-    query_codes = codes(net, torch.stack(arrays)).cpu()
+        try:
+            pictures.append(open_rgb(Path(q).read_bytes()))
+        except (BadImage, OSError) as e:
+            raise UserError(f"query image {q}: {e}; give readable image files to --query") from e
+    with torch.no_grad():  # the same §2 preprocessing and centre crop as predict
+        query_codes = net.model.embed(net.preprocess(pictures)).float().cpu()
     images = Images(data, split, net.size)
     if features:  # precomputed codes: stream them from the memory map
         meta = json.loads(Path(features).with_suffix(".json").read_text())

@@ -320,3 +320,12 @@ def test_exported_pooling_equals_adaptive_pooling(size_in, size_out):
     want = F.adaptive_avg_pool2d(x, size_out)
     got = FixedAdaptivePool(size_in, size_out).double()(x)
     assert torch.allclose(got, want, atol=1e-12)
+
+
+def test_an_unreadable_query_image_is_named(run, tmp_path):
+    from alexnet.features import neighbours
+
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really")
+    with pytest.raises(UserError, match="query image .*bad.jpg"):
+        neighbours(inference.load(run["a"]), str(run["data"]), "train", [bad], k=2, workers=0, progress=False)
