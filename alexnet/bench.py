@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import mfu, runtime
 from .errors import UserError
 
 WARMUP = 3  # batches not timed: worker start-up
@@ -79,7 +80,7 @@ def bench_data(data: str, device: str = "cpu", batch: int = 128, batches: int = 
         raise UserError(f"{data} has {len(split)} training images; the benchmark needs {needed} "
                         f"(lower --batches)")
     dev = torch.device(device)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else None
+    sync = lambda: runtime.synchronize(dev)  # noqa: E731
     result = {"device": str(dev), "batch": batch, "batches": batches, "workers": workers,
               "cores": os.cpu_count(), "crop": crop, "torch_threads": torch.get_num_threads()}
     if dev.type == "cuda":
@@ -99,18 +100,15 @@ def bench_data(data: str, device: str = "cpu", batch: int = 128, batches: int = 
     reference = max(reference)
 
     # one process, no pipeline: decode only, then augment only
-    import torchvision
-    from torchvision.io import ImageReadMode
+    from .data.store import decode_jpegs
     idx = np.arange(min(len(split), 4 * batch))
-    data_bytes = [torch.frombuffer(bytearray(split[int(i)][0]), dtype=torch.uint8) for i in idx]
+    data_bytes = None if split.raw else split.payloads(idx)
     t = time.perf_counter()
-    if dev.type == "cuda" and not split.raw:
-        images = torchvision.io.decode_jpeg(data_bytes, mode=ImageReadMode.RGB, device=dev)
-        torch.cuda.synchronize()
-    elif split.raw:
-        images = [torch.from_numpy(np.array(split[int(i)][0])).permute(2, 0, 1) for i in idx]
+    if split.raw:
+        images = [im.clone() for im in split.images(idx)]
     else:
-        images = torchvision.io.decode_jpeg(data_bytes, mode=ImageReadMode.RGB)
+        images = decode_jpegs(data_bytes, dev)
+    sync()
     decode = len(idx) / (time.perf_counter() - t)
     images = [im.to(dev) for im in images]
     norm = Normalize(mean_image=torch.as_tensor(ds.stats["mean_image"], dtype=torch.float32)).to(dev)
@@ -122,8 +120,7 @@ def bench_data(data: str, device: str = "cpu", batch: int = 128, batches: int = 
         p = sample_params(len(chunk), ds.size, crop, g, pca_std=0.1)
         train_batch(chunk if dev.type == "cpu" else torch.stack(chunk), p, norm, *eig, dtype=torch.bfloat16,
                     channels_last=True)
-    if sync:
-        sync()
+    sync()
     augment = len(images) / (time.perf_counter() - t)
 
     result.update({"images_per_s": ours["float32"], "dtype": "float32", "reference_images_per_s": reference,
@@ -150,24 +147,6 @@ def print_data(r: dict) -> None:
           f"augment {r['augment_images_per_s_one_process']:.0f} img/s ({r['encoding']} data)")
 
 
-def matmul_ceiling(device: torch.device, dtype: torch.dtype, n: int = 2048, seconds: float = 1.0) -> float:
-    """The machine's measured matrix-multiply rate (FLOP/s) for `dtype`: the ceiling a training
-    step, which is mostly convolutions and matrix products, can approach."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    a @ b
-    sync()
-    count, t = 0, time.perf_counter()
-    while time.perf_counter() - t < seconds or count < 2:
-        a @ b
-        count += 1
-        if count == 2 and time.perf_counter() - t > 10 * seconds:  # emulated and very slow: enough
-            break
-    sync()
-    return 2 * n ** 3 * count / (time.perf_counter() - t)
-
-
 def _step_rate(model, batch: int, size: int, device, amp: torch.dtype | None, channels_last: bool,
                steps: int, budget_s: float) -> float:
     """Training images/s of SGD steps on a random batch (after one warm-up step)."""
@@ -178,10 +157,10 @@ def _step_rate(model, batch: int, size: int, device, amp: torch.dtype | None, ch
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 1000, (batch,), device=device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = lambda: runtime.synchronize(device)  # noqa: E731
 
     def step():
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        with runtime.autocast(device, amp):
             loss = F.cross_entropy(model(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -197,45 +176,48 @@ def _step_rate(model, batch: int, size: int, device, amp: torch.dtype | None, ch
     return batch * done / (time.perf_counter() - t)
 
 
-def bench_train(device: str = "cpu", batch: int = 128, steps: int = 5, size: int = 224, budget_s: float = 60) -> dict:
+def bench_train(device: str = "cpu", batch: int = 128, steps: int = 5, size: int = 224, budget_s: float = 60,
+                compile: bool = True) -> dict:
     """Our training step (alexnet_owt, channels_last, the autocast dtype of precision=auto) against
-    torchvision's AlexNet trained the plain way (fp32, NCHW), same batch and machine."""
+    torchvision's AlexNet trained the plain way (fp32, NCHW), same batch and machine. compile=False
+    leaves out the torch.compile row (its compilation takes a minute on a CPU)."""
     import torchvision
 
-    from .info import layer_table
     from .model import build
-    from .train import amp_dtype, cpu_has_native_bf16
 
     dev = torch.device(device)
     torch.manual_seed(0)
-    macs = sum(r["macs"] for r in layer_table(build("alexnet_owt", 1000), size))
-    flops_per_image = 3 * 2 * macs  # forward + backward ~ 3x forward; 2 FLOP per multiply-accumulate
+    flops_per_image = mfu.train_flops_per_image(build("alexnet_owt", 1000), size)
     rows = {}
     rows["torchvision fp32 NCHW"] = _step_rate(torchvision.models.alexnet(), batch, size, dev, None, False, steps, budget_s)
     rows["ours fp32 channels_last"] = _step_rate(build("alexnet_owt", 1000, init="kaiming"), batch, size, dev, None,
                                                  True, steps, budget_s)
     try:  # torch.compile (inductor): the warm-up step pays for the compilation, the timed ones do not
+        if not compile:
+            raise RuntimeError("left out (compile=False)")
         rows["ours fp32 channels_last compiled"] = _step_rate(
             torch.compile(build("alexnet_owt", 1000, init="kaiming").to(memory_format=torch.channels_last)),
             batch, size, dev, None, True, steps, budget_s)
     except Exception as e:  # no C++ compiler, unsupported platform
         print(f"torch.compile skipped: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
-    auto = amp_dtype("auto", dev)
+    auto = runtime.amp_dtype("auto", dev)
     native = auto == torch.bfloat16  # emulated bf16 is ~60x slower: one small step tells enough
     rows["ours bf16 channels_last"] = _step_rate(build("alexnet_owt", 1000, init="kaiming"),
                                                  batch if native else min(batch, 8), size, dev,
                                                  torch.bfloat16, True, steps if native else 1, budget_s)
     reference = rows["torchvision fp32 NCHW"]
     best = max(rows, key=rows.get)
-    ceiling = {"fp32": matmul_ceiling(dev, torch.float32), "bf16": matmul_ceiling(dev, torch.bfloat16)}
+    ceiling = {"fp32": mfu.ceiling(dev, None), "bf16": mfu.ceiling(dev, torch.bfloat16)}
     return {"device": str(dev), "batch": batch, "size": size, "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "model": "alexnet_owt (torchvision's architecture)",
             "images_per_s": rows, "reference_images_per_s": reference,
             "ratios": {k: v / reference for k, v in rows.items()}, "best": best, "ratio": rows[best] / reference,
             "precision_auto": "fp32" if auto is None else str(auto).split(".")[-1],
-            "cpu_native_bf16": cpu_has_native_bf16() if dev.type == "cpu" else None,
-            "flops_per_image": flops_per_image, "matmul_ceiling_flops": ceiling,
-            "fraction_of_ceiling": {k: v * flops_per_image / ceiling["bf16" if "bf16" in k else "fp32"]
+            "cpu_native_bf16": runtime.cpu_has_native_bf16() if dev.type == "cpu" else None,
+            "flops_per_image": flops_per_image,
+            "ceiling_flops": {k: c["flops_per_s"] for k, c in ceiling.items()},
+            "ceiling_best": {k: c["best"] for k, c in ceiling.items()},
+            "fraction_of_ceiling": {k: v * flops_per_image / ceiling["bf16" if "bf16" in k else "fp32"]["flops_per_s"]
                                     for k, v in rows.items()},
             "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None}
 
@@ -245,10 +227,11 @@ def print_train(r: dict) -> None:
     print(f"training step of AlexNet ({r['model']}), {where}, batch {r['batch']} at {r['size']} px, "
           f"{r['flops_per_image'] / 1e9:.2f} GFLOP per image\n")
     for name, rate in r["images_per_s"].items():
-        print(f"  {name:<28}{rate:>9.1f} img/s {r['ratios'][name]:>6.2f}x   "
-              f"{100 * r['fraction_of_ceiling'][name]:>5.1f}% of the {'bf16' if 'bf16' in name else 'fp32'} matmul ceiling")
-    c = r["matmul_ceiling_flops"]
-    print(f"\n  matmul ceiling: fp32 {c['fp32'] / 1e9:.1f} GFLOP/s, bf16 {c['bf16'] / 1e9:.1f} GFLOP/s; "
+        print(f"  {name:<32}{rate:>9.1f} img/s {r['ratios'][name]:>6.2f}x   "
+              f"{100 * r['fraction_of_ceiling'][name]:>5.1f}% of the {'bf16' if 'bf16' in name else 'fp32'} ceiling")
+    c, b = r["ceiling_flops"], r["ceiling_best"]
+    print(f"\n  measured ceiling (best of AlexNet's convolutions and matrix products, alexnet.mfu): "
+          f"fp32 {c['fp32'] / 1e9:.0f} GFLOP/s ({b['fp32']}), bf16 {c['bf16'] / 1e9:.0f} GFLOP/s ({b['bf16']}); "
           f"precision=auto picks {r['precision_auto']} here")
     if r.get("cpu_native_bf16") is False:
         print("  this CPU has no native bf16 (AVX512-BF16/AMX): PyTorch emulates it, so bf16 is far slower than fp32")
@@ -284,10 +267,9 @@ def bench_infer(device: str = "cpu", batch: int = 64, repeats: int = 3) -> dict:
     import torchvision
 
     from .model import build
-    from .train import amp_dtype
 
     dev = torch.device(device)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    sync = lambda: runtime.synchronize(dev)  # noqa: E731
     torch.manual_seed(0)
     reference = torchvision.models.alexnet().eval().to(dev)
     ours = build("alexnet_owt", 1000)
@@ -305,10 +287,10 @@ def bench_infer(device: str = "cpu", batch: int = 64, repeats: int = 3) -> dict:
             return ours(t.contiguous(memory_format=torch.channels_last))
 
     variants = {"torchvision eager fp32": run_reference, "ours fp32 channels_last": run_ours}
-    auto = amp_dtype("auto", dev)
+    auto = runtime.amp_dtype("auto", dev)
     if auto is not None:
         def run_amp(t):
-            with torch.no_grad(), torch.autocast(dev.type, dtype=auto):
+            with torch.no_grad(), runtime.autocast(dev, auto):
                 return ours(t.contiguous(memory_format=torch.channels_last)).float()
         variants[f"ours {str(auto).split('.')[-1]} channels_last"] = run_amp
     if dev.type == "cpu":
@@ -358,10 +340,7 @@ def print_infer(r: dict) -> None:
 
 
 def main(args) -> int:
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available here")
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
-        ("cpu" if args.device == "auto" else args.device)
+    device = runtime.setup(args.device, distributed_job=False).device
     if args.what == "train":
         r = bench_train(device, batch=args.batch_size, steps=args.batches)
         print_train(r)

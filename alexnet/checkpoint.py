@@ -11,7 +11,6 @@ Everything `predict`, `evaluate` and `export` need travels with it.
 """
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
+from .fileio import atomic_write
 
 VERSION = 1
 
@@ -28,21 +28,10 @@ class CheckpointError(UserError):
 
 
 def save(path: str | Path, state: dict) -> None:
-    """Write atomically; the checkpoint it replaces is kept as <name>.prev.pt."""
+    """Write atomically (alexnet.fileio); the checkpoint it replaces is kept as <name>.prev.pt."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save({"format": "alexnet-checkpoint", "version": VERSION, **state}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    if path.exists():
-        os.replace(path, previous(path))
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)  # make the renames durable too
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    atomic_write(path, lambda f: torch.save({"format": "alexnet-checkpoint", "version": VERSION, **state}, f),
+                 keep_previous=previous(path))
 
 
 def previous(path: Path) -> Path:

@@ -46,6 +46,8 @@ CONFIG_FLAGS = {
     "--precision": ("train.precision", "fp32 | bf16 | fp16 (autocast)"),
     "--seed": ("train.seed", "seed of every random stream"),
     "--workers": ("data.workers", "loader processes (default: one per core)"),
+    "--init": ("train.init", "start from weights: torchvision | CKPT | a state-dict .pth (fine-tuning)"),
+    "--freeze": ("train.freeze", "none | features (conv1..conv5) | all-but-head"),
 }
 
 
@@ -57,7 +59,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def add_config_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", help="base recipe: paper | torchvision | fast | quick "
+    p.add_argument("--preset", help="base recipe: paper | torchvision | fast | quick | finetune "
                                     "(default: quick on the built-in data, paper with --data)")
     p.add_argument("--config", action="append", default=[], metavar="FILE",
                    help="TOML/YAML/JSON file of [section] key = value overrides (repeatable)")
@@ -112,8 +114,10 @@ def build_parser() -> Parser:
     p.add_argument("--split", default="val", help="split to evaluate (default val)")
     p.add_argument("--views", type=int, choices=[1, 10], default=1, help="centre crop or the paper's 10 views")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (under torchrun: each rank's GPU)")
     p.add_argument("--json", metavar="OUT", help="write the report as JSON")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"],
+                   help="autocast dtype of the forward pass (default fp32, exact; auto: bf16 where native)")
 
     p = command("predict")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders (recursive)")
@@ -124,6 +128,8 @@ def build_parser() -> Parser:
     p.add_argument("--json", nargs="?", const="-", metavar="OUT", help="JSON to OUT (default stdout)")
     p.add_argument("--sheet", metavar="OUT.png", help="draw each image with its top-5 bars (Fig. 4, left)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"],
+                   help="autocast dtype of the forward pass (default fp32, exact; auto: bf16 where native)")
 
     p = command("features", "The fc7 codes (4096-d, after ReLU) of a split, as a memory-mapped .npy with a .json\n"
                             "(ids, labels, classes) beside it; an interrupted run continues where it stopped.")
@@ -133,6 +139,8 @@ def build_parser() -> Parser:
     p.add_argument("--out", required=True, metavar="FILE", help="where to write the vectors (.npy)")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"],
+                   help="autocast dtype of the forward pass (default fp32, exact; auto: bf16 where native)")
 
     p = command("neighbors")
     p.add_argument("checkpoint", metavar="CKPT")
@@ -143,6 +151,8 @@ def build_parser() -> Parser:
     p.add_argument("--features", metavar="FILE", help="precomputed codes of that split (alexnet features)")
     p.add_argument("--sheet", metavar="OUT.png", help="draw the queries and their neighbours")
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"],
+                   help="autocast dtype of the forward pass (default fp32, exact; auto: bf16 where native)")
 
     p = command("filters")
     p.add_argument("checkpoint", metavar="CKPT")

@@ -52,8 +52,10 @@ def shutdown() -> None:
     """Tear the process group down before exit: a gloo group left to the interpreter's exit can
     abort the process ("terminate called without an active exception"), which torchrun reports
     as a failed rank even though the work was done."""
+    global _cpu_group
     if is_initialized():
         dist.destroy_process_group()
+    _cpu_group = None
 
 
 def is_initialized() -> bool:
@@ -66,10 +68,30 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+def all_reduce_max(t: torch.Tensor, group=None) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
     return t
+
+
+def all_reduce_max_async(t: torch.Tensor, group=None):
+    """Start a MAX all-reduce of `t` in place; returns the work handle to wait() on."""
+    return dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group, async_op=True)
+
+
+_cpu_group = None
+
+
+def cpu_group():
+    """A process group for small CPU tensors (control messages such as "stop now"): the default
+    group when it is gloo, else one gloo group made once (every rank must call this, in the same
+    order, the first time)."""
+    global _cpu_group
+    if dist.get_backend() == "gloo":
+        return dist.group.WORLD
+    if _cpu_group is None:
+        _cpu_group = dist.new_group(backend="gloo")
+    return _cpu_group
 
 
 def broadcast(obj):

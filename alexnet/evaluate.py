@@ -24,8 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import distributed
+from . import distributed, runtime
 from .checkpoint import unwrap
+from .model import evaluating
 from .errors import UserError
 
 
@@ -34,10 +35,6 @@ def topk_correct(probs: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Ten
     true = probs.gather(1, labels[:, None])
     at_least = (probs >= true).sum(1) - 1  # the other classes scoring at least as high
     return at_least < k
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 class Tally:
@@ -81,9 +78,11 @@ def evaluate(models, loader, device: torch.device, amp_dtype: torch.dtype | None
              num_classes: int | None = None) -> dict:
     """Evaluate on a Loader's ready-made batches (the training loop's validation)."""
     models = models if isinstance(models, (list, tuple)) else [models]
-    modes = [m.training for m in models]
-    for m in models:
-        m.eval()
+    with evaluating(*models):
+        return _evaluate(models, loader, device, amp_dtype, num_classes)
+
+
+def _evaluate(models, loader, device, amp_dtype, num_classes) -> dict:
     tally = Tally(num_classes or unwrap(models[0]).fc8.out_features, device)
     for batch in loader.epoch(0):
         x, y = batch.images, batch.labels.to(device)
@@ -91,13 +90,11 @@ def evaluate(models, loader, device: torch.device, amp_dtype: torch.dtype | None
         flat = x.flatten(0, 1) if views > 1 else x
         probs = 0
         for m in models:
-            with autocast(device, amp_dtype):
+            with runtime.autocast(device, amp_dtype):
                 logits = m(flat)
             p = F.softmax(logits.float(), dim=1)
             probs = probs + (p.view(len(y), views, -1).mean(1) if views > 1 else p)
         tally.add(probs / len(models), y)
-    for m, mode in zip(models, modes):
-        m.train(mode)
     return tally.result()
 
 
@@ -143,13 +140,7 @@ class Images(torch.utils.data.Dataset):
         from .data.sources import read_bytes
 
         if self.prepared:
-            data, _ = self.split[i]
-            if self.split.raw:
-                return torch.from_numpy(np.array(data)).permute(2, 0, 1), i
-            import torchvision
-            img = torchvision.io.decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                                             mode=torchvision.io.ImageReadMode.RGB)
-            return img.contiguous(), i
+            return self.split.images([i])[0].contiguous(), i  # a copy of raw pixels, not a view of the map
         try:
             arr = resize_crop(open_rgb(read_bytes(self.samples[i]), self.size), self.size)
         except (BadImage, OSError) as e:
@@ -251,13 +242,12 @@ def main(args) -> int:
         raise UserError("give one or more checkpoints, or --weights torchvision|PATH")
     if not Path(args.data).exists():
         raise UserError(f"data not found: {args.data}")
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (
-        "cpu" if args.device == "auto" else args.device)
-    networks = [load(c, device) for c in args.checkpoints]
+    rt = runtime.setup(args.device, args.precision)  # under torchrun: this rank's GPU, then the group
+    networks = [load(c, rt.device, rt.dtype) for c in args.checkpoints]
     if args.weights:
-        networks.append(load_weights(args.weights, device))
+        networks.append(load_weights(args.weights, rt.device, rt.dtype))
     r = evaluate_networks(networks, args.data, args.split, args.views, args.batch_size)
-    if distributed.init().rank != 0:
+    if not rt.main:
         return 0
     confusion = r.pop("confusion")
     classes = r.pop("classes")

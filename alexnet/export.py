@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from . import runtime
 from .errors import UserError
 from .inference import Network, load
 
@@ -131,7 +132,9 @@ def export(net: Network, fmt: str, out: str | Path) -> Path:
 
 
 def main(args) -> int:
-    net = load(args.checkpoint)
+    # traced on the CPU in fp32 whatever the machine has: the exported graph must run anywhere
+    rt = runtime.setup("cpu", "fp32", distributed_job=False)
+    net = load(args.checkpoint, rt.device, rt.dtype)
     if args.format == "onnx" and importlib.util.find_spec("onnx") is None:
         raise UserError("ONNX export needs the onnx package: pip install onnx onnxruntime")
     path = export(net, args.format, args.out)

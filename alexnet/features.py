@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import runtime
 from .data.augment import eval_views
 from .errors import UserError
 from .inference import Network, load
@@ -27,8 +28,7 @@ from .inference import Network, load
 def codes(net: Network, images: torch.Tensor) -> torch.Tensor:
     """(B, 3, S, S) uint8 -> (B, 4096) fc7 after ReLU, on the centre crop."""
     x = eval_views(images.to(net.device), net.crop, 1, net.norm_for(images.shape[-1]))
-    with torch.no_grad():
-        return net.model.embed(x).float()
+    return net.forward(x, embed=True)
 
 
 def _loader(images, start: int, batch_size: int, workers: int):
@@ -110,8 +110,7 @@ def neighbours(net: Network, data: str, split: str, queries: list[Path], k: int 
             pictures.append(open_rgb(Path(q).read_bytes()))
         except (BadImage, OSError) as e:
             raise UserError(f"query image {q}: {e}; give readable image files to --query") from e
-    with torch.no_grad():  # the same §2 preprocessing and centre crop as predict
-        query_codes = net.model.embed(net.preprocess(pictures)).float().cpu()
+    query_codes = net.forward(net.preprocess(pictures), embed=True).cpu()  # the §2 preprocessing of predict
     images = Images(data, split, net.size)
     if features:  # precomputed codes: stream them from the memory map
         meta = json.loads(Path(features).with_suffix(".json").read_text())
@@ -159,12 +158,14 @@ def neighbour_sheet(result: dict, net: Network, path: str | Path) -> Path:
     return Path(path)
 
 
-def _device(name: str) -> str:
-    return "cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name)
+def _network(args) -> Network:
+    """The checkpoint on the device and in the precision the flags ask for (alexnet.runtime)."""
+    rt = runtime.setup(args.device, args.precision)
+    return load(args.checkpoint, rt.device, rt.dtype)
 
 
 def main_features(args) -> int:
-    net = load(args.checkpoint, _device(args.device))
+    net = _network(args)
     meta = write_features(net, args.data, args.split, args.out, dtype=args.dtype)
     print(f"{meta['done']:,} fc7 codes ({meta['dim']}-d, {meta['dtype']}) in {args.out}; ids, labels and classes in "
           f"{Path(args.out).with_suffix('.json')}; {len(meta['failed'])} image(s) could not be read")
@@ -177,7 +178,7 @@ def main_neighbors(args) -> int:
     missing = [q for q in args.query if not Path(q).is_file()]
     if missing:
         raise UserError(f"query image not found: {missing[0]}")
-    net = load(args.checkpoint, _device(args.device))
+    net = _network(args)
     result = neighbours(net, args.data, args.split, [Path(q) for q in args.query], args.k, args.features)
     for q, keys, labels, dists in zip(result["queries"], result["keys"], result["labels"], result["distances"]):
         print(q)

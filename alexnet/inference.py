@@ -13,7 +13,6 @@ preprocessing: resize to 256, centre crop 224, ImageNet per-channel mean/std.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,17 +21,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from . import checkpoint
+from . import checkpoint, runtime, weights
 from .data import augment as A
-from .data.classes import ilsvrc2012
 from .data.decode import resize_crop
 from .errors import UserError
-from .model import build
+from .fileio import sha256_file
+from .model import from_config
 
-# torchvision's ImageNet normalisation, on the 0-255 scale
-TORCHVISION_MEAN = torch.tensor([0.485, 0.456, 0.406]) * 255
-TORCHVISION_STD = torch.tensor([0.229, 0.224, 0.225]) * 255
-TORCHVISION_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
 
 
 @dataclass
@@ -45,19 +40,22 @@ class Network:
     source: str  # checkpoint path or weights name
     sha256: str  # of the checkpoint / weights file ("" when unknown)
     device: torch.device = torch.device("cpu")
+    dtype: torch.dtype | None = None  # autocast dtype of the forward pass (None: fp32), see alexnet.runtime
 
-    def to(self, device) -> "Network":
-        self.device = torch.device(device)
+    def to(self, device, dtype: torch.dtype | None = None) -> "Network":
+        self.device, self.dtype = torch.device(device), dtype
         self.model.to(self.device)
         self.norm = self.norm.to(self.device)
         return self
 
+    def forward(self, x: torch.Tensor, embed: bool = False) -> torch.Tensor:
+        """(N, 3, C, C) normalised -> (N, classes) float32 logits, or (N, 4096) fc7 codes."""
+        with torch.no_grad(), runtime.autocast(self.device, self.dtype):
+            return (self.model.embed(x) if embed else self.model(x)).float()
+
     def norm_for(self, size: int) -> A.Normalize:
         """The normalisation for S' x S' images (a mean image is resized when S' differs)."""
-        if self.norm.mean_image is None or self.norm.mean_image.shape[-1] == size:
-            return self.norm
-        m = F.interpolate(self.norm.mean_image[None], size=(size, size), mode="bilinear", align_corners=False)[0]
-        return A.Normalize(mean_image=m)
+        return self.norm.for_size(size)
 
     def preprocess(self, images: list[Image.Image], views: int = 1) -> torch.Tensor:
         """PIL RGB images -> (B, 3, C, C) or (B, 10, 3, C, C) float, on self.device."""
@@ -70,70 +68,49 @@ class Network:
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, C, C) or (B, V, 3, C, C) -> (B, classes) softmax, averaged over the V views."""
         views = x.shape[1] if x.dim() == 5 else 1
-        logits = self.model(x.flatten(0, 1) if views > 1 else x).float()
-        p = F.softmax(logits, dim=1)
+        p = F.softmax(self.forward(x.flatten(0, 1) if views > 1 else x), dim=1)
         return p.view(-1, views, p.shape[1]).mean(1)
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
+def norm_of(data: dict) -> A.Normalize:
+    """The mean subtraction a network was trained with, from a checkpoint's "data" entry (or a
+    weights.Source's): the §2 mean image, or per-channel mean/std, on the 0-255 scale."""
+    if data["mean_mode"] == "pixel":
+        return A.Normalize(mean_image=torch.as_tensor(data["mean_image"]).float())
+    return A.Normalize(mean=torch.as_tensor(data["mean"]).float(), std=torch.as_tensor(data["std"]).float())
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> Network:
-    """A network from one of our checkpoints (last.pt / best.pt)."""
+def from_source(src: weights.Source, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Network:
+    """A ready network from weights read by alexnet.weights; every tensor must fit (WeightsError
+    lists the ones that do not), and the normalisation is the one the weights were trained with."""
+    if src.model is None:
+        raise weights.WeightsError(f"{src.origin}: not one of our checkpoints and not torchvision's AlexNet layout "
+                                   f"(features.N / classifier.N keys); cannot tell which network it is")
+    n = src.num_classes
+    model = from_config(src.model, n, init="kaiming")  # every tensor is loaded next
+    weights.load_into(model, src, strict=True)
+    model.eval()
+    classes = src.classes or [{"id": str(i), "name": f"class {i}"} for i in range(n)]
+    d = src.data
+    return Network(model, classes, int(d["size"]), int(d["crop"]), norm_of(d), src.origin, src.sha256).to(device, dtype)
+
+
+def load(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Network:
+    """A network from one of our checkpoints (last.pt / best.pt), on `device`, computing in `dtype`
+    (autocast; None: fp32). Raises CheckpointError for a missing or damaged file."""
     path = Path(path)
     state = checkpoint.load(path)
-    m = state["config"]["model"]
-    model = build(m["name"], state["num_classes"], norm=m["norm"], dropout=m["dropout"], init="kaiming",
-                  lrn_convention=m["lrn_convention"], lrn_k=m["lrn_k"], width=m["width"], hidden=m["hidden"])
-    model.load_state_dict(state["model"])
-    model.eval()
-    d = state["data"]
-    norm = (A.Normalize(mean_image=d["mean_image"].float()) if d["mean_mode"] == "pixel"
-            else A.Normalize(mean=d["mean"].float(), std=d["std"].float()))
-    return Network(model, list(state["classes"]), int(d["size"]), int(d["crop"]), norm, str(path),
-                   sha256_of(path)).to(device)
+    return from_source(weights.from_checkpoint(state, str(path), sha256_file(path)), device, dtype)
 
 
-def load_weights(spec: str, device: str | torch.device = "cpu") -> Network:
-    """torchvision's published AlexNet ('torchvision': through its weights API, downloaded once into
-    torch's cache) or a local .pth state dict of torchvision.models.alexnet."""
-    if spec == "torchvision":
-        try:
-            from torchvision.models import AlexNet_Weights
-            state = AlexNet_Weights.IMAGENET1K_V1.get_state_dict(progress=True, check_hash=True)
-        except Exception as e:  # offline, proxy, corrupt download
-            raise UserError(f"could not fetch torchvision's AlexNet weights ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:150]}); download {TORCHVISION_URL} elsewhere and pass "
-                            f"--weights PATH") from None
-        source, digest = "torchvision:AlexNet_Weights.IMAGENET1K_V1", "7be5be79"
-    else:
-        path = Path(spec)
-        if not path.is_file():
-            raise UserError(f"weights file not found: {path} (use --weights torchvision or a .pth path)")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise UserError(f"cannot read weights {path}: {type(e).__name__}: {str(e).splitlines()[0][:150]}") from None
-        if isinstance(state, dict) and "model" in state and "format" in state:
-            raise UserError(f"{path} is an alexnet checkpoint: pass it as a checkpoint, not --weights")
-        source, digest = str(path), sha256_of(path)
-    model = build("alexnet_owt", 1000, init="kaiming")
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, KeyError) as e:
-        raise UserError(f"{spec} is not a state dict of torchvision.models.alexnet: {str(e).splitlines()[0][:200]}") from None
-    model.eval()
-    classes = [c.to_json() for c in ilsvrc2012()]
-    return Network(model, classes, 256, 224, A.Normalize(mean=TORCHVISION_MEAN, std=TORCHVISION_STD),
-                   source, digest).to(device)
+def load_weights(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Network:
+    """Weights by name ('torchvision': the published AlexNet through torchvision's weights API,
+    downloaded once into torch's cache) or file: torchvision-layout state dicts in any of the forms
+    alexnet.weights reads, or one of our checkpoints."""
+    return from_source(weights.read(spec), device, dtype)
 
 
-def load_any(checkpoint_path: str | None, weights: str | None, device="cpu") -> Network:
+def load_any(checkpoint_path: str | None, weights: str | None, device="cpu", dtype: torch.dtype | None = None) -> Network:
     if bool(checkpoint_path) == bool(weights):
         raise UserError("give exactly one of a checkpoint (--checkpoint CKPT) or --weights torchvision|PATH")
-    return load(checkpoint_path, device) if checkpoint_path else load_weights(weights, device)
+    return load(checkpoint_path, device, dtype) if checkpoint_path else load_weights(weights, device, dtype)

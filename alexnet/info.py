@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .model import VARIANTS, AlexNet, LocalResponseNorm, build
+from .model import VARIANTS, AlexNet, LocalResponseNorm, build, evaluating
 
 
 def describe(m: nn.Module) -> str:
@@ -62,13 +62,10 @@ def layer_table(net: AlexNet, input_size: int = 224) -> list[dict]:
 
     handles = [m.register_forward_hook(hook(name)) for name, m in net.named_children()
                if not isinstance(m, (nn.Identity, nn.Dropout))]
-    was_training = net.training
     try:
-        net.eval()
-        with torch.no_grad():
-            net(torch.zeros(1, 3, input_size, input_size))
+        with torch.no_grad(), evaluating(net):
+            net(torch.zeros(1, 3, input_size, input_size, device=next(net.parameters()).device))
     finally:
-        net.train(was_training)
         for h in handles:
             h.remove()
     return rows

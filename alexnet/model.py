@@ -29,6 +29,8 @@ work with the same classifier; smaller inputs raise a clear error. Options are d
 """
 from __future__ import annotations
 
+import contextlib
+
 import math
 from dataclasses import dataclass
 
@@ -279,6 +281,56 @@ def build(name: str, num_classes: int = 1000, *, norm: str | None = None, dropou
     generator = None if seed is None else torch.Generator().manual_seed(seed)
     init_weights(net, init, init_bias=init_bias, generator=generator)
     return net
+
+
+@contextlib.contextmanager
+def evaluating(*nets: nn.Module):
+    """Every module of `nets` in eval mode inside the block; afterwards each module is back in its
+    own mode (net.train(mode) would also wake the frozen batch-norm layers of a fine-tuning run)."""
+    modes = [(m, m.training) for net in nets for m in net.modules()]
+    try:
+        for net in nets:
+            net.eval()
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+FEATURE_LAYERS = ("conv1", "norm1", "conv2", "norm2", "conv3", "norm3", "conv4", "norm4", "conv5", "norm5")
+
+
+def freeze(net: AlexNet, mode: str) -> list[nn.Module]:
+    """Stop training part of the network: "none", "features" (conv1..conv5 and their norms) or
+    "all-but-head" (everything but fc8). Sets requires_grad=False on those parameters and returns
+    the frozen batch-norm layers, which the training loop keeps in eval mode (their running
+    statistics stay those of the weights loaded)."""
+    if mode not in ("none", "features", "all-but-head"):
+        raise UserError(f"unknown freeze mode {mode!r}; use none, features or all-but-head")
+    if mode == "none":
+        return []
+    names = FEATURE_LAYERS if mode == "features" else [n for n, _ in net.named_children() if n != "fc8"]
+    frozen = []
+    for name in names:
+        module = getattr(net, name)
+        for p in module.parameters():
+            p.requires_grad_(False)
+        frozen += [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    return frozen
+
+
+def from_config(m, num_classes: int, *, seed: int | None = None, init: str | None = None) -> AlexNet:
+    """`build` from a config.ModelConfig or its dict (a checkpoint's config["model"]): the one
+    mapping from configuration to network, so that every key of the model section reaches build.
+    init overrides the configured scheme (weights about to be loaded need no careful init)."""
+    import dataclasses
+
+    values = dataclasses.asdict(m) if dataclasses.is_dataclass(m) else dict(m)
+    name = values.pop("name")
+    values.pop("num_classes", None)
+    if init is not None:
+        values["init"] = init
+    return build(name, num_classes, seed=seed, **values)
 
 
 def init_weights(net: nn.Module, scheme: str = "paper", init_bias: float = 1.0,

@@ -51,6 +51,17 @@ class PaperSGD(torch.optim.Optimizer):
         return loss
 
 
+def param_groups(model: torch.nn.Module, cfg: Config, lr: float) -> list[dict]:
+    """The trainable parameters as optimizer groups: fc8 (the head) at lr x optim.head_lr_mult,
+    the rest at lr; frozen parameters (requires_grad False) are left out. Each group keeps its
+    "lr_mult" so that the schedule's lr reaches it scaled (alexnet.loop)."""
+    head = [p for n, p in model.named_parameters() if n.startswith("fc8.") and p.requires_grad]
+    body = [p for n, p in model.named_parameters() if not n.startswith("fc8.") and p.requires_grad]
+    mult = cfg.optim.head_lr_mult
+    return [g for g in ({"params": body, "lr": lr, "lr_mult": 1.0, "name": "body"},
+                        {"params": head, "lr": lr * mult, "lr_mult": mult, "name": "head"}) if g["params"]]
+
+
 def build_optimizer(cfg: Config, params, lr: float) -> torch.optim.Optimizer:
     o = cfg.optim
     if o.update == "paper":

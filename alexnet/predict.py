@@ -21,9 +21,9 @@ import os
 import sys
 from pathlib import Path
 
-import torch
 from PIL import Image
 
+from . import runtime
 from .data.decode import BadImage, open_rgb
 from .errors import UserError
 from .inference import Network, load_any
@@ -31,8 +31,9 @@ from .inference import Network, load_any
 
 class Predictor:
     def __init__(self, checkpoint: str | None = None, weights: str | None = None, device: str = "cpu",
-                 batch_size: int = 32):
-        self.network: Network = load_any(checkpoint, weights, device)
+                 batch_size: int = 32, precision: str = "fp32"):
+        rt = runtime.setup(device, precision, distributed_job=False)
+        self.network: Network = load_any(checkpoint, weights, rt.device, rt.dtype)
         self.batch_size = batch_size
 
     @property
@@ -134,9 +135,7 @@ def sheet(results: list[dict], path: str | Path, columns: int = 4) -> Path:
 def main(args) -> int:
     if args.topk < 1:
         raise UserError(f"--topk must be at least 1, got {args.topk}")
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (
-        "cpu" if args.device == "auto" else args.device)
-    predictor = Predictor(args.checkpoint, args.weights, device)
+    predictor = Predictor(args.checkpoint, args.weights, args.device, precision=args.precision)
     files, failures = image_files(args.inputs)
     results, bad = predict_files(predictor, files, args.topk, args.views)
     failures += bad

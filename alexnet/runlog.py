@@ -2,7 +2,8 @@
 
     runs/20261125-101500-quick/
         config.yaml       the resolved config (a valid --config for a rerun)
-        env.json          command, git revision, library and device versions, world size
+        env.json          command, git revision, library and device versions, world size, precision, ceiling
+        code.diff         the uncommitted changes of the source tree, when there are any
         metrics.jsonl     one JSON object per line: training steps and validation epochs
         events.*          TensorBoard (tensorboard --logdir runs/)
         last.pt best.pt   checkpoints (alexnet.checkpoint)
@@ -35,6 +36,15 @@ def git_revision() -> dict:
         return {}
 
 
+def git_diff() -> str:
+    """The uncommitted changes to tracked files of the alexnet source tree ("" when unavailable)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        return subprocess.run(["git", "diff", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
 class RunLog:
     def __init__(self, folder: Path, cfg, active: bool = True, extra_env: dict | None = None):
         self.folder, self.active = Path(folder), active
@@ -46,6 +56,8 @@ class RunLog:
         env = {"command": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                "git": git_revision(), **environment(), **(extra_env or {})}
         (self.folder / "env.json").write_text(json.dumps(env, indent=2, default=str) + "\n")
+        if env["git"].get("dirty"):  # the code that ran, when it is not a commit (as airbench saves its source)
+            (self.folder / "code.diff").write_text(git_diff())
         self.metrics = open(self.folder / "metrics.jsonl", "a")
         try:
             from torch.utils.tensorboard import SummaryWriter

@@ -10,7 +10,8 @@ from alexnet import checkpoint, cli, config
 from alexnet.data import synthetic
 from alexnet.errors import UserError
 from alexnet.model import build
-from alexnet.train import Diverged, amp_dtype, pick_device, train
+from alexnet.runtime import amp_dtype, pick_device
+from alexnet.train import Diverged, train
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def test_resume_continues_and_matches_an_uninterrupted_run(tiny, tmp_path, monke
     real = train_module.train_epoch
 
     def stop_in_second_epoch(*args, **kwargs):
-        if args[5] == 1:  # epoch index: the first epoch and its checkpoint are done
+        if args[1] == 1:  # epoch index: the first epoch and its checkpoint are done
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
@@ -148,9 +149,10 @@ def test_a_time_budget_stops_the_run_and_drives_the_decay(tiny, tmp_path):
 
 
 def test_progressive_resizing(tiny, tmp_path, capsys):
-    from alexnet.train import Stopper, progressive_crop
+    from alexnet.loop import Stopper
+    from alexnet.train import progressive_crop
     cfg = config.resolve("quick", sets=["data.crop=224", "data.progressive_from=128", "train.epochs=8"])
-    stopper = Stopper(0.0, None, "cpu")
+    stopper = Stopper(0.0, None)
     crops = [progressive_crop(cfg, e, stopper) for e in range(8)]
     assert crops[0] == 128 and crops[-1] == crops[-2] == 224 and crops == sorted(crops)
     assert all(c % 8 == 0 for c in crops)

@@ -47,6 +47,15 @@ class Normalize:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return Normalize(move(self.mean_image), move(self.mean), move(self.std))
 
+    def for_size(self, size: int) -> "Normalize":
+        """The same normalisation for S x S images: a mean image of another size is resized
+        (bilinear), channel mean/std apply to any size."""
+        if self.mean_image is None or self.mean_image.shape[-1] == size:
+            return self
+        m = torch.nn.functional.interpolate(self.mean_image[None], size=(size, size), mode="bilinear",
+                                            align_corners=False)[0]
+        return Normalize(mean_image=m)
+
     def mean_crop_hwc(self, top: int, left: int, crop: int, flip: bool) -> torch.Tensor:
         """The mean image's (C, C, 3) crop at (top, left), reflected when `flip` (a view of a cached
         HWC copy: images decode to HWC memory, so the CPU path works in that layout)."""

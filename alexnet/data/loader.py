@@ -35,11 +35,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torchvision
-from torchvision.io import ImageReadMode
 
 from . import augment as A
-from .store import PreparedDataset, PreparedSplit
+from .store import PreparedDataset, PreparedSplit, decode_jpegs
 
 # torchvision 0.29 deprecates its image codecs in favour of TorchCodec; they remain the batched
 # libjpeg-turbo / nvJPEG decoders this loader is built on until TorchCodec's are a drop-in.
@@ -104,8 +102,7 @@ class BatchSource(torch.utils.data.Dataset):
         o = self.o
         g = torch.Generator().manual_seed(step_seed(o["seed"], self.epoch, o["rank"], step))
         if o["gpu_decode"]:  # bytes only: the main process decodes them on the GPU
-            data = [torch.frombuffer(bytearray(self.split[int(i)][0]), dtype=torch.uint8) for i in idx]
-            return data, labels, indices, g.get_state()
+            return self.split.payloads(idx), labels, indices, g.get_state()
         images = self._per_image_crops(idx, g) if o["keep_aspect"] else self.decode(idx)
         if o["gpu_augment"]:  # uint8 to the GPU; the augmentation runs there
             return torch.stack(images), labels, indices, g.get_state()
@@ -118,10 +115,7 @@ class BatchSource(torch.utils.data.Dataset):
 
     def decode(self, idx) -> list[torch.Tensor]:
         """[(3, S, S) uint8] for the samples `idx` (raw: views of the memory map, no copy)."""
-        if self.split.raw:
-            return [torch.from_numpy(self.split[int(i)][0]).permute(2, 0, 1) for i in idx]
-        data = [torch.frombuffer(bytearray(self.split[int(i)][0]), dtype=torch.uint8) for i in idx]
-        return torchvision.io.decode_jpeg(data, mode=ImageReadMode.RGB)
+        return self.split.images(idx)
 
     def _per_image_crops(self, idx, g) -> list[torch.Tensor]:
         """--keep-aspect images differ in size: crop each to C x C here (random-resized in training,
@@ -141,11 +135,7 @@ class BatchSource(torch.utils.data.Dataset):
         return out
 
     def _one(self, i: int) -> torch.Tensor:
-        data, _ = self.split[i]
-        if self.split.raw:
-            return torch.from_numpy(data).permute(2, 0, 1)
-        return torchvision.io.decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                                          mode=ImageReadMode.RGB)
+        return self.split.images([i])[0]
 
 
 def _worker_init(_: int) -> None:
@@ -181,7 +171,7 @@ class Loader:
                  flip: bool = True, pca_std: float = 0.1, pca_scale: str = "authors",
                  mean: str = "pixel", scale=(1.0, 1.0), ratio=(1.0, 1.0), views: int = 1,
                  dtype: str = "float32", channels_last: bool = False, gpu_decode: bool | None = None,
-                 prefetch: int = 2, keep: int = 2, pool_bytes: int = 2 << 30):
+                 prefetch: int = 2, keep: int = 2, pool_bytes: int = 2 << 30, norm: A.Normalize | None = None):
         self.split, self.batch_size, self.train = split, batch_size, train
         self.rank, self.world_size, self.workers, self.prefetch = rank, world_size, workers, prefetch
         self.drop_last = train if drop_last is None else drop_last
@@ -196,8 +186,14 @@ class Loader:
             mean = "channel"  # the mean image is of the centre SxS; whole images use channel means
         stats = dataset.stats
         f32 = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
-        self.norm_cpu = (A.Normalize(mean_image=f32(stats["mean_image"])) if mean == "pixel"
-                         else A.Normalize(mean=f32(stats["mean"]), std=f32(stats["std"])))
+        if norm is not None:  # the normalisation of the weights a fine-tuning run starts from
+            norm = norm.to("cpu")
+            if keep_aspect and norm.mean_image is not None:  # whole images: the mean image's channel means
+                norm = A.Normalize(mean=norm.mean_image.mean((1, 2)), std=torch.ones(3))
+            self.norm_cpu = norm.for_size(dataset.size)
+        else:
+            self.norm_cpu = (A.Normalize(mean_image=f32(stats["mean_image"])) if mean == "pixel"
+                             else A.Normalize(mean=f32(stats["mean"]), std=f32(stats["std"])))
         self.eig_cpu = (f32(stats["eigval"]), f32(stats["eigvec"])) if pca_std > 0 else None
         self.options = dict(train=train, crop=crop, size=dataset.size, seed=seed, rank=rank, flip=flip,
                             pca_std=pca_std, pca_scale=pca_scale, scale=tuple(scale), ratio=tuple(ratio),
@@ -285,7 +281,7 @@ def _cuda_ahead(it, loader: Loader):
         g.set_state(state)
         with torch.cuda.stream(stream):
             if o["gpu_decode"]:  # batched nvJPEG
-                images = torch.stack(torchvision.io.decode_jpeg(data, mode=ImageReadMode.RGB, device=dev))
+                images = torch.stack(decode_jpegs(data, dev))
             else:
                 images = data.to(dev, non_blocking=True)
             return make_batch(images, labels.to(dev, non_blocking=True), idx, g, o, norm, eig, o["train"])

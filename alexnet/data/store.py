@@ -23,7 +23,6 @@ for a complete one.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import mmap
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..fileio import atomic_write, sha256_file  # noqa: F401 (atomic_write is used through store.atomic_write)
 
 FORMAT = "alexnet-prepared"
 FORMAT_VERSION = 1
@@ -41,29 +41,10 @@ INDEX_DTYPE = np.dtype([("shard", "<u4"), ("offset", "<u8"), ("size", "<u4"), ("
                         ("height", "<u2"), ("width", "<u2")])
 
 
-def atomic_write(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the whole new one, never a part."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
     buf = io.BytesIO()
     np.save(buf, array)
     atomic_write(path, buf.getvalue())
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 class ShardWriter:
@@ -183,6 +164,20 @@ class PreparedSplit:
             return np.frombuffer(m, np.uint8, count=size, offset=start).reshape(h, w, 3), int(row["label"])
         return m[start:start + size], int(row["label"])
 
+    def payloads(self, idx) -> list:
+        """The stored JPEG bytes of samples `idx` as 1-D uint8 tensors (copies, which decode_jpeg
+        and pickling to the main process both want)."""
+        import torch
+        return [torch.frombuffer(bytearray(self[int(i)][0]), dtype=torch.uint8) for i in idx]
+
+    def images(self, idx, device=None) -> list:
+        """[(3, H, W) uint8 RGB] of samples `idx`: JPEGs decoded by libjpeg-turbo (nvJPEG when
+        `device` is CUDA), raw pixels as views of the memory map (no copy)."""
+        import torch
+        if self.raw:
+            return [torch.from_numpy(self[int(i)][0]).permute(2, 0, 1) for i in idx]
+        return decode_jpegs(self.payloads(idx), device)
+
     def share(self, rank: int, world_size: int) -> np.ndarray:
         """Indices rank, rank + world_size, ...: disjoint across ranks, together every sample once."""
         if not 0 <= rank < world_size:
@@ -193,6 +188,17 @@ class PreparedSplit:
         state = self.__dict__.copy()
         state["_maps"] = {}
         return state
+
+
+def decode_jpegs(payloads: list, device=None) -> list:
+    """[1-D uint8 tensor of JPEG bytes] -> [(3, H, W) uint8 RGB], greyscale and CMYK converted:
+    one batched call, on the CPU (libjpeg-turbo) or a CUDA device (nvJPEG). torchvision's decoder,
+    whose deprecation in favour of TorchCodec alexnet.data.loader explains."""
+    import torchvision
+    from torchvision.io import ImageReadMode
+    if device is not None and str(device).startswith("cuda"):
+        return torchvision.io.decode_jpeg(payloads, mode=ImageReadMode.RGB, device=device)
+    return torchvision.io.decode_jpeg(payloads, mode=ImageReadMode.RGB)
 
 
 class PreparedDataset:

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..fileio import cache_dir
+
 CLASSES = ("arrow", "bar", "circle", "crescent", "cross", "heart", "ring", "square", "star", "triangle")
 VERSION = 3  # bump when the drawing changes: the cache key includes it
 
@@ -174,12 +176,6 @@ def write_folder(root: Path, per_class: dict[str, int], size: int = 72, seed: in
         pool.map(_write_class, jobs)
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("ALEXNET_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "alexnet")
-    return Path(base)
-
-
 def ensure(train_per_class: int = 500, val_per_class: int = 100, size: int = 72, seed: int = 0,
            root: Path | None = None, progress: bool = True) -> Path:
     """The prepared built-in data set, generated on first use; returns its folder."""
@@ -193,10 +189,17 @@ def ensure(train_per_class: int = 500, val_per_class: int = 100, size: int = 72,
         print(f"generating the built-in data set (10 classes of shapes, {train_per_class} train and "
               f"{val_per_class} val images per class, {size} px) in {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="shapes-src-", dir=out.parent))
+    # Everything is made under names of this process's own and renamed into place at the end, so
+    # that two processes generating at once (two runs on a fresh cache) never touch each other's files.
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        write_folder(tmp, {"train": train_per_class, "val": val_per_class}, size, seed)
-        prepare(tmp, out, size=size, progress=False)
+        write_folder(work / "src", {"train": train_per_class, "val": val_per_class}, size, seed)
+        prepare(work / "src", work / "prepared", size=size, progress=False)
+        try:
+            os.rename(work / "prepared", out)
+        except OSError:  # another process finished first: its copy is identical (same seed)
+            if not (out / "manifest.json").is_file():
+                raise
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
     return out

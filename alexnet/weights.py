@@ -1,0 +1,189 @@
+"""Weights from anywhere, onto a network, with a table that says what happened to each tensor.
+
+    src = weights.read("torchvision")                  # the published alexnet-owt weights (torchvision's API)
+    src = weights.read("runs/x/best.pt")               # one of our checkpoints
+    src = weights.read("model_89.pth")                 # what other tools save (see below)
+    rows = weights.load_into(model, src)               # copy what matches; re-initialise the rest
+    print(weights.table(rows))
+
+What other tools write, all read safely (`torch.load(weights_only=True)`: nothing in the file is
+executed; argparse.Namespace, which torchvision's reference scripts store as "args", is allowed):
+- a bare state dict (`torch.save(model.state_dict())`);
+- `{"model": state_dict, "optimizer": ..., "args": Namespace(...)}` (torchvision's references);
+- `{"state_dict": ..., "arch": ..., "best_acc1": ...}` (pytorch/examples' imagenet script);
+- keys carrying the prefixes wrappers add: `module.` (DataParallel, DDP), `features.module.`
+  (pytorch/examples wraps alexnet's features in DataParallel), `_orig_mod.` (torch.compile).
+torchvision's key names (`features.0.weight`) map onto ours (`conv1.weight`) as the model's load hook
+does. A tensor is copied when the network has the same name with the same shape; the others are
+re-initialised (a new classifier head when the class count differs: §6's fine-tuning) or ignored,
+each with its reason.
+
+Normalisation travels with the weights: torchvision's expect ImageNet's per-channel mean/std on the
+0-1 scale (here on the 0-255 scale), ours carry their training set's mean image or channel mean/std
+(the checkpoint's "data" entry).
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+from .fileio import sha256_file
+
+# torchvision's ImageNet normalisation, on the 0-255 scale
+TORCHVISION_MEAN = torch.tensor([0.485, 0.456, 0.406]) * 255
+TORCHVISION_STD = torch.tensor([0.229, 0.224, 0.225]) * 255
+TORCHVISION_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
+PREFIXES = ("module.", "_orig_mod.")  # wrappers' prefixes, anywhere in a key (features.module.0.weight)
+
+
+class WeightsError(UserError):
+    """Weights that cannot be read or do not fit the network."""
+
+
+@dataclass
+class Source:
+    """Weights read from somewhere, with what is known about how they were trained."""
+    state: dict[str, torch.Tensor]  # flat state dict, wrapper prefixes removed, torchvision names kept
+    kind: str  # "alexnet checkpoint" | "torchvision weights" | "state dict" | "torchvision reference" | ...
+    origin: str  # the path, or torchvision:AlexNet_Weights.IMAGENET1K_V1
+    sha256: str  # of the file ("7be5be79..." prefix for torchvision's, as its file name says)
+    model: dict | None = None  # the model config section (ours), or {"name": "alexnet_owt"} (torchvision's)
+    classes: list[dict] | None = None  # [{"id", "name"}] in output order, when known
+    data: dict | None = None  # normalisation: {"mean_mode", "mean", "std", "mean_image", "size", "crop"}
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int | None:
+        for key in ("fc8.weight", "classifier.6.weight"):
+            if key in self.state:
+                return int(self.state[key].shape[0])
+        return None
+
+
+def torchvision_data() -> dict:
+    """torchvision's AlexNet preprocessing: shorter side 256, centre 224, ImageNet mean/std."""
+    return {"size": 256, "crop": 224, "mean_mode": "channel", "mean": TORCHVISION_MEAN.clone(),
+            "std": TORCHVISION_STD.clone(), "mean_image": None}
+
+
+def read(spec: str) -> Source:
+    """Weights named by `spec`: "torchvision" or a file path. Raises WeightsError (one line) for a
+    missing file, a download that fails, or a file that holds no state dict."""
+    from .data.classes import ilsvrc2012
+
+    imagenet = [c.to_json() for c in ilsvrc2012()]
+    if spec == "torchvision":
+        try:
+            from torchvision.models import AlexNet_Weights
+            state = AlexNet_Weights.IMAGENET1K_V1.get_state_dict(progress=True, check_hash=True)
+        except Exception as e:  # offline, proxy, corrupt download
+            raise WeightsError(f"could not fetch torchvision's AlexNet weights ({type(e).__name__}: "
+                               f"{str(e).splitlines()[0][:150] if str(e) else ''}); download {TORCHVISION_URL} "
+                               f"elsewhere and pass its path (--weights PATH, --init PATH)") from None
+        return Source(dict(state), "torchvision weights", "torchvision:AlexNet_Weights.IMAGENET1K_V1", "7be5be79",
+                      {"name": "alexnet_owt"}, imagenet, torchvision_data())
+    path = Path(spec)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path} (give 'torchvision', one of our checkpoints, "
+                           f"or a .pth state dict)")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, not a torch file, or a pickled object we do not unpickle
+        first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        hint = (" (it pickles Python objects, which are not loaded, so that opening it runs no code: re-save "
+                "it with torch.save(model.state_dict(), PATH))" if "Unsupported global" in str(e) or
+                "weights_only" in str(e) else "")
+        raise WeightsError(f"cannot read weights {path}: {first}{hint}") from None
+    digest = sha256_file(path)
+    if isinstance(obj, dict) and obj.get("format") == "alexnet-checkpoint":
+        return from_checkpoint(obj, str(path), digest)
+    kind, state = "state dict", obj
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        kind, state = "torchvision reference checkpoint ('model')", obj["model"]
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        kind, state = "pytorch/examples checkpoint ('state_dict')", obj["state_dict"]
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path} holds no state dict (a mapping of names to tensors), nor one under "
+                           f"'model' or 'state_dict'")
+    stripped, notes = {}, []
+    for key, value in state.items():
+        clean = key
+        for prefix in PREFIXES:
+            clean = clean.replace(prefix, "")
+        stripped[clean] = value
+    removed = sorted({p for k in state for p in PREFIXES if p in k})
+    if removed:
+        notes.append(f"removed the wrapper prefix(es) {', '.join(removed)} from the keys")
+    source = Source(stripped, kind, str(path), digest, notes=notes)
+    if any(k.startswith("features.") for k in stripped):  # torchvision.models.alexnet's names
+        source.model = {"name": "alexnet_owt"}
+        source.data = torchvision_data()
+        source.classes = imagenet if source.num_classes == 1000 else None
+        notes.append("torchvision's AlexNet layout: ImageNet mean/std normalisation assumed, as its weights expect")
+    return source
+
+
+def from_checkpoint(state: dict, origin: str, digest: str) -> Source:
+    """A Source from one of our checkpoints (already loaded by alexnet.checkpoint.load)."""
+    return Source(dict(state["model"]), "alexnet checkpoint", origin, digest, dict(state["config"]["model"]),
+                  list(state["classes"]), dict(state["data"]))
+
+
+def load_into(model: torch.nn.Module, source: Source, strict: bool = False,
+              reinit: dict[str, str] | None = None) -> list[dict]:
+    """Copy source tensors into `model` where names (after torchvision's renaming) and shapes
+    match; the model's other tensors keep their initialisation, as do the keys of `reinit` (with
+    its reason). Returns one row per tensor: {"key", "action": "loaded" | "re-initialised" |
+    "ignored", "why"}. strict=True raises WeightsError listing every key that did not load (for
+    evaluating, not fine-tuning)."""
+    from .model import TORCHVISION_KEYS
+
+    renamed = {}
+    for key, value in source.state.items():
+        for theirs, ours in TORCHVISION_KEYS.items():
+            if key.startswith(theirs):
+                key = ours + key[len(theirs):]
+                break
+        renamed[key] = value
+    own = model.state_dict()
+    rows, load = [], {}
+    for key, tensor in own.items():
+        if key in (reinit or {}):
+            rows.append({"key": key, "action": "re-initialised", "why": reinit[key]})
+        elif key not in renamed:
+            rows.append({"key": key, "action": "re-initialised", "why": "not in the source"})
+        elif renamed[key].shape != tensor.shape:
+            rows.append({"key": key, "action": "re-initialised",
+                         "why": f"shape {tuple(renamed[key].shape)} in the source, {tuple(tensor.shape)} here"
+                                + (" (another number of classes: a new head)" if key.startswith("fc8.") else "")})
+        else:
+            load[key] = renamed[key]
+            rows.append({"key": key, "action": "loaded", "why": "same name and shape"})
+    rows += [{"key": k, "action": "ignored", "why": "not in this network"} for k in renamed if k not in own]
+    if strict and len(load) < len(own):
+        bad = [f"{r['key']} ({r['why']})" for r in rows if r["action"] != "loaded"]
+        raise WeightsError(f"{source.origin} does not fit the network: {len(bad)} tensor(s) do not load: "
+                           f"{'; '.join(bad[:8])}{' ...' if len(bad) > 8 else ''}")
+    model.load_state_dict({**own, **load})
+    return rows
+
+
+def table(rows: list[dict], source: Source) -> str:
+    """The load table printed at the start of a fine-tuning run: tensors grouped by layer."""
+    lines = [f"initial weights: {source.kind} {source.origin} (sha256 {source.sha256[:12]})"]
+    lines += [f"  note: {n}" for n in source.notes]
+    groups: dict[tuple[str, str, str], list[str]] = {}
+    for r in rows:
+        layer, _, name = r["key"].rpartition(".")
+        groups.setdefault((layer or name, r["action"], r["why"]), []).append(name if layer else r["key"])
+    width = max((len(layer) for layer, _, _ in groups), default=5)
+    for (layer, action, why), names in groups.items():
+        lines.append(f"  {layer:<{width}}  {action:<14}  {', '.join(names):<28} {why}")
+    counts = {a: sum(1 for r in rows if r["action"] == a) for a in ("loaded", "re-initialised", "ignored")}
+    lines.append("  " + ", ".join(f"{n} tensor(s) {a}" for a, n in counts.items()))
+    return "\n".join(lines)

@@ -1,0 +1,205 @@
+"""The one script that proves the GPU path the first time a GPU is at hand (issue 10).
+
+    python benchmarks/gpu_check.py                         # on a CUDA machine: < 8 minutes on one H100/H200
+    python benchmarks/gpu_check.py --data prepared/imagenette --out gpu_check/
+    python benchmarks/gpu_check.py --smoke --out /tmp/gc   # any machine, tiny sizes, seconds (the test suite)
+
+In order, each stage recorded as ok / failed / skipped with its figures:
+1. environment: GPU, driver-side CUDA, torch, cuDNN, NCCL versions;
+2. the CUDA tests: nvJPEG decoding and GPU augmentation equal to the CPU path, a bf16 autocast
+   training run, NCCL over 2 GPUs (pytest, the tests that skip without CUDA);
+3. `alexnet bench data`, `bench train`, `bench infer` on the device, each against torchvision's
+   reference on the same GPU (img/s, ratio, share of the measured bf16 ceiling);
+4. a 2-minute `fast` training run on Imagenette with GPU decoding (img/s, data-wait share, MFU, top-1);
+5. a 2-process NCCL training run when the machine has 2 or more GPUs, else skipped with the reason.
+The data: --data PREPARED, else Imagenette prepared once from ../shared/data/imagenette into
+OUT/imagenette (size 144, as benchmarks/imagenette_budget.py). Writes OUT/gpu_check.json and
+OUT/gpu_check.md (the readable table, also printed). The exit status is 1 when a stage failed.
+
+--smoke runs every stage with tiny sizes on whatever device there is (CPU here): the built-in
+shapes instead of Imagenette, a few batches, a few seconds of training, and no nested pytest, so
+that the script cannot rot between GPU sessions.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGENETTE = ROOT.parent / "shared" / "data" / "imagenette"
+sys.path.insert(0, str(ROOT))
+
+
+def stage(report: dict, name: str):
+    """A decorator-like runner: report[name] = {"status", "seconds", ...figures} or the error."""
+    def run(fn, *args, **kwargs):
+        t = time.time()
+        print(f"== {name}", flush=True)
+        try:
+            result = fn(*args, **kwargs) or {}
+            status = result.pop("status", "ok")
+        except Exception as e:  # a failed stage must not hide the others' figures
+            result, status = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-3000:]}, "failed"
+            print(result["traceback"], file=sys.stderr)
+        report[name] = {"status": status, "seconds": round(time.time() - t, 1), **result}
+        return report[name]
+    return run
+
+
+def environment() -> dict:
+    import torch
+
+    from alexnet.info import environment as env
+    e = env()
+    out = {"torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+           "devices": e.get("devices", []), "cpu_count": os.cpu_count()}
+    if torch.cuda.is_available():
+        out["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
+        out["gpu"] = torch.cuda.get_device_name(0)
+    return out
+
+
+def cuda_tests(smoke: bool) -> dict:
+    if smoke:
+        return {"status": "skipped", "reason": "smoke mode runs no nested pytest"}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "tests/test_loader.py", "tests/test_runtime.py",
+           "-k", "cuda or gpu or nccl"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-300:]
+    return {"status": "ok" if proc.returncode == 0 else "failed", "summary": tail, "command": " ".join(cmd[2:]),
+            "output_tail": proc.stdout[-1500:]}
+
+
+def data_set(args) -> tuple[Path, Path | None]:
+    """(prepared data set, its source ImageFolder for the reference pipeline)."""
+    from alexnet.prepare import prepare
+    if args.data:
+        return Path(args.data), None
+    out = Path(args.out)
+    if args.smoke:
+        from alexnet.data import synthetic
+        src = out / "shapes-src"
+        if not (src / "train").is_dir():
+            synthetic.write_folder(src, {"train": 40, "val": 10}, size=72, seed=0)
+        prepare(src, out / "shapes", size=72, progress=False)
+        return out / "shapes", src / "train"
+    if not IMAGENETTE.is_dir():
+        raise SystemExit(f"no --data given and {IMAGENETTE} is absent: prepare a data set first")
+    prepare(IMAGENETTE, out / "imagenette", size=144, progress=True)  # resumes / does nothing when done
+    return out / "imagenette", IMAGENETTE / "train"
+
+
+def bench_all(device: str, data: Path, source: Path | None, smoke: bool) -> dict:
+    from alexnet import bench
+    figures = {}
+    d = bench.bench_data(str(data), device=device, batch=16 if smoke else 256, batches=2 if smoke else 20,
+                         workers=2 if smoke else min(16, os.cpu_count() or 1), source=str(source) if source else None,
+                         crop=64 if smoke else 128, rounds=1 if smoke else 2)
+    figures["data"] = {k: d[k] for k in ("images_per_s", "reference_images_per_s", "ratio",
+                                         "bfloat16_channels_last_images_per_s", "decode_images_per_s_one_process",
+                                         "augment_images_per_s_one_process", "workers", "batch")}
+    t = bench.bench_train(device, batch=8 if smoke else 256, steps=1 if smoke else 20, size=64 if smoke else 224,
+                          budget_s=5 if smoke else 60, compile=not smoke)
+    figures["train"] = {k: t[k] for k in ("images_per_s", "ratios", "fraction_of_ceiling", "ceiling_flops",
+                                          "ceiling_best", "precision_auto", "batch", "size")}
+    i = bench.bench_infer(device, batch=8 if smoke else 256, repeats=1 if smoke else 5)
+    figures["infer"] = {"rows": i["rows"], "ratio": i["ratio"], "best": i["best"]}
+    over = {k: v for k, v in t["fraction_of_ceiling"].items() if v > 1}
+    if over:  # the ceiling must bound every real workload (alexnet.mfu)
+        figures["ceiling_exceeded"] = over
+        figures["status"] = "failed"
+    return figures
+
+
+def train_run(device: str, data: Path, out: Path, smoke: bool, nproc: int = 1) -> dict:
+    """`alexnet train --preset fast` for a wall-clock budget, read back from its run folder."""
+    sets = ["train.precision=auto", f"train.device={'cuda' if device.startswith('cuda') else device}",
+            "train.epochs=1000", "eval.every=1000", f"train.budget_minutes={0.1 if smoke else 2}",
+            "data.crop=64" if smoke else "data.crop=128", "train.log_every=5" if smoke else "train.log_every=20"]
+    if smoke:
+        sets += ["model.width=0.25", "model.hidden=64", "train.batch_size=16", "data.workers=0", "eval.batch_size=32"]
+    else:
+        sets += ["train.batch_size=512", "data.workers=8"]
+    cmd = ["-m", "alexnet", "train", "--preset", "fast", "--data", str(data), "--out", str(out),
+           *[a for s in sets for a in ("--set", s)]]
+    if nproc > 1:
+        cmd = ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone", *cmd]
+    proc = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        return {"status": "failed", "command": " ".join(cmd), "output_tail": (proc.stdout + proc.stderr)[-3000:]}
+    s = json.loads((out / "summary.json").read_text())
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"train"' in line]
+    last = steps[-1] if steps else {}
+    return {"command": "python " + " ".join(cmd), "top1": s["top1"], "top5": s["top5"], "images_per_s": s["images_per_s"],
+            "epochs_done": s["epochs_done"], "precision": s["precision"], "device": s["device"],
+            "world_size": s["world_size"], "ranks_in_sync": s["ranks_in_sync"],
+            "data_wait": last.get("data_wait"), "mfu": last.get("mfu"), "peak_memory_gib": s.get("peak_memory_gib"),
+            "ceiling": s.get("ceiling")}
+
+
+def table(report: dict) -> str:
+    lines = [f"# GPU check: {report['environment'].get('gpu', 'no GPU')} ({report['mode']})", "",
+             "| stage | status | s | figures |", "|---|---|---|---|"]
+    for name, r in report.items():
+        if not isinstance(r, dict) or "status" not in r:
+            continue
+        figures = ""
+        if name == "bench" and "train" in r:
+            d, t, i = r.get("data", {}), r.get("train", {}), r.get("infer", {})
+            best = max(t.get("images_per_s", {"-": 0}), key=t.get("images_per_s", {"-": 0}).get)
+            figures = (f"data {d.get('images_per_s', 0):.0f} img/s = {d.get('ratio', 0):.2f}x reference; "
+                       f"train best {best} {t['images_per_s'][best]:.0f} img/s = {t['ratios'][best]:.2f}x, "
+                       f"{100 * t['fraction_of_ceiling'][best]:.0f}% of ceiling; infer {i.get('ratio', 0):.2f}x")
+        elif name.startswith("train") and "top1" in r:
+            figures = (f"top-1 {100 * r['top1']:.1f}% after {r['epochs_done']} epochs, {r['images_per_s']:.0f} img/s, "
+                       f"data wait {100 * (r['data_wait'] or 0):.0f}%, MFU {100 * (r['mfu'] or 0):.1f}%, {r['precision']}")
+        elif "reason" in r:
+            figures = r["reason"]
+        elif "summary" in r:
+            figures = r["summary"]
+        elif "error" in r:
+            figures = r["error"][:120]
+        lines.append(f"| {name} | {r['status']} | {r['seconds']} | {figures} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", help="prepared data set (default: Imagenette, prepared into OUT/imagenette)")
+    p.add_argument("--out", default="gpu_check", help="folder for the report, data and runs (default gpu_check/)")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes on any device, in seconds")
+    args = p.parse_args(argv)
+    import torch
+
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and not args.smoke:
+        print("no CUDA device here: running the smoke mode instead (tiny sizes on the CPU)")
+        args.smoke = True
+    report = {"mode": "smoke" if args.smoke else "full", "device": device, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    stage(report, "environment")(environment)
+    stage(report, "cuda tests")(cuda_tests, args.smoke)
+    data, source = data_set(args)
+    stage(report, "bench")(bench_all, device, data, source, args.smoke)
+    stage(report, "train fast")(train_run, device, data, Path(args.out) / "run-fast", args.smoke)
+    gpus = torch.cuda.device_count()
+    if gpus >= 2:
+        stage(report, "train 2 processes")(train_run, device, data, Path(args.out) / "run-nccl", args.smoke, nproc=2)
+    else:
+        report["train 2 processes"] = {"status": "skipped", "seconds": 0,
+                                       "reason": f"{gpus} GPU(s) here: the NCCL run needs 2 or more"}
+    (Path(args.out) / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    text = table(report)
+    (Path(args.out) / "gpu_check.md").write_text(text)
+    print("\n" + text)
+    return 1 if any(isinstance(r, dict) and r.get("status") == "failed" for r in report.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""benchmarks/gpu_check.py in its smoke mode: every stage runs on the CPU with tiny sizes, so the
+script that proves the GPU path cannot rot between the sessions that have a GPU."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_gpu_check_runs_every_stage_in_smoke_mode(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["mode"] == "smoke"
+    stages = {k: v["status"] for k, v in report.items() if isinstance(v, dict) and "status" in v}
+    assert stages["environment"] == stages["bench"] == stages["train fast"] == "ok", stages
+    assert set(stages) == {"environment", "cuda tests", "bench", "train fast", "train 2 processes"}
+    bench = report["bench"]
+    assert bench["data"]["images_per_s"] > 0 and bench["data"]["reference_images_per_s"] > 0
+    assert set(bench["train"]["ratios"]) >= {"torchvision fp32 NCHW", "ours fp32 channels_last"}
+    assert all(0 < f < 1 for f in bench["train"]["fraction_of_ceiling"].values())  # the ceiling bounds them
+    run = report["train fast"]
+    assert 0 <= run["top1"] <= 1 and run["images_per_s"] > 0 and run["data_wait"] is not None
+    assert 0 < run["mfu"] < 1 and run["epochs_done"] > 0
+    assert "| train fast | ok |" in (tmp_path / "gpu_check.md").read_text()
