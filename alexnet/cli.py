@@ -133,7 +133,8 @@ def build_parser() -> Parser:
 
     p = command("features", "The fc7 codes (4096-d, after ReLU) of a split, as a memory-mapped .npy with a .json\n"
                             "(ids, labels, classes) beside it; an interrupted run continues where it stopped.")
-    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("checkpoint", metavar="CKPT", nargs="?", help="checkpoint file (or --weights)")
+    p.add_argument("--weights", help="'torchvision' (published AlexNet weights) or a .pth file, instead of CKPT")
     p.add_argument("--data", required=True, help="prepared data set or image folder")
     p.add_argument("--split", default="train")
     p.add_argument("--out", required=True, metavar="FILE", help="where to write the vectors (.npy)")
@@ -143,7 +144,8 @@ def build_parser() -> Parser:
                    help="autocast dtype of the forward pass (default fp32, exact; auto: bf16 where native)")
 
     p = command("neighbors")
-    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("checkpoint", metavar="CKPT", nargs="?", help="checkpoint file (or --weights)")
+    p.add_argument("--weights", help="'torchvision' (published AlexNet weights) or a .pth file, instead of CKPT")
     p.add_argument("--data", required=True, help="prepared data set (its training split is searched)")
     p.add_argument("--query", nargs="+", required=True, metavar="IMAGE", help="query images")
     p.add_argument("--k", type=int, default=6, help="neighbours per query (default 6)")
@@ -159,7 +161,8 @@ def build_parser() -> Parser:
     p.add_argument("--out", default="conv1.png", metavar="PNG")
 
     p = command("export")
-    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("checkpoint", metavar="CKPT", nargs="?", help="checkpoint file (or --weights)")
+    p.add_argument("--weights", help="'torchvision' (published AlexNet weights) or a .pth file, instead of CKPT")
     p.add_argument("out", metavar="OUT")
     p.add_argument("--format", required=True, choices=["onnx", "torchscript"])
 

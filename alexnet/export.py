@@ -20,7 +20,7 @@ import torch
 
 from . import runtime
 from .errors import UserError
-from .inference import Network, load
+from .inference import Network, load_any
 
 
 def _pool_matrix(n_in: int, n_out: int) -> torch.Tensor:
@@ -134,7 +134,7 @@ def export(net: Network, fmt: str, out: str | Path) -> Path:
 def main(args) -> int:
     # traced on the CPU in fp32 whatever the machine has: the exported graph must run anywhere
     rt = runtime.setup("cpu", "fp32", distributed_job=False)
-    net = load(args.checkpoint, rt.device, rt.dtype)
+    net = load_any(args.checkpoint, args.weights, rt.device, rt.dtype)
     if args.format == "onnx" and importlib.util.find_spec("onnx") is None:
         raise UserError("ONNX export needs the onnx package: pip install onnx onnxruntime")
     path = export(net, args.format, args.out)

@@ -22,7 +22,7 @@ import torch
 from . import runtime
 from .data.augment import eval_views
 from .errors import UserError
-from .inference import Network, load
+from .inference import Network, load_any
 
 
 def codes(net: Network, images: torch.Tensor) -> torch.Tensor:
@@ -159,9 +159,9 @@ def neighbour_sheet(result: dict, net: Network, path: str | Path) -> Path:
 
 
 def _network(args) -> Network:
-    """The checkpoint on the device and in the precision the flags ask for (alexnet.runtime)."""
+    """The checkpoint (or --weights) on the device and in the precision the flags ask for."""
     rt = runtime.setup(args.device, args.precision)
-    return load(args.checkpoint, rt.device, rt.dtype)
+    return load_any(args.checkpoint, args.weights, rt.device, rt.dtype)
 
 
 def main_features(args) -> int:

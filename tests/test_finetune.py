@@ -218,3 +218,20 @@ def test_the_paper_network_starts_from_its_own_checkpoint(tiny, tmp_path, capsys
     a, b = checkpoint.load(tmp_path / "a" / "last.pt")["model"], checkpoint.load(out / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith("fc8."))  # batch-norm statistics included
     assert not torch.equal(a["fc8.weight"], b["fc8.weight"])
+
+
+def test_features_and_export_take_weights_too(tv, tmp_path):
+    model, path = tv
+    folder = tmp_path / "photos" / "val" / "n01440764"
+    folder.mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(synthetic.draw(i, synthetic.image_rng(i, "val", 0), 90)).save(folder / f"{i}.png")
+    assert cli.main(["features", "--weights", str(path), "--data", str(tmp_path / "photos"), "--split", "val",
+                     "--out", str(tmp_path / "f.npy")]) == 0
+    codes = np.load(tmp_path / "f.npy")
+    net = inference.load_weights(str(path))
+    images = [Image.open(folder / f"{i}.png").convert("RGB") for i in range(3)]
+    want = net.forward(net.preprocess(images), embed=True)
+    torch.testing.assert_close(torch.from_numpy(codes), want, rtol=1e-4, atol=1e-4)
+    assert cli.main(["export", "--weights", str(path), str(tmp_path / "m.onnx"), "--format", "onnx"]) == 0
+    assert cli.main(["export", str(tmp_path / "m.onnx"), "--format", "onnx"]) == 2  # neither a checkpoint nor --weights
