@@ -29,6 +29,7 @@ import torch
 
 from . import mfu, runtime
 from .errors import UserError
+from .fileio import writable_output
 
 WARMUP = 3  # batches not timed: worker start-up
 
@@ -340,6 +341,8 @@ def print_infer(r: dict) -> None:
 
 
 def main(args) -> int:
+    if args.json:
+        writable_output(args.json, "JSON report")
     device = runtime.setup(args.device, distributed_job=False).device
     if args.what == "train":
         r = bench_train(device, batch=args.batch_size, steps=args.batches)

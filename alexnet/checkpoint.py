@@ -11,7 +11,9 @@ Everything `predict`, `evaluate` and `export` need travels with it.
 """
 from __future__ import annotations
 
+import os
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +46,10 @@ def load(path: str | Path) -> dict:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, bad pickle, not a torch file at all
-        raise CheckpointError(f"checkpoint {path} is damaged or truncated ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200]})") from None
+    except Exception as e:  # truncated zip, an empty file, bad pickle, not a torch file at all
+        detail = (str(e).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"checkpoint {path} is damaged or truncated ({type(e).__name__}"
+                              f"{': ' + detail if detail else ''}, {path.stat().st_size:,} bytes)") from None
     if not isinstance(state, dict) or state.get("format") != "alexnet-checkpoint":
         raise CheckpointError(f"{path} is not an alexnet checkpoint")
     if state.get("version") != VERSION:
@@ -54,18 +57,28 @@ def load(path: str | Path) -> dict:
     return state
 
 
-def load_latest(run_dir: str | Path, name: str = "last.pt", warn=print) -> tuple[dict, Path] | tuple[None, None]:
-    """The newest readable checkpoint of a run folder: last.pt, else last.prev.pt (with a warning)."""
-    path = Path(run_dir) / name
-    if not path.exists() and not previous(path).exists():
+def load_latest(run_dir: str | Path, name: str = "last.pt", warn=print,
+                set_aside: bool = True) -> tuple[dict, Path] | tuple[None, None]:
+    """The newest readable checkpoint of a run folder: last.pt, else last.prev.pt (with a warning).
+
+    A damaged last.pt is renamed to last.pt.damaged-<time> (set_aside; the main rank does it), so
+    that the next save cannot rotate it over the good last.prev.pt. Raises CheckpointError when
+    neither is readable."""
+    path, prev = Path(run_dir) / name, previous(Path(run_dir) / name)
+    if not path.exists() and not prev.exists():
         return None, None
     try:
         return load(path), path
     except CheckpointError as e:
-        if previous(path).is_file():
-            warn(f"warning: {e}; resuming from the previous checkpoint {previous(path)}")
-            return load(previous(path)), previous(path)
-        raise
+        if not prev.is_file():
+            raise
+        state = load(prev)  # raises too when the previous one is damaged as well
+        aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        if set_aside and path.exists():
+            os.replace(path, aside)
+        warn(f"warning: {e}; resuming from the previous checkpoint {prev}"
+             + (f" (the damaged file is kept as {aside.name})" if set_aside else ""))
+        return state, prev
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

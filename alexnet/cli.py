@@ -51,6 +51,20 @@ CONFIG_FLAGS = {
 }
 
 
+def at_least(low: int):
+    """An argparse type: an integer >= low, else a one-line usage error naming the value."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr (exit status 2), not usage + error."""
 
@@ -92,12 +106,12 @@ def build_parser() -> Parser:
     p.add_argument("--source", dest="source_kind", default="auto",
                    choices=["auto", "folder", "ilsvrc", "kaggle", "webdataset", "csv"],
                    help="layout of SRC (default: detected)")
-    p.add_argument("--size", type=int, default=256, help="stored side S in px (default 256, §2)")
+    p.add_argument("--size", type=at_least(32), default=256, help="stored side S in px (default 256, §2)")
     p.add_argument("--keep-aspect", action="store_true", help="keep the whole shorter-side-resized image")
     p.add_argument("--raw", action="store_true", help="store raw uint8 pixels instead of JPEG")
-    p.add_argument("--quality", type=int, default=None, help="JPEG quality of the stored images")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores; 0: in this process)")
-    p.add_argument("--shard-size", type=int, default=None,
+    p.add_argument("--quality", type=at_least(1), default=None, help="JPEG quality of the stored images")
+    p.add_argument("--workers", type=at_least(0), default=None, help="processes (default: all cores; 0: in this process)")
+    p.add_argument("--shard-size", type=at_least(1), default=None,
                    help="samples per shard (default: about 64 shards per split, 16..8192)")
 
     p = command("train", "Examples:\n  alexnet train                       # the built-in data set, on this machine\n"
@@ -113,7 +127,7 @@ def build_parser() -> Parser:
     p.add_argument("--data", required=True, help="prepared data set or image folder")
     p.add_argument("--split", default="val", help="split to evaluate (default val)")
     p.add_argument("--views", type=int, choices=[1, 10], default=1, help="centre crop or the paper's 10 views")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=at_least(1), default=256, help="images per batch (default 256)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (under torchrun: each rank's GPU)")
     p.add_argument("--json", metavar="OUT", help="write the report as JSON")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"],
@@ -123,7 +137,7 @@ def build_parser() -> Parser:
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders (recursive)")
     p.add_argument("--checkpoint", metavar="CKPT", help="checkpoint file")
     p.add_argument("--weights", help="'torchvision' or a .pth file, instead of --checkpoint")
-    p.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")
+    p.add_argument("--topk", type=at_least(1), default=5, help="classes per image (default 5)")
     p.add_argument("--views", type=int, choices=[1, 10], default=1)
     p.add_argument("--json", nargs="?", const="-", metavar="OUT", help="JSON to OUT (default stdout)")
     p.add_argument("--sheet", metavar="OUT.png", help="draw each image with its top-5 bars (Fig. 4, left)")
@@ -148,7 +162,7 @@ def build_parser() -> Parser:
     p.add_argument("--weights", help="'torchvision' (published AlexNet weights) or a .pth file, instead of CKPT")
     p.add_argument("--data", required=True, help="prepared data set (its training split is searched)")
     p.add_argument("--query", nargs="+", required=True, metavar="IMAGE", help="query images")
-    p.add_argument("--k", type=int, default=6, help="neighbours per query (default 6)")
+    p.add_argument("--k", type=at_least(1), default=6, help="neighbours per query (default 6)")
     p.add_argument("--split", default="train", help="split searched (default train)")
     p.add_argument("--features", metavar="FILE", help="precomputed codes of that split (alexnet features)")
     p.add_argument("--sheet", metavar="OUT.png", help="draw the queries and their neighbours")
@@ -177,15 +191,15 @@ def build_parser() -> Parser:
     p.add_argument("--source", metavar="DIR", help="ImageFolder of the same images for the reference "
                                                     "(default: the folder the data set was prepared from)")
     p.add_argument("--device", default="auto", help="cpu | cuda (default: cuda when present)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--batches", type=int, default=30, help="timed batches per side (after 3 warm-up)")
-    p.add_argument("--workers", type=int, default=None, help="loader processes, both sides (default: cores)")
+    p.add_argument("--batch-size", type=at_least(1), default=128)
+    p.add_argument("--batches", type=at_least(1), default=30, help="timed batches per side (after 3 warm-up)")
+    p.add_argument("--workers", type=at_least(0), default=None, help="loader processes, both sides (default: cores)")
     p.add_argument("--json", metavar="OUT", help="write the figures as JSON")
 
     p = command("info", "Without --model: versions, devices and threads of this machine.")
     p.add_argument("--model", help="alexnet2012 | alexnet_owt")
-    p.add_argument("--input-size", type=int, default=224, help="input side in px (default 224)")
-    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--input-size", type=at_least(1), default=224, help="input side in px (default 224)")
+    p.add_argument("--num-classes", type=at_least(2), default=1000)
     p.add_argument("--norm", choices=["lrn", "batchnorm", "none"], help="default: the variant's own")
     p.add_argument("--json", metavar="OUT", help="also write the table as JSON")
     return parser

@@ -28,6 +28,7 @@ from . import distributed, runtime
 from .checkpoint import unwrap
 from .model import evaluating
 from .errors import UserError
+from .fileio import writable_output
 
 
 def topk_correct(probs: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
@@ -193,6 +194,10 @@ def evaluate_networks(networks, data: str, split: str = "val", views: int = 1, b
             probs = probs + net.probabilities(x)
         tally.add(probs / len(networks), labels)
     result = tally.result()
+    if result["n_images"] == 0:
+        raise UserError(f"no image of {data} ({split}) could be read ({len(failures)} failed, e.g. "
+                        f"{failures[0]['path'] + ': ' + failures[0]['error'] if failures else 'none found'}): "
+                        f"nothing to evaluate")
     result.update({"views": views, "split": split, "data": str(Path(data).resolve()), "data_checksum": images.checksum,
                    "checkpoints": [{"source": n.source, "sha256": n.sha256} for n in networks],
                    "skipped": failures, "classes": first.classes})
@@ -242,6 +247,8 @@ def main(args) -> int:
         raise UserError("give one or more checkpoints, or --weights torchvision|PATH")
     if not Path(args.data).exists():
         raise UserError(f"data not found: {args.data}")
+    if args.json:  # before the work: a report that cannot be written is known now, not after
+        writable_output(args.json, "report")
     rt = runtime.setup(args.device, args.precision)  # under torchrun: this rank's GPU, then the group
     networks = [load(c, rt.device, rt.dtype) for c in args.checkpoints]
     if args.weights:

@@ -20,6 +20,7 @@ import torch
 
 from . import runtime
 from .errors import UserError
+from .fileio import writable_output
 from .inference import Network, load_any
 
 
@@ -132,6 +133,7 @@ def export(net: Network, fmt: str, out: str | Path) -> Path:
 
 
 def main(args) -> int:
+    writable_output(args.out, "export")
     # traced on the CPU in fp32 whatever the machine has: the exported graph must run anywhere
     rt = runtime.setup("cpu", "fp32", distributed_job=False)
     net = load_any(args.checkpoint, args.weights, rt.device, rt.dtype)

@@ -22,6 +22,7 @@ import torch
 from . import runtime
 from .data.augment import eval_views
 from .errors import UserError
+from .fileio import writable_output
 from .inference import Network, load_any
 
 
@@ -50,6 +51,8 @@ def write_features(net: Network, data: str, split: str, out: str | Path, batch_s
     meta_path = out.with_suffix(".json")
     images = Images(data, split, net.size)
     n, dim = len(images), net.model.fc7.out_features
+    if n == 0:
+        raise UserError(f"{data} ({split}) holds no images")
     identity = {"checkpoint": net.source, "checkpoint_sha256": net.sha256, "data_checksum": images.checksum,
                 "split": split, "count": n, "dim": dim, "dtype": dtype}
     done = 0
@@ -67,12 +70,20 @@ def write_features(net: Network, data: str, split: str, out: str | Path, batch_s
                 "classes": images.classes, "failed": []}
     for batch, idx, bad in tqdm(_loader(images, done, batch_size, workers), disable=not progress, desc="features", unit="batch"):
         meta["failed"] += [{"index": i, "path": images.keys[i], "error": e} for i, e in bad]
+        if bad:  # NaN rows: an unreadable image has no code, and no search may take zeros for one
+            array[[i for i, _ in bad]] = np.nan
         if batch is not None:
             array[idx.numpy()] = codes(net, batch).cpu().numpy().astype(dtype)
         done = max([done] + [int(i) + 1 for i in idx.tolist()] + [i + 1 for i, _ in bad])
         array.flush()
         meta["done"] = done  # only after the rows are on disk: a rerun redoes at most one batch
         meta_path.write_text(json.dumps(meta))
+    if n and len(meta["failed"]) == n:  # a result computed on nothing is an error, and is not kept
+        del array
+        out.unlink(missing_ok=True)
+        meta_path.unlink(missing_ok=True)
+        f = meta["failed"][0]
+        raise UserError(f"none of the {n:,} images of {data} ({split}) could be read (e.g. {f['path']}: {f['error']})")
     return meta
 
 
@@ -112,13 +123,10 @@ def neighbours(net: Network, data: str, split: str, queries: list[Path], k: int 
             raise UserError(f"query image {q}: {e}; give readable image files to --query") from e
     query_codes = net.forward(net.preprocess(pictures), embed=True).cpu()  # the §2 preprocessing of predict
     images = Images(data, split, net.size)
-    if features:  # precomputed codes: stream them from the memory map
-        meta = json.loads(Path(features).with_suffix(".json").read_text())
-        if meta["count"] != len(images) or meta["done"] != meta["count"]:
-            raise UserError(f"{features} does not hold complete codes of this split; run alexnet features again")
-        store = np.load(features, mmap_mode="r")
-        chunks = ((torch.from_numpy(np.asarray(store[i:i + batch_size], dtype=np.float32)),
-                   torch.arange(i, min(i + batch_size, len(store)))) for i in range(0, len(store), batch_size))
+    if features:  # precomputed codes: stream them from the memory map, unreadable images (NaN rows) left out
+        store = open_features(features, net, images, split)
+        chunks = (finite_rows(torch.from_numpy(np.asarray(store[i:i + batch_size], dtype=np.float32)),
+                              torch.arange(i, min(i + batch_size, len(store)))) for i in range(0, len(store), batch_size))
     else:
         loader = _loader(images, 0, batch_size, workers)
         chunks = ((codes(net, batch).cpu(), idx) for batch, idx, _ in
@@ -128,6 +136,37 @@ def neighbours(net: Network, data: str, split: str, queries: list[Path], k: int 
             "keys": [[images.keys[i] for i in row] for row in index.tolist()],
             "labels": [[images.classes[int(images.labels[i])]["name"] for i in row] for row in index.tolist()],
             "images": images}
+
+
+def finite_rows(vectors: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    keep = torch.isfinite(vectors).all(1)
+    return vectors[keep], index[keep]
+
+
+def open_features(path: str, net: Network, images, split: str) -> np.ndarray:
+    """The memory-mapped codes of `alexnet features`, checked against what they must describe:
+    the same checkpoint (SHA-256), split and data (checksum), complete. Raises UserError naming
+    the difference."""
+    path, meta_path = Path(path), Path(path).with_suffix(".json")
+    if not path.is_file() or not meta_path.is_file():
+        raise UserError(f"features file {path} (with {meta_path.name} beside it) not found; make it with "
+                        f"alexnet features CKPT --data DATA --split {split} --out {path}")
+    try:
+        meta = json.loads(meta_path.read_text())
+        store = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is not a features file of alexnet features ({e})") from None
+    if not isinstance(meta, dict) or not {"checkpoint_sha256", "split", "data_checksum", "count", "done"} <= set(meta):
+        raise UserError(f"{meta_path} was not written by alexnet features")
+    differences = [f"{what} ({meta[key]!r} there, {want!r} here)" for what, key, want in (
+        ("another checkpoint", "checkpoint_sha256", net.sha256), ("another split", "split", split),
+        ("other data", "data_checksum", images.checksum)) if meta[key] != want]
+    if differences:
+        raise UserError(f"{path} holds the codes of {'; '.join(differences)}; make them again with alexnet features")
+    if meta["done"] != meta["count"] or store.shape != (meta["count"], net.model.fc7.out_features):
+        raise UserError(f"{path} is incomplete ({meta['done']:,} of {meta['count']:,} images); run the same "
+                        f"alexnet features command again to finish it")
+    return store
 
 
 def neighbour_sheet(result: dict, net: Network, path: str | Path) -> Path:
@@ -165,6 +204,7 @@ def _network(args) -> Network:
 
 
 def main_features(args) -> int:
+    writable_output(args.out, "features file")
     net = _network(args)
     meta = write_features(net, args.data, args.split, args.out, dtype=args.dtype)
     print(f"{meta['done']:,} fc7 codes ({meta['dim']}-d, {meta['dtype']}) in {args.out}; ids, labels and classes in "
@@ -173,8 +213,8 @@ def main_features(args) -> int:
 
 
 def main_neighbors(args) -> int:
-    if args.k < 1:
-        raise UserError(f"--k must be at least 1, got {args.k}")
+    if args.sheet:
+        writable_output(args.sheet, "sheet")
     missing = [q for q in args.query if not Path(q).is_file()]
     if missing:
         raise UserError(f"query image not found: {missing[0]}")

@@ -5,6 +5,8 @@ data sets and run folders all need.
     fileio.atomic_write(path, lambda f: torch.save(s, f))  # or let a writer fill the file
     fileio.sha256_file(path)                               # hex digest, read in 4 MiB blocks
     fileio.cache_dir()                                     # $ALEXNET_CACHE, else ~/.cache/alexnet
+    with fileio.FolderLock(out, "run folder"): ...         # one writer per folder ("in use by pid N")
+    fileio.writable_output(path, "report")                 # parent made, writability checked before the work
 
 The recipe is the usual one (SQLite, git, etcd): write a temporary file beside the target, flush
 and fsync it, rename it over the target (atomic on POSIX), then fsync the folder so that the
@@ -16,6 +18,12 @@ import hashlib
 import os
 from pathlib import Path
 from typing import BinaryIO, Callable
+
+from .errors import UserError
+
+
+class FolderBusy(UserError):
+    """Another process holds the folder's lock."""
 
 
 def fsync_dir(folder: str | Path) -> None:
@@ -76,3 +84,69 @@ def cache_dir() -> Path:
     base = os.environ.get("ALEXNET_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "alexnet")
     return Path(base)
+
+
+class FolderLock:
+    """An exclusive lock on a folder that one job writes (a run folder, a prepare's output):
+    `fcntl.flock` on FOLDER/.lock, which holds the owner's pid. The kernel drops the lock when the
+    process ends, however it ends (kill -9 included), so a stale lock never blocks a rerun.
+
+        with FolderLock(out, "run folder"):   # raises FolderBusy: "... in use by pid N"
+            ...
+    """
+
+    def __init__(self, folder: str | Path, what: str = "folder"):
+        self.folder, self.what, self.file = Path(folder), what, None
+
+    def acquire(self) -> "FolderLock":
+        import fcntl
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        f = open(self.folder / ".lock", "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            owner = f.read().strip() or "unknown"
+            f.close()
+            raise FolderBusy(f"{self.what} {self.folder} is in use by pid {owner} (another alexnet job); "
+                             f"wait for it to finish, or use another folder") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self.file = f
+        return self
+
+    def release(self) -> None:
+        if self.file is not None:
+            self.file.close()  # closing drops the flock
+            self.file = None
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def writable_output(path: str | Path, what: str = "output") -> Path:
+    """Check, before any work, that a file can be written at `path`: its folder is created when
+    missing; a folder that cannot be created or written is a UserError naming it."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder; give a file name")
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the folder {folder} for the {what} {path}: {e.strerror}") from None
+    try:  # a real write tells what os.access cannot (read-only file systems, root, ACLs)
+        import tempfile
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+        if path.exists() and not os.access(path, os.W_OK):
+            raise PermissionError(13, "permission denied")
+    except OSError as e:
+        raise UserError(f"cannot write the {what} {path}: {e.strerror or e}; choose another location") from None
+    return path

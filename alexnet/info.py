@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .fileio import writable_output
 from .model import VARIANTS, AlexNet, LocalResponseNorm, build, evaluating
 
 
@@ -115,6 +116,8 @@ def environment() -> dict:
 
 
 def main(args) -> int:
+    if args.json:
+        writable_output(args.json, "JSON table")
     if args.model is None:
         env = environment()
         if args.json:

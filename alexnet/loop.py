@@ -134,8 +134,8 @@ def divergence_report(model, loss: float, epoch: int, step: int, lr: float) -> s
     where = f"parameters {', '.join(bad[:5])} hold NaN/inf" if bad else "the loss is not finite"
     return (f"training diverged at epoch {epoch + 1}, step {step}: loss {loss} (mean over all ranks), lr {lr:.4g}; "
             f"{where}. "
-            f"No checkpoint with non-finite weights was written, so the last checkpoint is good: lower optim.lr "
-            f"or use schedule.warmup_epochs, then run the same command to resume from it")
+            f"No checkpoint was written with non-finite weights (a save checks them first): lower optim.lr or "
+            f"use schedule.warmup_epochs, then run the same command to resume from the last checkpoint")
 
 
 class Stopper:

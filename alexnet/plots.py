@@ -98,6 +98,9 @@ def filters(weight: torch.Tensor, path: str | Path, towers: int = 1, title: str 
 def main(args) -> int:
     """`alexnet filters CKPT --out conv1.png`: Figure 3 from a checkpoint."""
     from . import checkpoint
+    from .fileio import writable_output
+
+    writable_output(args.out, "picture")
 
     state = checkpoint.load(args.checkpoint)
     weight = state["model"]["conv1.weight"]

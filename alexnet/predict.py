@@ -12,7 +12,8 @@ As a library call (what a web page or HTTP API builds on):
 
 Any image Pillow opens works (JPEG, PNG, WebP, greyscale, CMYK, EXIF-rotated, ...; decoded as in
 `alexnet prepare`). Folders are searched recursively. Files that cannot be read are reported and
-skipped while the rest are predicted; the exit status is 0 when anything was predicted.
+skipped while the rest are predicted (exit status 0); an input that does not exist, inputs without
+files, or files none of which is an image are an error (exit status 2, one line, nothing written).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from PIL import Image
 from . import runtime
 from .data.decode import BadImage, open_rgb
 from .errors import UserError
+from .fileio import writable_output
 from .inference import Network, load_any
 
 
@@ -133,12 +135,22 @@ def sheet(results: list[dict], path: str | Path, columns: int = 4) -> Path:
 
 
 def main(args) -> int:
-    if args.topk < 1:
-        raise UserError(f"--topk must be at least 1, got {args.topk}")
-    predictor = Predictor(args.checkpoint, args.weights, args.device, precision=args.precision)
+    """Exit status (one rule): 2, with one line and nothing written, when an input does not exist,
+    the inputs hold no files, or no file is a readable image; 0 otherwise, the unreadable files
+    among the others listed on stderr (and under "failures" in the JSON) as skipped."""
+    for output in (args.sheet, None if args.json in (None, "-") else args.json):
+        if output:
+            writable_output(output, "output")
     files, failures = image_files(args.inputs)
-    results, bad = predict_files(predictor, files, args.topk, args.views)
-    failures += bad
+    if failures:
+        raise UserError(f"{failures[0]['path']}: {failures[0]['error']}; give existing image files or folders")
+    if not files:
+        raise UserError(f"no files in {', '.join(args.inputs)}: nothing to predict")
+    predictor = Predictor(args.checkpoint, args.weights, args.device, precision=args.precision)
+    results, failures = predict_files(predictor, files, args.topk, args.views)
+    if not results:
+        raise UserError(f"none of the {len(files)} file(s) is a readable image (e.g. {failures[0]['path']}: "
+                        f"{failures[0]['error']})")
     if args.json:
         text = json.dumps({"results": results, "failures": failures, "source": predictor.network.source}, indent=2)
         if args.json == "-":
@@ -147,9 +159,9 @@ def main(args) -> int:
             Path(args.json).write_text(text + "\n")
     else:
         print_table(results)
-    if args.sheet and results:
+    if args.sheet:
         print(f"sheet: {sheet(results, args.sheet)}", file=sys.stderr)
     for f in failures:
         print(f"skipped {f['path']}: {f['error']}", file=sys.stderr)
-    print(f"{len(results)} image(s) predicted, {len(failures)} failure(s)", file=sys.stderr)
-    return 0 if results else 1
+    print(f"{len(results)} image(s) predicted, {len(failures)} skipped", file=sys.stderr)
+    return 0

@@ -22,6 +22,7 @@ pointing --out at a folder that holds a checkpoint, or --resume, continues the r
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from .data.loader import Loader
 from .data.store import PreparedDataset, open_prepared
 from .errors import UserError
 from .evaluate import evaluate
+from .fileio import FolderLock
 from .loop import Diverged, Stopper, train_epoch
 from .inference import norm_of
 from .model import freeze, from_config
@@ -76,6 +78,7 @@ class Run:
     stopper: Stopper | None = None
     frozen_norms: list = field(default_factory=list)  # batch-norm layers of frozen parts: kept in eval mode
     norm: A.Normalize | None = None  # the initial weights' normalisation (None: the data set's statistics)
+    lock: FolderLock | None = None  # rank 0's exclusive lock on the run folder
     _flops: dict = field(default_factory=dict)
 
     def train_loader_for(self, crop: int) -> Loader:
@@ -99,8 +102,9 @@ class Run:
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):  # sync point (a save)
             bad = [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
             raise Diverged(f"training diverged before epoch {epoch + 1}, step {step}: parameters "
-                           f"{', '.join(bad[:5])} hold NaN/inf, so {name} was not written and the last checkpoint "
-                           f"is good: lower optim.lr or use schedule.warmup_epochs, then run the same command")
+                           f"{', '.join(bad[:5])} hold NaN/inf, so {name} was not written (no checkpoint was "
+                           f"written with non-finite weights): lower optim.lr or use schedule.warmup_epochs, "
+                           f"then run the same command to resume from the last checkpoint")
         rng = distributed.gather(checkpoint.rng_state())  # every rank's, for an exact resume
         if not self.rt.main:
             return
@@ -166,7 +170,12 @@ def setup(cfg: config_mod.Config, resume: str | None = None, progress: bool = Tr
     if c.train.batch_size > len(train_split):
         raise UserError(f"train.batch_size {c.train.batch_size} is larger than the training split "
                         f"({len(train_split)} images)")
+    if len(ds.classes) < 2:
+        raise UserError(f"{data_path} has {len(ds.classes)} class(es): a classifier needs at least 2")
     num_classes = c.model.num_classes or len(ds.classes)
+    if num_classes < len(ds.classes):
+        raise UserError(f"model.num_classes {num_classes} is smaller than the {len(ds.classes)} classes of "
+                        f"{data_path}; leave it unset to use the data set's")
     say(f"global batch {c.train.batch_size} = {per_device} per device x {rt.ctx.world_size} process(es) "
         f"x {c.train.accumulation} accumulation step(s); {len(train_split):,} training and "
         f"{len(val_split):,} validation images, {num_classes} classes; device {rt.device}, precision {rt.precision}")
@@ -197,10 +206,46 @@ def setup(cfg: config_mod.Config, resume: str | None = None, progress: bool = Tr
     if steps == 0:
         raise UserError(f"the training split has {len(train_split)} images: too few for one global batch "
                         f"of {c.train.batch_size}")
+    lock = claim_run_folder(out, rt)  # last: a failed setup leaves no lock behind
     return Run(c, rt, out, data_path, ds, num_classes, per_device, model, net, ddp, optimizer,
                Schedule(c, lr, steps), scaler, loader, val_loader(c, rt, ds), steps,
                runtime.once_per_node(mfu.ceiling, rt.device, rt.dtype), say=say,  # probed once per node
-               frozen_norms=frozen_norms)
+               frozen_norms=frozen_norms, lock=lock)
+
+
+def is_run_folder(out: Path) -> bool:
+    """Empty (dot-files aside), or written by `alexnet train`: its env.json, metrics or checkpoints."""
+    if not out.exists():
+        return True
+    names = {p.name for p in out.iterdir() if not p.name.startswith(".")}
+    if not names or names & {"last.pt", "last.prev.pt", "best.pt", "metrics.jsonl"}:
+        return True
+    try:
+        env = json.loads((out / "env.json").read_text())
+        return isinstance(env, dict) and "command" in env and "torch" in env
+    except (OSError, ValueError):
+        return False
+
+
+def claim_run_folder(out: Path, rt: runtime.Runtime) -> FolderLock | None:
+    """Rank 0 takes the run folder's exclusive lock (a second run with the same --out is refused:
+    "in use by pid N") after checking it is a run folder, not a user's own; every rank gets the
+    same error. Returns the lock (None on other ranks)."""
+    lock, error = None, None
+    if rt.main:
+        try:
+            if out.exists() and not out.is_dir():
+                raise UserError(f"--out {out} is a file, not a folder")
+            if not is_run_folder(out):
+                raise UserError(f"--out {out} is not empty and is not a run folder (no env.json, metrics or "
+                                f"checkpoint of alexnet train); choose another folder so that nothing in it is overwritten")
+            lock = FolderLock(out, "run folder").acquire()
+        except UserError as e:
+            error = str(e)
+    error = distributed.broadcast(error)
+    if error:
+        raise UserError(error)
+    return lock
 
 
 def restore(run: Run, resume: str | None) -> bool:
@@ -211,7 +256,7 @@ def restore(run: Run, resume: str | None) -> bool:
     if resume not in (None, "auto"):
         state, path = checkpoint.load(resume), Path(resume)
     elif resume == "auto" or (out / "last.pt").exists() or (out / "last.prev.pt").exists():
-        state, path = checkpoint.load_latest(out, warn=run.say)
+        state, path = checkpoint.load_latest(out, warn=run.say, set_aside=run.rt.main)
         if resume == "auto" and state is None:
             raise UserError(f"--resume: no checkpoint in {out}; start a new run without --resume")
     if state is None:
@@ -219,6 +264,14 @@ def restore(run: Run, resume: str | None) -> bool:
     if state["config"]["model"] != config_mod.to_dict(run.cfg)["model"]:
         raise UserError(f"{path} was trained with another model configuration; "
                         f"use another --out, or the same model settings")
+    theirs, ours = [c["id"] for c in state["classes"]], [c["id"] for c in run.ds.classes]
+    if theirs != ours:
+        extra, missing = sorted(set(theirs) - set(ours)), sorted(set(ours) - set(theirs))
+        diff = (f"only the checkpoint has {', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}; " if extra else "") + \
+               (f"only the data set has {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}" if missing
+                else "the same classes in another order")
+        raise UserError(f"{path} was trained on {len(theirs)} classes and {run.data_path} has {len(ours)}: {diff}. "
+                        f"Resume with the data it was trained on, or fine-tune from it: --init {path} with a new --out")
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.schedule.load_state_dict(state["schedule"])
@@ -360,19 +413,23 @@ def train(cfg: config_mod.Config, resume: str | None = None, progress: bool = Tr
     """Run (or continue) training as configured; returns the summary (also in summary.json), or
     {"stopped": signal, "checkpoint", "run"} when SIGINT/SIGTERM ended it early."""
     run = setup(cfg, resume, progress)
-    if not restore(run, resume) and cfg.train.init:
-        initialise(run)
-    rt = run.rt
-    run.log = RunLog(run.out, cfg, active=rt.main, extra_env={
-        "world_size": rt.ctx.world_size, "device": str(rt.device), "precision": rt.precision,
-        "ceiling": {k: run.ceiling[k] for k in ("flops_per_s", "best", "dtype", "device", "threads")}})
     try:
-        result = fit(run, progress)
-        if result["stopped"]:
-            return {"stopped": result["stopped"], "checkpoint": str(run.out / "last.pt"), "run": str(run.out)}
-        return finish(run, result, progress)
+        if not restore(run, resume) and cfg.train.init:
+            initialise(run)
+        rt = run.rt
+        run.log = RunLog(run.out, cfg, active=rt.main, extra_env={
+            "world_size": rt.ctx.world_size, "device": str(rt.device), "precision": rt.precision,
+            "ceiling": {k: run.ceiling[k] for k in ("flops_per_s", "best", "dtype", "device", "threads")}})
+        try:
+            result = fit(run, progress)
+            if result["stopped"]:
+                return {"stopped": result["stopped"], "checkpoint": str(run.out / "last.pt"), "run": str(run.out)}
+            return finish(run, result, progress)
+        finally:
+            run.log.close()
     finally:
-        run.log.close()
+        if run.lock:
+            run.lock.release()
 
 
 def data_summary(ds, cfg, loader, from_weights: bool = False) -> dict:

@@ -29,6 +29,8 @@ image in the workers (random-resized or fixed crops), then flipped and coloured 
 """
 from __future__ import annotations
 
+import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -138,11 +140,30 @@ class BatchSource(torch.utils.data.Dataset):
         return self.split.images([i])[0]
 
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _worker_init(_: int) -> None:
-    """Ctrl-C reaches the whole process group: workers leave it to the main process, which stops
-    cleanly (finishes the step, saves) instead of seeing its workers die."""
-    import signal
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """Ctrl-C, and the SIGTERM that SLURM's scancel, Kubernetes and systemd send to the whole
+    process group, reach the workers too: they leave both to the main process, which stops
+    cleanly (finishes the step, saves) instead of seeing its workers die. Workers still end when
+    the main process does (the DataLoader's shutdown sentinel, or its parent-death watchdog)."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by start_workers until now
+
+
+def start_workers(dl: torch.utils.data.DataLoader):
+    """iter(dl) with SIGINT/SIGTERM blocked while the worker processes are forked, so that a signal
+    in the instant between a fork and _worker_init cannot kill a worker; the main process gets a
+    signal that arrived meanwhile as soon as they are unblocked."""
+    if not dl.num_workers or threading.current_thread() is not threading.main_thread():
+        return iter(dl)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        return iter(dl)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def make_batch(images, labels, indices, g, o: dict, norm: A.Normalize, eig, train: bool, out=None) -> Batch:
@@ -236,7 +257,7 @@ class Loader:
             source, batch_size=None, sampler=steps, num_workers=self.workers, pin_memory=cuda,
             prefetch_factor=self.prefetch if self.workers else None, worker_init_fn=_worker_init,
             generator=torch.Generator().manual_seed(0))
-        it = iter(dl)
+        it = start_workers(dl)
         if cuda:
             yield from self._timed(_cuda_ahead(it, self))
         elif self.pool is not None:

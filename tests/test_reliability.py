@@ -1,0 +1,160 @@
+"""Reliability of `alexnet train` (issue 11): checkpoints that are never lost or poisoned, pre-emption
+of the whole process group, one writer per run folder, a user's folder never overwritten, and the
+data set checked on resume."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from alexnet import checkpoint, cli, config
+from alexnet.data import synthetic
+from alexnet.errors import UserError
+from alexnet.prepare import prepare
+from alexnet.train import Diverged, train
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return synthetic.ensure(train_per_class=8, val_per_class=3, size=72, root=tmp_path_factory.mktemp("shapes"),
+                            progress=False)
+
+
+def sets(data, out, *more):
+    return [f"data.path={data}", f"train.out={out}", "train.epochs=2", "train.batch_size=16", "model.width=0.25",
+            "model.hidden=64", "data.workers=0", "train.log_every=2", "eval.batch_size=16", *more]
+
+
+def args(data, out, *more):
+    return ["train", "--preset", "quick", *[a for s in sets(data, out, *more) for a in ("--set", s)]]
+
+
+def cfg(data, out, *more):
+    return config.resolve("quick", sets=sets(data, out, *more))
+
+
+def wait_for(condition, timeout=120.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+# ------------------------------------------------------------------ checkpoints (item 3)
+
+def test_an_empty_last_checkpoint_falls_back_and_the_good_one_is_never_rotated_away(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    train(cfg(tiny, out), progress=False)
+    good = checkpoint.load(out / "last.prev.pt")
+    (out / "last.pt").write_bytes(b"")  # 0 bytes: a crash between create and write on some file systems
+    with pytest.raises(checkpoint.CheckpointError, match=r"last\.pt is damaged or truncated \(.*0 bytes\)"):
+        checkpoint.load(out / "last.pt")
+    train(cfg(tiny, out, "train.epochs=3", "train.checkpoint_every=1"), progress=True)
+    printed = capsys.readouterr().out
+    assert "resuming from the previous checkpoint" in printed and "damaged file is kept as last.pt.damaged-" in printed
+    aside = list(out.glob("last.pt.damaged-*"))
+    assert len(aside) == 1 and aside[0].stat().st_size == 0  # set aside, not rotated into last.prev.pt
+    assert checkpoint.load(out / "last.pt")["epoch"] == 3
+    assert good["epoch"] == 1 and checkpoint.load(out / "last.prev.pt")["format"] == "alexnet-checkpoint"
+
+
+def test_a_diverging_run_never_writes_nan_weights(tiny, tmp_path):
+    out = tmp_path / "nan"
+    train(cfg(tiny, out, "train.epochs=1"), progress=False)  # a good checkpoint to protect
+    with pytest.raises(Diverged, match="no checkpoint was written with non-finite weights|No checkpoint was written"):
+        train(cfg(tiny, out, "train.epochs=3", "optim.lr=1e12", "schedule.warmup_epochs=0",
+                  "train.checkpoint_every=1", "train.log_every=1000"), progress=False)
+    for name in ("last.pt", "last.prev.pt"):
+        if (out / name).exists():
+            state = checkpoint.load(out / name)["model"]
+            assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()), name
+
+
+# ------------------------------------------------------------------ pre-emption (item 4)
+
+def test_sigterm_to_the_whole_process_group_with_loader_workers_saves_and_exits_0(tiny, tmp_path):
+    out = tmp_path / "term"
+    cmd = [sys.executable, "-m", "alexnet", *args(tiny, out, "train.epochs=100", "train.batch_size=8", "data.workers=2")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
+                            start_new_session=True)
+    try:
+        assert wait_for(lambda: (out / "last.pt").exists())
+        os.killpg(proc.pid, signal.SIGTERM)  # what scancel, Kubernetes and systemd do: every process of the group
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, output[-3000:]
+    assert "stopped by SIGTERM" in output and "DataLoader worker" not in output
+    assert checkpoint.load(out / "last.pt")["epoch"] < 100
+
+
+# ------------------------------------------------------------------ one writer, the user's folder (items 6, 7)
+
+def test_a_second_run_in_the_same_folder_is_refused(tiny, tmp_path, capsys):
+    out = tmp_path / "busy"
+    cmd = [sys.executable, "-m", "alexnet", *args(tiny, out, "train.epochs=100", "train.batch_size=8")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, start_new_session=True)
+    try:
+        assert wait_for(lambda: (out / "metrics.jsonl").exists())
+        metrics = (out / "metrics.jsonl").read_bytes()
+        assert cli.main(args(tiny, out, "train.seed=7")) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"in use by pid {proc.pid}" in err and len(err.splitlines()) == 1
+        assert (out / "metrics.jsonl").read_bytes().startswith(metrics)  # nothing of the second run in it
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    # the lock dies with its process (kill -9 included): the same command now continues the run
+    train(cfg(tiny, out, "train.epochs=1"), progress=False)
+
+
+def test_a_users_own_folder_is_not_overwritten(tiny, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "config.yaml").write_text("my: settings\n")
+    (out / "summary.json").write_text('{"mine": true}\n')
+    assert cli.main(args(tiny, out)) == 2
+    assert "is not empty and is not a run folder" in capsys.readouterr().err
+    assert (out / "config.yaml").read_text() == "my: settings\n" and sorted(p.name for p in out.iterdir()) == [
+        "config.yaml", "summary.json"]
+
+
+# ------------------------------------------------------------------ data sets (items 9, 12, 14)
+
+def test_resuming_on_another_data_set_names_the_classes(tiny, tmp_path):
+    three = tmp_path / "three-src"
+    synthetic.write_folder(three, {"train": 8, "val": 3}, size=72, seed=0, workers=1)
+    for extra in ("cross", "heart", "ring", "square", "star", "triangle", "crescent"):
+        for split in ("train", "val"):
+            for f in (three / split / extra).iterdir():
+                f.unlink()
+            (three / split / extra).rmdir()
+    prepare(three, tmp_path / "three", size=72, progress=False)
+    out = tmp_path / "run"
+    train(cfg(tmp_path / "three", out, "train.epochs=1"), progress=False)
+    with pytest.raises(UserError, match=r"trained on 3 classes and .* has 10: only the data set has "
+                                        r"crescent, cross, heart.*--init"):
+        train(cfg(tiny, out, "train.epochs=2"), resume=str(out / "last.pt"), progress=False)
+
+
+def test_one_class_and_too_few_outputs_are_refused(tiny, tmp_path):
+    one = tmp_path / "one-src"
+    for split in ("train", "val"):
+        (one / split / "only").mkdir(parents=True)
+        for i in range(4):
+            from PIL import Image
+            Image.fromarray(synthetic.draw(0, synthetic.image_rng(0, split, i), 72)).save(one / split / "only" / f"{i}.png")
+    prepare(one, tmp_path / "one", size=72, progress=False)
+    with pytest.raises(UserError, match="1 class\\(es\\): a classifier needs at least 2"):
+        train(cfg(tmp_path / "one", tmp_path / "r1", "train.batch_size=4"), progress=False)
+    with pytest.raises(UserError, match="model.num_classes 5 is smaller than the 10 classes"):
+        train(cfg(tiny, tmp_path / "r2", "model.num_classes=5"), progress=False)
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
