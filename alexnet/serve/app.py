@@ -5,7 +5,7 @@
     POST /v1/predict?topk=5&views=1|10&neighbors=0   multipart (field `file`) or raw image bytes
          -> {"predictions": [{"index", "class", "name", "probability"}, ...], "model": {...},
              "timing_ms": {...}, "batch_size": n[, "neighbors": [...]]}
-    GET  /v1/health     /v1/model     /v1/filters.png     /v1/images/{index}     /docs  /openapi.json
+    GET  /v1/health     /v1/model     /v1/filters.png     /v1/images/{index}     /openapi.json
     GET  /              the page (static/), everything it loads comes from this server
 
 A request's way: admitted (or 503 with Retry-After when `queue_size` are in), its body read up to
@@ -33,7 +33,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
+from python_multipart.multipart import create_form_parser
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..data.decode import BadImage, open_rgb
@@ -71,13 +73,21 @@ class TooManyPixels(Exception):
 
 # ----------------------------------------------------------------------------- reading an upload
 
+async def _stream(request: Request):
+    try:
+        async for chunk in request.stream():
+            yield chunk
+    except ClientDisconnect:  # nobody will read the answer; this ends the request quietly
+        raise ApiError(400, "the client went away before its upload was complete") from None
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, at most `limit` bytes (413 beyond it)."""
     declared = request.headers.get("content-length", "")
     too_big = declared.isdigit() and int(declared) > limit
     chunks, n = [], 0
     if not (declared.isdigit() and int(declared) > limit + DRAIN):
-        async for chunk in request.stream():
+        async for chunk in _stream(request):
             n += len(chunk)
             too_big = too_big or n > limit
             if too_big:
@@ -93,27 +103,36 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_image_bytes(request: Request, limit: int) -> bytes:
-    """The uploaded file's bytes: from a multipart form's `file` field, or the raw body."""
+def check_content_type(request: Request) -> None:
+    """415 unless the request's media type can carry an image (checked before the body is read)."""
     kind = request.headers.get("content-type", "application/octet-stream").split(";")[0].strip().lower()
-    multipart = kind == "multipart/form-data"
-    if not (multipart or kind.startswith("image/") or kind == "application/octet-stream"):
+    if not (kind == "multipart/form-data" or kind.startswith("image/") or kind == "application/octet-stream"):
         raise ApiError(415, f"content type {kind!r} is not accepted; send {ACCEPTED}")
-    body = await read_body(request, limit)
-    if multipart:
-        async def replay():  # the body already read, handed to Starlette's multipart parser
-            return {"type": "http.request", "body": body, "more_body": False}
 
-        form = await Request(request.scope, replay).form(max_files=4, max_fields=16)
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            await form.close()
-            raise ApiError(400, f"the multipart form has no file in a field named 'file' "
-                                f"(fields: {', '.join(form.keys()) or 'none'})")
-        data = await upload.read()
-        await form.close()
-    else:
-        data = body
+
+def image_bytes(content_type: str, body: bytes) -> bytes:
+    """The image file in a body: a multipart form's `file` field, or the body itself (400 when empty).
+    Parsing a multipart body costs ~10 ms per MB: it runs in a worker thread, with the decoding."""
+    data = body
+    if content_type.split(";")[0].strip().lower() == "multipart/form-data":
+        fields: dict[bytes, bytes] = {}
+
+        def on_file(f):  # the whole body is in memory already: the parser keeps files there too
+            f.file_object.seek(0)
+            fields.setdefault(f.field_name, f.file_object.read())
+
+        try:
+            parser = create_form_parser({"Content-Type": content_type.encode("latin-1")},
+                                        lambda f: fields.setdefault(f.field_name, f.value or b""), on_file,
+                                        config={"MAX_MEMORY_FILE_SIZE": len(body) + 1})
+            parser.write(body)
+            parser.finalize()
+        except ValueError as e:  # python-multipart's FormParserError and its kin
+            raise ApiError(400, f"malformed multipart/form-data body: {e}") from None
+        if b"file" not in fields:
+            names = ", ".join(repr(n.decode("latin-1")) for n in fields) or "none"
+            raise ApiError(400, f"the multipart form has no field named 'file' (fields: {names})")
+        data = fields[b"file"]
     if not data:
         raise ApiError(400, "empty upload: the request carries no image bytes")
     return data
@@ -135,8 +154,9 @@ def check_pixels(data: bytes, max_pixels: int) -> None:
                             f"{max_pixels / 1e6:g} Mpx (--max-pixels)")
 
 
-def image_views(net: Network, data: bytes, views: int, max_pixels: int) -> torch.Tensor:
-    """Encoded image -> its views (V, 3, C, C), preprocessed as the network was trained (§2)."""
+def image_views(net: Network, content_type: str, body: bytes, views: int, max_pixels: int) -> torch.Tensor:
+    """A request body -> the image's views (V, 3, C, C), preprocessed as the network was trained (§2)."""
+    data = image_bytes(content_type, body)
     check_pixels(data, max_pixels)
     # min_side: a photo at least twice the network's S is decoded at a reduced JPEG scale, as in
     # `alexnet prepare` (alexnet.data.decode); smaller images decode exactly as in `alexnet predict`
@@ -191,12 +211,18 @@ def create_app(net: Network, settings: Settings | None = None, gallery: Gallery 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        # a blank image through both preprocessing paths first: Normalize builds its caches lazily,
+        # and decoding threads must not race to build them
+        blank = Image.new("RGB", (net.size, net.size))
+        await asyncio.get_running_loop().run_in_executor(workers, net.preprocess, [blank], 10)
         await batcher.start()
         yield  # uvicorn drains the requests in flight before this returns (graceful shutdown)
         await batcher.stop()
         workers.shutdown(wait=True)
 
-    app = FastAPI(title="alexnet", version=__version__, lifespan=lifespan,
+    # no /docs or /redoc: FastAPI builds them from JavaScript on a CDN, and nothing here may load from
+    # elsewhere; the OpenAPI document itself is at /openapi.json, for any OpenAPI tool
+    app = FastAPI(title="alexnet", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Classify photos with a trained AlexNet (Krizhevsky et al. 2012). "
                               "No authentication: keep it on 127.0.0.1 or behind a proxy that has some.")
     app.state.batcher = batcher
@@ -205,7 +231,7 @@ def create_app(net: Network, settings: Settings | None = None, gallery: Gallery 
     async def api_error(request: Request, e: ApiError):
         return JSONResponse({"error": e.message}, e.status, headers=e.headers)
 
-    @app.exception_handler(HTTPException)  # 404, 405, a malformed multipart body, ...
+    @app.exception_handler(HTTPException)  # 404, 405, ...
     async def http_error(request: Request, e: HTTPException):
         return JSONResponse({"error": str(e.detail)}, e.status_code, headers=getattr(e, "headers", None))
 
@@ -234,10 +260,12 @@ def create_app(net: Network, settings: Settings | None = None, gallery: Gallery 
         loop = asyncio.get_running_loop()
         try:
             with batcher.slot():
-                data = await read_image_bytes(request, upload_limit)
+                check_content_type(request)
+                body = await read_body(request, upload_limit)
                 read = time.perf_counter()
                 try:
-                    x = await loop.run_in_executor(workers, image_views, net, data, views, settings.max_pixels)
+                    x = await loop.run_in_executor(workers, image_views, net, request.headers.get("content-type", ""),
+                                                   body, views, settings.max_pixels)
                 except BadImage as e:
                     raise ApiError(400, f"cannot read the upload as an image: {e}") from None
                 except TooManyPixels as e:

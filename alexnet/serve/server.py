@@ -81,7 +81,7 @@ def main(args) -> int:
                                            timeout_graceful_shutdown=DRAIN_S))
     shown = f"[{host}]" if ":" in host else host
     print(f"alexnet serve: {net.source} ({len(net.classes)} classes, {device}) at http://{shown}:{port}/  "
-          f"API: /v1/predict, /docs; Ctrl-C stops", flush=True)
+          f"API: /v1/predict, /openapi.json; Ctrl-C stops", flush=True)
     # uvicorn handles SIGINT/SIGTERM while it runs (stop accepting, drain, shut down) and raises the
     # signal again once done; these handlers receive that, so a clean stop ends with status 0
     stopped: list[int] = []
