@@ -119,7 +119,7 @@ def neighbours(net: Network, data: str, split: str, queries: list[Path], k: int 
         if meta["count"] != len(images) or meta["done"] != meta["count"]:
             raise UserError(f"{features} does not hold complete codes of this split; run alexnet features again")
         store = np.load(features, mmap_mode="r")
-        chunks = ((torch.from_numpy(np.asarray(store[i:i + batch_size], dtype=np.float32)),
+        chunks = ((torch.from_numpy(np.array(store[i:i + batch_size], dtype=np.float32)),  # a copy: the map is read-only
                    torch.arange(i, min(i + batch_size, len(store)))) for i in range(0, len(store), batch_size))
     else:
         loader = _loader(images, 0, batch_size, workers)

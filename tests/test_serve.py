@@ -185,6 +185,24 @@ def test_nearest_training_images_match_alexnet_neighbors(server, trained, tmp_pa
     assert server.get("/v1/images/60")[0] == 404
 
 
+def test_a_features_file_must_come_from_this_checkpoint_and_data(trained, tmp_path):
+    import shutil
+
+    from alexnet.errors import UserError
+    from alexnet.serve.figures import Gallery
+
+    npy = tmp_path / "f.npy"
+    shutil.copy(trained["features"], npy)
+    meta = json.loads(trained["features"].with_suffix(".json").read_text())
+    for change, words in [({"checkpoint_sha256": "0" * 64}, "another checkpoint"), ({"done": 10}, "10 of 60"),
+                          ({"data": None}, "--data"), ({"data_checksum": "0" * 64}, "not the data set")]:
+        npy.with_suffix(".json").write_text(json.dumps({**meta, **change}))
+        with pytest.raises(UserError, match=words):
+            Gallery(npy, trained["net"])
+    npy.with_suffix(".json").write_text(json.dumps({**meta, "data": None}))
+    assert len(Gallery(npy, trained["net"], data=str(trained["data"])).keys) == 60  # --data names it
+
+
 def png_declaring(width: int, height: int) -> bytes:
     """A ~100-byte PNG whose header declares width x height (a decompression bomb's calling card)."""
     def chunk(kind: bytes, payload: bytes) -> bytes:
