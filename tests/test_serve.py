@@ -61,8 +61,9 @@ class Server:
 
     def __init__(self, *flags: str, log: Path):
         self.log = log
-        self.proc = subprocess.Popen([sys.executable, "-m", "alexnet", "serve", "--port", "0", "--log-level",
-                                      "warning", *flags], cwd=ROOT, stdout=subprocess.PIPE,
+        # on the CPU, as the in-process reference (a GPU's TF32 convolutions would differ by ~1e-3)
+        self.proc = subprocess.Popen([sys.executable, "-m", "alexnet", "serve", "--port", "0", "--device", "cpu",
+                                      "--log-level", "warning", *flags], cwd=ROOT, stdout=subprocess.PIPE,
                                      stderr=open(log, "w"), text=True)
         ready, _, _ = select.select([self.proc.stdout], [], [], 120)
         line = self.proc.stdout.readline() if ready else ""
