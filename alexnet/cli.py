@@ -154,7 +154,8 @@ def build_parser() -> Parser:
     p.add_argument("--format", required=True, choices=["onnx", "torchscript"])
 
     p = command("serve", "Examples:\n  alexnet serve --checkpoint runs/x/best.pt      # then open http://127.0.0.1:8000/\n"
-                         "  alexnet serve --weights torchvision --features train_fc7.npy\n"
+                         "  alexnet serve --checkpoint best.pt --features train_fc7.npy   # + nearest training images\n"
+                         "  alexnet serve --weights torchvision --port 8080\n"
                          "  curl -F file=@photo.jpg 'http://127.0.0.1:8000/v1/predict?topk=5&views=10'")
     p.add_argument("--checkpoint", metavar="CKPT", help="checkpoint file")
     p.add_argument("--weights", help="'torchvision' or a .pth file, instead of --checkpoint")
@@ -164,7 +165,7 @@ def build_parser() -> Parser:
     p.add_argument("--features", metavar="FILE", help="fc7 codes from alexnet features: the page shows the "
                                                       "nearest training images (Fig. 4, right)")
     p.add_argument("--data", help="where the training images of --features are (default: as recorded in its .json)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: cuda when present)")
     p.add_argument("--max-batch", type=int, default=32, help="images per forward pass (default 32; 1: no batching)")
     p.add_argument("--batch-window-ms", type=float, default=5.0,
                    help="the longest a request waits for others to share its forward pass (default 5)")
