@@ -8,12 +8,12 @@
     GET  /v1/health     /v1/model     /v1/filters.png     /v1/images/{index}     /openapi.json
     GET  /              the page (static/), everything it loads comes from this server
 
-A request's way: admitted (or 503 with Retry-After when `queue_size` are in), its body read up to
-the upload limit (413), the content type checked (415), the image's declared size checked against
-the pixel limit before any pixel is decoded (413: a 100 kB PNG may declare 100000 x 100000), then
-decoded and preprocessed as `alexnet predict` does (§2, EXIF-rotated, any mode to RGB; 400 when it
-is not an image or is damaged) in a worker thread, then one share of a batched forward pass
-(batching.py). Every error is JSON {"error": "..."} saying what is wrong; none stops the server.
+A request's way: admitted (or 503 with Retry-After when `queue_size` are in), the content type
+checked (415), its body read up to the upload limit (413); then, in a worker thread, the file taken
+out of a multipart form, its declared size checked against the pixel limit before any pixel is
+decoded (413: a 100 kB PNG may declare 100000 x 100000), decoded as `alexnet prepare` does and
+preprocessed as in training (§2; 400 when it is not an image or is damaged); then one share of a
+batched forward pass (batching.py). Every error is JSON {"error": "..."} saying what is wrong; none stops the server.
 """
 from __future__ import annotations
 
