@@ -29,7 +29,7 @@ COMMANDS: dict[str, tuple[str | None, int, str]] = {
     "neighbors": ("alexnet.features:main_neighbors", 7, "nearest training images in fc7 space (the paper's Fig. 4, right)"),
     "filters": ("alexnet.plots:main", 7, "draw the conv1 kernels (the paper's Fig. 3)"),
     "export": ("alexnet.export:main", 7, "export a checkpoint to ONNX or TorchScript"),
-    "serve": (None, 8, "a web page and HTTP API for predictions"),
+    "serve": ("alexnet.serve.server:main", 14, "a web page and HTTP API for predictions"),
     "bench": ("alexnet.bench:main", 4, "measure speed against torchvision's reference pipeline"),
     "info": ("alexnet.info:main", 2, "layer table of a network (the paper's Fig. 2), or this machine"),
 }
@@ -180,10 +180,31 @@ def build_parser() -> Parser:
     p.add_argument("out", metavar="OUT")
     p.add_argument("--format", required=True, choices=["onnx", "torchscript"])
 
-    p = command("serve")
-    p.add_argument("--checkpoint", metavar="CKPT")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p = command("serve", "Examples:\n  alexnet serve --checkpoint runs/x/best.pt      # then open http://127.0.0.1:8000/\n"
+                         "  alexnet serve --checkpoint best.pt --features train_fc7.npy   # + nearest training images\n"
+                         "  alexnet serve --weights torchvision --port 8080\n"
+                         "  curl -F file=@photo.jpg 'http://127.0.0.1:8000/v1/predict?topk=5&views=10'")
+    p.add_argument("--checkpoint", metavar="CKPT", help="checkpoint file")
+    p.add_argument("--weights", help="'torchvision' or a .pth file, instead of --checkpoint")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; the API has "
+                                                       "no authentication)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0: a free one)")
+    p.add_argument("--features", metavar="FILE", help="fc7 codes from alexnet features: the page shows the "
+                                                      "nearest training images (Fig. 4, right)")
+    p.add_argument("--data", help="where the training images of --features are (default: as recorded in its .json)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: cuda when present)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"],
+                   help="autocast dtype of the forward pass (default fp32: the same numbers as predict)")
+    p.add_argument("--max-batch", type=int, default=32, help="images per forward pass (default 32; 1: no batching)")
+    p.add_argument("--batch-window-ms", type=float, default=5.0,
+                   help="the longest a request waits for others to share its forward pass (default 5)")
+    p.add_argument("--queue-size", type=int, default=64,
+                   help="requests admitted at once; more are answered 503 with Retry-After (default 64)")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload in MiB (default 20)")
+    p.add_argument("--max-pixels", type=int, default=50_000_000,
+                   help="largest image, width x height (default 50000000)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--access-log", action="store_true", help="log every request")
 
     p = command("bench", "Side by side in one run, against torchvision's reference on the same machine.")
     p.add_argument("what", choices=["data", "train", "infer"])

@@ -6,10 +6,11 @@
 §6.1: "the feature activations induced by an image at the last, 4096-dimensional hidden layer"
 (fc7, after its ReLU) are compared by Euclidean distance; images whose codes are close look alike
 to the network even where their pixels differ. `features` writes the codes of a whole split as a
-memory-mapped .npy (N x 4096, float32 or float16) with a .json beside it (ids, labels, classes);
-it writes in batches and an interrupted run continues where it stopped. `neighbors` searches a
-split exactly: it streams the training codes in chunks (from a features file, or computed on the
-fly) and keeps each query's k best, so a million vectors never need to sit in memory at once.
+memory-mapped .npy (N x 4096, float32 or float16) with a .json beside it (the data set, ids, labels,
+classes); it writes in batches and an interrupted run continues where it stopped. `neighbors`
+searches a split exactly: it streams the training codes in chunks (from a features file, or
+computed on the fly) and keeps each query's k best, so a million vectors never need to sit in
+memory at once.
 """
 from __future__ import annotations
 
@@ -66,8 +67,8 @@ def write_features(net: Network, data: str, split: str, out: str | Path, batch_s
         array = np.lib.format.open_memmap(out, mode="r+")
     else:
         array = np.lib.format.open_memmap(out, mode="w+", dtype=dtype, shape=(n, dim))
-        meta = {**identity, "done": 0, "ids": images.keys, "labels": images.labels.tolist(),
-                "classes": images.classes, "failed": []}
+        meta = {**identity, "data": str(Path(data).resolve()), "done": 0, "ids": images.keys,
+                "labels": images.labels.tolist(), "classes": images.classes, "failed": []}
     for batch, idx, bad in tqdm(_loader(images, done, batch_size, workers), disable=not progress, desc="features", unit="batch"):
         meta["failed"] += [{"index": i, "path": images.keys[i], "error": e} for i, e in bad]
         if bad:  # NaN rows: an unreadable image has no code, and no search may take zeros for one
@@ -125,7 +126,7 @@ def neighbours(net: Network, data: str, split: str, queries: list[Path], k: int 
     images = Images(data, split, net.size)
     if features:  # precomputed codes: stream them from the memory map, unreadable images (NaN rows) left out
         store = open_features(features, net, images, split)
-        chunks = (finite_rows(torch.from_numpy(np.asarray(store[i:i + batch_size], dtype=np.float32)),
+        chunks = (finite_rows(torch.from_numpy(np.array(store[i:i + batch_size], dtype=np.float32)),  # a copy
                               torch.arange(i, min(i + batch_size, len(store)))) for i in range(0, len(store), batch_size))
     else:
         loader = _loader(images, 0, batch_size, workers)

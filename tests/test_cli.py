@@ -105,9 +105,17 @@ def test_print_config_round_trips(capsys, tmp_path):
     assert status == 0 and again == out
 
 
-def test_unfinished_commands_say_so(capsys):
+def test_unfinished_commands_say_so(capsys, monkeypatch):
+    monkeypatch.setitem(cli.COMMANDS, "serve", (None, 14, cli.COMMANDS["serve"][2]))
     status, _, err = run_cli(capsys, "serve")
-    assert status == 1 and "not implemented yet" in err and "issue #8" in err
+    assert status == 1 and "not implemented yet" in err and "issue #14" in err
+
+
+def test_serve_flag_mistakes_are_one_line_errors(capsys):
+    status, _, err = run_cli(capsys, "serve", "--port", "0")
+    assert status == 2 and "exactly one of" in err and len(err.strip().splitlines()) == 1
+    status, _, err = run_cli(capsys, "serve", "--weights", "torchvision", "--max-batch", "0")
+    assert status == 2 and "--max-batch" in err and len(err.strip().splitlines()) == 1
 
 
 def test_console_script_and_module_agree():
