@@ -54,14 +54,11 @@ CONFIG_FLAGS = {
 def at_least(low: int):
     """An argparse type: an integer >= low, else a one-line usage error naming the value."""
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        value = int(text)  # a ValueError reads "invalid int value: 'x'"
         if value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
         return value
-    parse.__name__ = f"integer >= {low}"
+    parse.__name__ = "int"
     return parse
 
 

@@ -96,11 +96,12 @@ class FolderLock:
     """
 
     def __init__(self, folder: str | Path, what: str = "folder"):
-        self.folder, self.what, self.file = Path(folder), what, None
+        self.folder, self.what, self.file, self.created = Path(folder), what, None, False
 
     def acquire(self) -> "FolderLock":
         import fcntl
 
+        self.created = not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
         f = open(self.folder / ".lock", "a+")
         try:
@@ -119,9 +120,15 @@ class FolderLock:
         return self
 
     def release(self) -> None:
-        if self.file is not None:
-            self.file.close()  # closing drops the flock
-            self.file = None
+        """Drop the lock; a folder this lock created and nothing else wrote to is removed again
+        (a job that failed before its first write leaves nothing behind)."""
+        if self.file is None:
+            return
+        if self.created and {p.name for p in self.folder.iterdir()} == {".lock"}:
+            (self.folder / ".lock").unlink()
+            self.folder.rmdir()
+        self.file.close()  # closing drops the flock
+        self.file = None
 
     def __enter__(self) -> "FolderLock":
         return self.acquire()

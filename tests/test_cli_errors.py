@@ -1,0 +1,136 @@
+"""The standing check of issue 11: every ordinary mistake, for every command, is one line on stderr,
+exit status 2, no traceback, and nothing written. Grow the table with every new flag.
+
+Each case runs `alexnet` in-process against a small world made once (a prepared set, a checkpoint,
+an image, a user's folder); the files under the world's folder are compared before and after.
+"""
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from alexnet import cli, config
+from alexnet.data import synthetic
+from alexnet.train import train
+
+NO_GPU = not torch.cuda.is_available()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    data = synthetic.ensure(train_per_class=8, val_per_class=3, size=72, root=root / "cache", progress=False)
+    run = root / "run"
+    train(config.resolve("quick", sets=[f"data.path={data}", f"train.out={run}", "train.epochs=1", "train.batch_size=16",
+                                        "model.width=0.25", "model.hidden=64", "data.workers=0"]), progress=False)
+    Image.fromarray(synthetic.draw(1, synthetic.image_rng(1, "val", 0), 90)).save(root / "photo.png")
+    (root / "empty").mkdir()
+    for split in ("train", "val"):  # an image folder whose only image does not decode
+        (root / "broken" / split / "arrow").mkdir(parents=True)
+        (root / "broken" / split / "arrow" / "a.jpg").write_bytes(b"not a jpeg")
+    (root / "mine").mkdir()
+    (root / "mine" / "config.yaml").write_text("mine: true\n")
+    np.save(root / "random.npy", np.zeros((3, 4), np.float32))
+    return {"root": root, "data": data, "ckpt": run / "last.pt", "photo": root / "photo.png"}
+
+
+def snapshot(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if p.is_file()}
+
+
+R = "/proc/alexnet-read-only"  # a place nothing can be written, not even by root
+CASES = [  # (argv with {data} {ckpt} {photo} {root} placeholders, a phrase the one line must hold)
+    # train: values, devices, folders, data
+    (["train", "--data", "{data}", "--set", "train.log_every=0"], "train.log_every must be at least 1"),
+    (["train", "--data", "{data}", "--seed", "-1"], "train.seed must be >= 0"),
+    (["train", "--data", "{data}", "--set", "train.checkpoint_every=-1"], "train.checkpoint_every must be >= 0"),
+    (["train", "--data", "{data}", "--preset", "quick", "--set", "model.num_classes=5", "--out", "{root}/o1"],
+     "model.num_classes 5 is smaller than the 10 classes"),
+    (["train", "--data", "{data}", "--device", "nonsense", "--out", "{root}/o2"], "unknown device 'nonsense'"),
+    (["train", "--data", "{data}", "--preset", "quick", "--out", "{root}/mine"], "is not empty and is not a run folder"),
+    (["train", "--data", "{root}/nowhere", "--out", "{root}/o3"], "not found"),
+    (["train", "--data", "{data}", "--set", "eval.batch_size=0"], "eval.batch_size and eval.every must be at least 1"),
+    (["train", "--data", "{data}", "--set", "optim.head_lr_mult=0"], "optim.head_lr_mult must be positive"),
+    (["train", "--data", "{data}", "--freeze", "some"], "train.freeze"),
+    (["train", "--data", "{data}", "--preset", "quick", "--init", "{root}/nothing.pth", "--out", "{root}/o4"],
+     "weights file not found"),
+    # evaluate
+    (["evaluate", "{ckpt}", "--data", "{data}", "--batch-size", "0"], "must be at least 1, got 0"),
+    (["evaluate", "{ckpt}", "--data", "{data}", "--batch-size", "-1"], "must be at least 1, got -1"),
+    (["evaluate", "{ckpt}", "--data", "{data}", "--device", "nonsense"], "unknown device"),
+    (["evaluate", "{ckpt}", "--data", "{data}", "--json", R + "/r.json"], "cannot create the folder"),
+    (["evaluate", "{ckpt}", "--data", "{root}/broken"], "could be read"),
+    (["evaluate", "{root}/none.pt", "--data", "{data}"], "checkpoint not found"),
+    (["evaluate", "--data", "{data}"], "give one or more checkpoints"),
+    # predict
+    (["predict", "{root}/no/such.jpg", "--checkpoint", "{ckpt}"], "no such file or folder"),
+    (["predict", "{root}/empty", "--checkpoint", "{ckpt}"], "nothing to predict"),
+    (["predict", "{root}/broken", "--checkpoint", "{ckpt}"], "is a readable image"),
+    (["predict", "{photo}", "--checkpoint", "{ckpt}", "--topk", "0"], "must be at least 1"),
+    (["predict", "{photo}", "--checkpoint", "{ckpt}", "--device", "nonsense"], "unknown device"),
+    (["predict", "{photo}", "--checkpoint", "{ckpt}", "--json", R + "/p.json"], "cannot create the folder"),
+    (["predict", "{photo}", "--checkpoint", "{ckpt}", "--sheet", R + "/s.png"], "cannot create the folder"),
+    (["predict", "{photo}"], "give exactly one of a checkpoint or --weights"),
+    # features, neighbors
+    (["features", "{ckpt}", "--data", "{data}", "--out", R + "/f.npy"], "cannot create the folder"),
+    (["features", "{ckpt}", "--data", "{data}", "--out", "{root}/f.npy", "--device", "nonsense"], "unknown device"),
+    (["features", "{ckpt}", "--data", "{root}/broken", "--split", "train", "--out", "{root}/f2.npy"], "could be read"),
+    (["neighbors", "{ckpt}", "--data", "{data}", "--query", "{photo}", "--features", "{root}/missing.npy"],
+     "features file"),
+    (["neighbors", "{ckpt}", "--data", "{data}", "--query", "{photo}", "--features", "{root}/random.npy"],
+     "features file"),
+    (["neighbors", "{ckpt}", "--data", "{data}", "--query", "{photo}", "--k", "0"], "must be at least 1"),
+    (["neighbors", "{ckpt}", "--data", "{data}", "--query", "{photo}", "--sheet", R + "/n.png"], "cannot create the folder"),
+    (["neighbors", "{ckpt}", "--data", "{data}", "--query", "{root}/no.jpg"], "query image not found"),
+    # filters, export, info, bench
+    (["filters", "{ckpt}", "--out", R + "/c.png"], "cannot create the folder"),
+    (["filters", "{root}/none.pt"], "checkpoint not found"),
+    (["export", "{ckpt}", R + "/m.onnx", "--format", "onnx"], "cannot create the folder"),
+    (["export", "{root}/m.onnx", "--format", "onnx"], "give exactly one of a checkpoint or --weights"),
+    (["info", "--json", R + "/i.json"], "cannot create the folder"),
+    (["info", "--num-classes", "1"], "must be at least 2"),
+    (["bench", "train", "--json", R + "/b.json"], "cannot create the folder"),
+    (["bench", "data"], "needs --data"),
+    (["bench", "train", "--batch-size", "0"], "must be at least 1"),
+    # prepare, serve
+    (["prepare", "{root}/nowhere", "{root}/p1"], "not found"),
+    (["prepare", "{root}/empty", "{root}/p2", "--workers", "-1"], "must be at least 0"),
+    (["serve", "--checkpoint", "{ckpt}", "--max-batch", "0"], "--max-batch and --queue-size must be at least 1"),
+    (["serve", "--checkpoint", "{ckpt}", "--device", "nonsense"], "unknown device"),
+]
+if NO_GPU:
+    CASES += [(["evaluate", "{ckpt}", "--data", "{data}", "--device", "cuda"], "CUDA is not available"),
+              (["predict", "{photo}", "--checkpoint", "{ckpt}", "--device", "cuda"], "CUDA is not available"),
+              (["features", "{ckpt}", "--data", "{data}", "--out", "{root}/f3.npy", "--device", "cuda"],
+               "CUDA is not available"),
+              (["train", "--data", "{data}", "--device", "cuda", "--out", "{root}/o5"], "CUDA is not available")]
+
+
+@pytest.mark.parametrize("argv,phrase", CASES, ids=[" ".join(a[:2]) + f" {i}" for i, (a, _) in enumerate(CASES)])
+def test_a_mistake_is_one_line_status_2_and_writes_nothing(world, capsys, argv, phrase):
+    argv = [a.format(**{k: str(v) for k, v in world.items()}) for a in argv]
+    before = snapshot(world["root"])
+    try:
+        status = cli.main(argv)
+    except SystemExit as e:  # argparse's usage errors
+        status = e.code
+    out, err = capsys.readouterr()
+    assert status == 2, (argv, out[-500:], err[-500:])
+    # one line says what is wrong (a progress bar of work begun before the problem showed may precede it)
+    lines = [line for line in err.strip().splitlines() if "error:" in line]
+    assert len(lines) == 1 and err.strip().endswith(lines[0]) and "Traceback" not in err, err
+    assert phrase in lines[0], lines[0]
+    assert snapshot(world["root"]) == before  # nothing written, nothing half-written
+    assert not os.path.exists("/proc/alexnet-read-only")
+
+
+def test_an_output_folder_that_does_not_exist_yet_is_made(world, tmp_path):
+    report = tmp_path / "new" / "deeper" / "report.json"
+    assert cli.main(["evaluate", str(world["ckpt"]), "--data", str(world["data"]), "--json", str(report)]) == 0
+    assert report.is_file() and report.with_suffix(".confusion.png").is_file()
+    sheet = tmp_path / "sheets" / "s.png"
+    assert cli.main(["predict", str(world["photo"]), "--checkpoint", str(world["ckpt"]), "--sheet", str(sheet)]) == 0
+    assert sheet.is_file()
