@@ -159,11 +159,13 @@ def open_features(path: str, net: Network, images, split: str) -> np.ndarray:
         raise UserError(f"{path} is not a features file of alexnet features ({e})") from None
     if not isinstance(meta, dict) or not {"checkpoint_sha256", "split", "data_checksum", "count", "done"} <= set(meta):
         raise UserError(f"{meta_path} was not written by alexnet features")
-    differences = [f"{what} ({meta[key]!r} there, {want!r} here)" for what, key, want in (
-        ("another checkpoint", "checkpoint_sha256", net.sha256), ("another split", "split", split),
-        ("other data", "data_checksum", images.checksum)) if meta[key] != want]
+    differences = [f"{what} ({str(meta[key])[:16]!r} there, {str(want)[:16]!r} here)" for what, key, want in (
+        ("it was computed with another checkpoint", "checkpoint_sha256", net.sha256),
+        ("it holds another split", "split", split),
+        ("it was computed on another data set, not the data set given here", "data_checksum", images.checksum))
+        if meta[key] != want]
     if differences:
-        raise UserError(f"{path} holds the codes of {'; '.join(differences)}; make them again with alexnet features")
+        raise UserError(f"{path}: {'; '.join(differences)}; make them again with alexnet features")
     if meta["done"] != meta["count"] or store.shape != (meta["count"], net.model.fc7.out_features):
         raise UserError(f"{path} is incomplete ({meta['done']:,} of {meta['count']:,} images); run the same "
                         f"alexnet features command again to finish it")

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from ..errors import UserError
-from ..features import knn
+from ..features import knn, open_features
 from ..inference import Network
 from ..plots import kernel_grid
 
@@ -59,31 +59,21 @@ class Gallery:
 
         features = Path(features)
         meta_path = features.with_suffix(".json")
-        if not features.is_file() or not meta_path.is_file():
-            raise UserError(f"features file {features} or its {meta_path.name} not found; "
-                            f"write them with alexnet features CKPT --data DATA --out {features}")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("done") != meta.get("count"):
-            raise UserError(f"{features} holds {meta.get('done')} of {meta.get('count')} codes; "
-                            f"finish it with alexnet features (it resumes)")
-        if net.sha256 and meta.get("checkpoint_sha256") != net.sha256:
-            raise UserError(f"{features} holds codes of another checkpoint ({meta.get('checkpoint')}); "
-                            f"write them with this one: alexnet features {net.source} ...")
-        self.store = np.load(features, mmap_mode="r")  # (N, 4096), never read whole
-        if self.store.shape != (meta["count"], net.model.fc7.out_features):
-            raise UserError(f"{features} is {self.store.shape}, but its .json says {meta['count']} codes and the "
-                            f"network's fc7 has {net.model.fc7.out_features} units")
-        data = data or meta.get("data")
-        if not data:
-            raise UserError(f"{meta_path} does not say which data set the codes came from; "
-                            f"name it with --data (the prepared set or image folder given to alexnet features)")
-        self.images = Images(data, meta["split"], net.size)
-        if self.images.checksum != meta["data_checksum"]:
-            raise UserError(f"{data} is not the data set {features} was computed on (its {meta['split']} "
-                            f"split differs); pass the same --data as to alexnet features")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            meta = {}
+        data, self.images = data or meta.get("data"), None
+        if isinstance(meta, dict) and meta.get("split") and meta.get("data_checksum"):  # else open_features says why
+            if not data:
+                raise UserError(f"{meta_path} does not say which data set the codes came from; name it with "
+                                f"--data (the prepared set or image folder given to alexnet features)")
+            self.images = Images(data, meta["split"], net.size)
+        # the same checks as `alexnet neighbors --features`: file, checkpoint, split, data, completeness
+        self.store = open_features(features, net, self.images, meta.get("split"))  # (N, 4096), never read whole
         self.path, self.data, self.split = features, str(data), meta["split"]
         self.keys, self.labels, self.classes = meta["ids"], meta["labels"], meta["classes"]
-        # images alexnet features could not read have no code (their rows are zeros): never neighbours
+        # images alexnet features could not read have no code (their rows are NaN): never neighbours
         self.usable = np.ones(len(self.keys), dtype=bool)
         self.usable[[f["index"] for f in meta.get("failed", [])]] = False
 
