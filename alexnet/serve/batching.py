@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .. import runtime
 from ..inference import Network
 
 CENTRE_VIEW = {1: 0, 10: 4}  # index of the centre crop among the views (augment.view_offsets order)
@@ -146,11 +147,12 @@ class Batcher:
         start = time.perf_counter()
         model = self.net.model
         x = torch.cat([job.x for job in jobs]).to(self.net.device)  # (sum of V, 3, C, C)
-        if any(job.codes for job in jobs):
-            codes = model.embed(x)  # (N, 4096) fc7 after ReLU, §6.1
-            logits = model.fc8(model.dropout8(codes))  # what model(x) computes, with fc7 kept
-        else:
-            codes, logits = None, model(x)
+        with runtime.autocast(self.net.device, self.net.dtype):  # the precision `serve --precision` chose
+            if any(job.codes for job in jobs):
+                codes = model.embed(x)  # (N, 4096) fc7 after ReLU, §6.1
+                logits = model.fc8(model.dropout8(codes))  # what model(x) computes, with fc7 kept
+            else:
+                codes, logits = None, model(x)
         # as Network.probabilities: the softmax of each view, averaged over an image's views (§4.1)
         probs = F.softmax(logits.float(), dim=1).cpu()  # a device sync point: the answers leave the device
         codes = codes.float().cpu() if codes is not None else None
