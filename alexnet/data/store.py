@@ -39,6 +39,7 @@ FORMAT = "alexnet-prepared"
 FORMAT_VERSION = 1
 INDEX_DTYPE = np.dtype([("shard", "<u4"), ("offset", "<u8"), ("size", "<u4"), ("label", "<i4"),
                         ("height", "<u2"), ("width", "<u2")])
+MAX_SIDE = np.iinfo(np.uint16).max  # prepare bounds what it stores well below this (MAX_ASPECT x --size)
 
 
 def atomic_write(path: str | Path, data: bytes) -> None:
@@ -88,7 +89,12 @@ class ShardWriter:
         return start
 
     def add(self, key: str, label: int, image: bytes | np.ndarray, height: int, width: int) -> None:
-        """image: JPEG bytes, or a (H, W, 3) uint8 array stored as .npy (the index points past its header)."""
+        """image: JPEG bytes, or a (H, W, 3) uint8 array stored as .npy (the index points past its header).
+        Raises ValueError for what the index cannot hold (a side over 65535 px, a payload of 4 GiB):
+        numpy would store it modulo 2**16 and a reader would reshape garbage."""
+        nbytes = image.nbytes if isinstance(image, np.ndarray) else len(image)
+        if not (0 < height <= MAX_SIDE and 0 < width <= MAX_SIDE and nbytes < 2 ** 32):
+            raise ValueError(f"{key}: a {width}x{height} image of {nbytes} bytes does not fit the index")
         if isinstance(image, np.ndarray):
             buf = io.BytesIO()
             np.lib.format.write_array(buf, np.ascontiguousarray(image), allow_pickle=False)
@@ -155,6 +161,13 @@ class PreparedSplit:
         if self.index.dtype != INDEX_DTYPE or len(self.index) != info["count"]:
             raise UserError(f"index damaged: {index_path} holds {len(self.index)} rows of {self.index.dtype}, "
                             f"the manifest says {info['count']}; re-run alexnet prepare")
+        if raw:  # sets prepared before the size bound could store a 6000x20 strip's width modulo 65536
+            bad = np.flatnonzero(self.index["height"].astype(np.int64) * self.index["width"] * 3 != self.index["size"])
+            if len(bad):
+                raise UserError(f"{root / name} holds {len(bad)} image(s) whose stored size does not match their "
+                                f"height x width (the first: index row {bad[0]}), as earlier versions of alexnet "
+                                f"prepare wrote very elongated images with --raw; re-run alexnet prepare into a "
+                                f"new folder")
         self._maps: dict[int, mmap.mmap] = {}
 
     def __len__(self) -> int:
