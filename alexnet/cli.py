@@ -86,7 +86,7 @@ def build_parser() -> Parser:
 
     p = command("prepare", "Per §2: shorter side to --size, centre crop, stored in shards with an index,\n"
                            "a manifest and training-set statistics (mean image, RGB covariance).")
-    p.add_argument("source", metavar="SRC", help="data root, archive folder, shard folder or CSV list")
+    p.add_argument("source", metavar="SRC", help="data root, archive folder, shard folder (tar or Parquet) or CSV list")
     p.add_argument("out", metavar="OUT", help="output folder of the prepared data set")
     p.add_argument("--source", dest="source_kind", default="auto",
                    choices=["auto", "folder", "ilsvrc", "kaggle", "webdataset", "csv", "parquet"],
@@ -95,7 +95,8 @@ def build_parser() -> Parser:
                    help="header names of the columns a CSV list is read from (default: recognised names, "
                         "else the first columns)")
     p.add_argument("--size", type=int, default=256, help="stored side S in px (default 256, §2)")
-    p.add_argument("--keep-aspect", action="store_true", help="keep the whole shorter-side-resized image")
+    p.add_argument("--keep-aspect", action="store_true",
+                   help="keep the whole shorter-side-resized image (up to 4:1; longer ones keep their centre)")
     p.add_argument("--raw", action="store_true", help="store raw uint8 pixels instead of JPEG")
     p.add_argument("--quality", type=int, default=None, help="JPEG quality of the stored images")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores; 0: in this process)")

@@ -18,7 +18,6 @@ the rest are predicted: found = predicted + failures. The exit status is 0 when 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 

@@ -114,8 +114,8 @@ def open_rgb(data: bytes, min_side: int | None = None) -> Image.Image:
         raise BadImage(f"too large to decode: {e} (Pillow's hard limit for {kind} files)") from None
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:  # truncated or damaged data
         raise BadImage(f"truncated or damaged {kind}: {e}") from None
-    try:
-        img = ImageOps.exif_transpose(img)
+    try:  # in place: otherwise an upright image is copied whole (~0.1 ms of a 500x375 photo)
+        ImageOps.exif_transpose(img, in_place=True)
     except Exception:  # a damaged EXIF block must not lose the image: keep it unrotated
         pass
     return to_rgb(img)

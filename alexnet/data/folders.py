@@ -20,7 +20,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 SYSTEM_NAMES = {"__MACOSX", "@eaDir", "lost+found", "$RECYCLE.BIN", "System Volume Information",
                 "Thumbs.db", "ehthumbs.db", "desktop.ini", "Desktop.ini", "Icon\r"}
 SYSTEM = "system files and folders (__MACOSX, @eaDir, lost+found, Thumbs.db, ...)"
@@ -128,6 +127,10 @@ def _loose_files(folder: Path | str) -> list[os.DirEntry]:
         return sorted((e for e in it if not junk(e.name) and not _is_dir(e)), key=lambda e: e.name)
 
 
+def _loose_reason(e: os.DirEntry) -> str:
+    return "broken symbolic link (its target does not exist)" if e.is_symlink() and not os.path.exists(e.path) else LOOSE
+
+
 def list_folder(root: Path):
     """ImageFolder: split folders of class folders (ROOT/train/<class>/*, any of train, val(idation),
     test), or one split folder of class folders (ROOT/<class>/*), named after ROOT when that is a
@@ -139,11 +142,17 @@ def list_folder(root: Path):
 
     ignored: list[dict] = []
     children = subfolders(root, ignored, root)
-    named = {split_name(d.name): d for d in children if split_name(d.name) in SPLITS}
+    named: dict[str, os.DirEntry] = {}
+    for d in children:
+        if split_name(d.name) in SPLITS:
+            named.setdefault(split_name(d.name), d)
     if any(subfolders(d.path, [], root) for d in named.values()):
         split_dirs = {name: d.path for name, d in named.items()}
         ignored += [{"path": d.name, "reason": "a folder beside the split folders (train, val, test): not read"}
                     for d in children if split_name(d.name) not in SPLITS]
+        ignored += [{"path": d.name, "reason": f"a second folder for split {split_name(d.name)} (the first, "
+                                               f"{named[split_name(d.name)].name}, is read)"}
+                    for d in children if split_name(d.name) in SPLITS and named[split_name(d.name)] is not d]
         ignored += [{"path": e.name, "reason": "a file beside the split folders: not read"} for e in _loose_files(root)]
     else:  # ROOT/<class>/*: one split (its junk is recorded again below)
         name = split_name(root.name)
@@ -154,7 +163,7 @@ def list_folder(root: Path):
     for name, folder in sorted(split_dirs.items()):
         walked[name] = [(d.name, walk(d.path, str(root))) for d in subfolders(folder, ignored, root)]
         # loose files beside the class folders have no label
-        skipped[name] = [{"path": os.path.relpath(e.path, root), "reason": LOOSE} for e in _loose_files(folder)]
+        skipped[name] = [{"path": os.path.relpath(e.path, root), "reason": _loose_reason(e)} for e in _loose_files(folder)]
         if skipped[name]:
             warnings.append(LOOSE_HINT.format(split=name, n=len(skipped[name])))
     class_ids = class_order({c for classes in walked.values() for c, _ in classes})

@@ -148,12 +148,16 @@ class _Reader:
             self.batches = self.file.iter_batches(batch_size=BATCH, columns=[self.column],
                                                   row_groups=range(group, len(self.starts) - 1))
             self.first, self.values = self.starts[group], None
-        while self.values is None or row >= self.first + len(self.values):
-            if self.values is not None:
-                self.first += len(self.values)
-            column = next(self.batches).column(0)
-            self.values = column.field("bytes") if self.struct else column
-        value = self.values[row - self.first].as_py()
+        try:
+            while self.values is None or row >= self.first + len(self.values):
+                if self.values is not None:
+                    self.first += len(self.values)
+                column = next(self.batches).column(0)
+                self.values = column.field("bytes") if self.struct else column
+            value = self.values[row - self.first].as_py()
+        except Exception as e:  # a damaged page (pyarrow raises ValueError kinds) spoils this row, not the run
+            self.values = None  # seek afresh next time
+            raise OSError(f"cannot read row {row}: {type(e).__name__}: {e}") from None
         if not value:
             raise OSError("the row holds no image bytes" + (" (only a path: the image lives outside the file)"
                                                             if self.struct and value is None else ""))
