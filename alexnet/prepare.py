@@ -353,7 +353,7 @@ def assemble(out: Path, listing: Listing, shards: dict, options: Options, fp: st
                                "count": len(meta["keys"]), "bytes": meta["bytes"], "sha256": meta["sha256"]})
         index = np.concatenate(rows)
         store.atomic_save_npy(out / split / "index.npy", index)
-        store.atomic_write(out / split / "keys.txt", "".join(k + "\n" for k in keys).encode())
+        store.atomic_write(out / split / "keys.txt", "".join(k + "\n" for k in keys).encode("utf-8"))
         checksum = hashlib.sha256((out / split / "index.npy").read_bytes())
         for s in shard_info:
             checksum.update(s["sha256"].encode())

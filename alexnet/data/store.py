@@ -12,7 +12,8 @@ Layout:
     OUT/stats.npz                   mean_image (3, S, S), mean, std, cov, eigval, eigvec (training split)
     OUT/<split>/<split>-00000.tar   shards: members <key>.jpg (or <key>.npy) and <key>.cls
     OUT/<split>/index.npy           one row per sample: shard, data offset, size, label, height, width
-    OUT/<split>/keys.txt            the source path of every sample, one per line
+    OUT/<split>/keys.txt            the source path of every sample, one per line (UTF-8; bytes of a
+                                    name that are not UTF-8 and control characters as \\xNN, \\n)
 
 Why this format: a tar of <key>.jpg/<key>.cls members is what WebDataset, timm and tar itself read,
 so a prepared set is never locked in; a few large shards stream sequentially at disk speed; and the
@@ -178,7 +179,7 @@ class PreparedSplit:
         return np.asarray(self.index["label"], dtype=np.int64)
 
     def keys(self) -> list[str]:
-        return (self.root / self.name / "keys.txt").read_text().splitlines()
+        return (self.root / self.name / "keys.txt").read_text(encoding="utf-8").splitlines()
 
     def _map(self, shard: int) -> mmap.mmap:
         m = self._maps.get(shard)
