@@ -136,6 +136,7 @@ def linked_tree(tmp_path: Path) -> Path:
     os.symlink(root, root / "b" / "loop")  # leads back to a folder above it
     os.symlink(tmp_path / "nowhere.jpg", root / "b" / "gone.jpg")  # broken
     os.symlink(tmp_path / "elsewhere" / "e0.jpg", root / "b" / "file-link.jpg")  # a link to a file
+    os.symlink(tmp_path / "src", root / "c")  # a "class folder" that is the data set's root
     return tmp_path / "src"
 
 
@@ -146,7 +147,7 @@ def test_prepare_follows_links_guards_loops_and_accounts_for_everything(tmp_path
     assert len(keys) == 5 + 12 + 3 + 1 and sum(k.startswith("train/a/more/") for k in keys) == 12
     assert listing.skipped["train"] == [{"path": "train/b/gone.jpg",
                                          "reason": "broken symbolic link (its target does not exist)"}]
-    assert [i["path"] for i in listing.ignored if "loop" in i["reason"]] == ["train/b/loop"]
+    assert sorted(i["path"] for i in listing.ignored if "loop" in i["reason"]) == ["train/b/loop", "train/c"]
     manifest = prep.prepare(src, tmp_path / "out", size=32, workers=0, progress=False)
     accounted(manifest)
     assert manifest["splits"]["train"]["found"] == 22 and manifest["splits"]["train"]["count"] == 21

@@ -25,6 +25,7 @@ SYSTEM_NAMES = {"__MACOSX", "@eaDir", "lost+found", "$RECYCLE.BIN", "System Volu
 SYSTEM = "system files and folders (__MACOSX, @eaDir, lost+found, Thumbs.db, ...)"
 HIDDEN = "hidden entries (.*, incl. AppleDouble ._* files)"
 LOOSE = "not inside a class folder"
+LOOP = "symbolic link loop (leads back to a folder above it): not entered again"
 LOOSE_HINT = ("{split}: {n} file(s) are not inside a class folder, so they have no label: sort them into "
               "<class>/ folders (ImageNet's flat val folder: by the devkit's "
               "ILSVRC2012_validation_ground_truth.txt), or prepare the official ILSVRC2012_img_val.tar "
@@ -73,8 +74,7 @@ def walk(folder: str, root: str, found: Found | None = None) -> Found:
                 is_dir = is_file = False
             if is_dir:
                 if ident in ancestors:
-                    found.ignored.append({"path": rel(e.path), "reason": "symbolic link loop (leads back to "
-                                                                          "a folder above it): not entered again"})
+                    found.ignored.append({"path": rel(e.path), "reason": LOOP})
                 elif e.is_symlink():  # what lies above the link's target counts as above it too
                     visit(e.path, ancestors | _above(e.path))
                 else:
@@ -86,7 +86,12 @@ def walk(folder: str, root: str, found: Found | None = None) -> Found:
             else:
                 found.skipped.append({"path": rel(e.path), "reason": "not a regular file (a FIFO, socket or device)"})
 
-    visit(folder, _above(folder))
+    # the folders above where `folder` sits count as above it too (it may itself be a link)
+    location = _above(os.path.dirname(os.path.abspath(folder)))
+    if _identity(folder) in location:
+        found.ignored.append({"path": rel(folder), "reason": LOOP})
+    else:
+        visit(folder, _above(folder) | location)
     return found
 
 
