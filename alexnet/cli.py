@@ -20,7 +20,8 @@ from .errors import UserError
 
 # command -> (handler "module:function" or None while its issue is open, issue number, one-line help)
 COMMANDS: dict[str, tuple[str | None, int, str]] = {
-    "prepare": ("alexnet.prepare:main", 3, "convert ImageNet-style data (folders, ILSVRC tars, Kaggle, WebDataset, CSV) "
+    "prepare": ("alexnet.prepare:main", 3, "convert ImageNet-style data (folders, ILSVRC tars, Kaggle, WebDataset, CSV, "
+                         "Parquet) "
                          "to the fast prepared format"),
     "train": ("alexnet.train:main", 5, "train a network (the paper's recipe, torchvision's, or the fast one)"),
     "evaluate": ("alexnet.evaluate:main", 7, "top-1/top-5 error of checkpoints (centre crop or the paper's 10 views)"),
@@ -98,13 +99,17 @@ def build_parser() -> Parser:
 
     p = command("prepare", "Per §2: shorter side to --size, centre crop, stored in shards with an index,\n"
                            "a manifest and training-set statistics (mean image, RGB covariance).")
-    p.add_argument("source", metavar="SRC", help="data root, archive folder, shard folder or CSV list")
+    p.add_argument("source", metavar="SRC", help="data root, archive folder, shard folder (tar or Parquet) or CSV list")
     p.add_argument("out", metavar="OUT", help="output folder of the prepared data set")
     p.add_argument("--source", dest="source_kind", default="auto",
-                   choices=["auto", "folder", "ilsvrc", "kaggle", "webdataset", "csv"],
+                   choices=["auto", "folder", "ilsvrc", "kaggle", "webdataset", "csv", "parquet"],
                    help="layout of SRC (default: detected)")
+    p.add_argument("--csv-columns", metavar="PATH,LABEL[,SPLIT]",
+                   help="header names of the columns a CSV list is read from (default: recognised names, "
+                        "else the first columns)")
     p.add_argument("--size", type=at_least(32), default=256, help="stored side S in px (default 256, §2)")
-    p.add_argument("--keep-aspect", action="store_true", help="keep the whole shorter-side-resized image")
+    p.add_argument("--keep-aspect", action="store_true",
+                   help="keep the whole shorter-side-resized image (up to 4:1; longer ones keep their centre)")
     p.add_argument("--raw", action="store_true", help="store raw uint8 pixels instead of JPEG")
     p.add_argument("--quality", type=at_least(1), default=None, help="JPEG quality of the stored images")
     p.add_argument("--workers", type=at_least(0), default=None, help="processes (default: all cores; 0: in this process)")
@@ -253,8 +258,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         return getattr(importlib.import_module(module), function)(args) or 0
     finally:
-        from . import distributed
-        distributed.shutdown()
+        # only a command that imported torch.distributed can hold a process group; importing it
+        # here otherwise would add torch's start-up (~1.5 s) to every `alexnet prepare`
+        if "torch.distributed" in sys.modules:
+            from . import distributed
+            distributed.shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -109,9 +109,10 @@ class Images(torch.utils.data.Dataset):
         from .data.store import open_prepared
 
         self.size, self.prepared = size, (Path(data) / "manifest.json").is_file()
+        self.listed_skipped: list[dict] = []  # files of the split found but not readable as samples
         if self.prepared:
             ds = open_prepared(data)
-            self.split = ds.split(split)
+            self.split = ds.split(split)  # UserError naming the splits there are
             self.classes = ds.classes
             self.labels = self.split.labels
             self.keys = self.split.keys()
@@ -119,19 +120,30 @@ class Images(torch.utils.data.Dataset):
             if ds.manifest["options"]["keep_aspect"]:
                 raise UserError(f"{data} keeps aspect ratios; evaluate a centre-cropped prepared set or a folder")
             self.stored = ds.size
+            skipped = ds.manifest["splits"][split]["skipped"]
         else:
             from .data.sources import list_source
             listing = list_source(data)
-            name = split if split in listing.splits else next(iter(listing.splits))
-            self.samples = listing.splits[name]
+            if split not in listing.splits:
+                single = listing.kind == "folder" and len(listing.splits) == 1 and listing.root == str(Path(data))
+                raise UserError(f"{data} has no split {split!r}; it has {', '.join(sorted(listing.splits))}"
+                                + (" (a folder of class folders is one split, named after the folder when that is"
+                                   " train, val or test, else train)" if single else "")
+                                + ": choose one with --split")
+            self.samples = listing.splits[split]
+            self.listed_skipped = skipped = listing.skipped.get(split, [])
             self.classes = [c.to_json() for c in listing.classes]
             self.labels = np.array([s.label for s in self.samples], dtype=np.int64)
             self.keys = [s.key for s in self.samples]
             h = hashlib.sha256()
             for s in self.samples:
-                h.update(f"{s.key}\t{s.label}\t{Path(s.path).stat().st_size if s.offset < 0 else s.size}\n".encode())
+                nbytes = Path(s.path).stat().st_size if s.offset < 0 else s.size
+                h.update(f"{s.key}\t{s.label}\t{nbytes}\n".encode("utf-8", "surrogateescape"))
             self.checksum = h.hexdigest()
             self.stored = size
+        if len(self.labels) == 0:
+            why = f": {len(skipped)} file(s) skipped, e.g. {skipped[0]['path']}: {skipped[0]['reason']}" if skipped else ""
+            raise UserError(f"split {split!r} of {data} holds no images{why}")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -147,6 +159,27 @@ class Images(torch.utils.data.Dataset):
         except (BadImage, OSError) as e:
             return None, (i, str(e))
         return torch.from_numpy(np.array(arr)).permute(2, 0, 1), i  # writable copy of PIL's buffer
+
+
+def _number(class_id: str) -> bool:
+    return class_id.isascii() and class_id.isdigit()
+
+
+def label_map(data_ids: list[str], network_ids: list[str], data: str) -> torch.Tensor:
+    """Data set label -> network output, by class id; or, when the data set's classes are numbers
+    the network does not know at all (ImageNetV2's folders 0..999 against --weights torchvision's
+    WNIDs), the number is the output index."""
+    index = {c: i for i, c in enumerate(network_ids)}
+    missing = sorted(set(data_ids) - set(index), key=lambda c: (len(c), c))
+    if not missing:
+        return torch.tensor([index[c] for c in data_ids])
+    if all(_number(c) for c in data_ids) and not set(data_ids) & set(index):
+        if max(int(c) for c in data_ids) >= len(network_ids):
+            raise UserError(f"{data}'s classes are numbered up to {max(int(c) for c in data_ids)}, read as output "
+                            f"indices; the network has {len(network_ids)} outputs")
+        return torch.tensor([int(c) for c in data_ids])
+    raise UserError(f"{data} has classes the network does not know: {', '.join(missing[:5])}"
+                    f"{' ...' if len(missing) > 5 else ''}")
 
 
 def _collate(items):
@@ -169,18 +202,13 @@ def evaluate_networks(networks, data: str, split: str = "val", views: int = 1, b
             raise UserError(f"{n.source} and {first.source} predict different classes: they cannot form an ensemble")
     images = Images(data, split, first.size)
     ids = [c["id"] for c in first.classes]
-    index = {c: i for i, c in enumerate(ids)}
-    missing = sorted({c["id"] for c in images.classes} - set(index))
-    if missing:
-        raise UserError(f"{data} has classes the network does not know: {', '.join(missing[:5])}"
-                        f"{' ...' if len(missing) > 5 else ''}")
-    remap = torch.tensor([index[c["id"]] for c in images.classes])  # data set labels -> network outputs
+    remap = label_map([c["id"] for c in images.classes], ids, data)
     ctx = distributed.init(first.device.type)
     plan = eval_plan(len(images), batch_size, ctx.world_size, ctx.rank)
     loader = torch.utils.data.DataLoader(images, batch_sampler=[list(b) for b in plan], num_workers=workers,
                                          collate_fn=_collate)
     tally = Tally(len(ids), first.device, confusion=True)
-    failures = []
+    failures = [{"path": e["path"], "error": e["reason"]} for e in images.listed_skipped] if ctx.main else []
     for batch, idx, bad in tqdm(loader, disable=not (progress and ctx.main), desc="evaluate", unit="batch"):
         failures += [{"path": images.keys[i], "error": e} for i, e in bad]
         if batch is None:

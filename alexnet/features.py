@@ -119,7 +119,7 @@ def neighbours(net: Network, data: str, split: str, queries: list[Path], k: int 
     pictures = []
     for q in queries:
         try:
-            pictures.append(open_rgb(Path(q).read_bytes()))
+            pictures.append(open_rgb(Path(q).read_bytes(), min_side=net.size))
         except (BadImage, OSError) as e:
             raise UserError(f"query image {q}: {e}; give readable image files to --query") from e
     query_codes = net.forward(net.preprocess(pictures), embed=True).cpu()  # the §2 preprocessing of predict
@@ -184,7 +184,7 @@ def neighbour_sheet(result: dict, net: Network, path: str | Path) -> Path:
     rows, k = len(result["queries"]), len(result["indices"][0])
     fig, axes = plt.subplots(rows, k + 1, figsize=(1.6 * (k + 1), 2.0 * rows), squeeze=False)
     for r, q in enumerate(result["queries"]):
-        axes[r, 0].imshow(resize_crop(open_rgb(Path(q).read_bytes()), net.size))
+        axes[r, 0].imshow(resize_crop(open_rgb(Path(q).read_bytes(), min_side=net.size), net.size))
         axes[r, 0].set_title("query", fontsize=8)
         for c, (i, d) in enumerate(zip(result["indices"][r], result["distances"][r]), 1):
             img, _ = images[i]

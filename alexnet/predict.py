@@ -11,9 +11,11 @@ As a library call (what a web page or HTTP API builds on):
     predictor.predict_images([pil_image], topk=5)          # [[{"id", "name", "probability"}, ...]]
 
 Any image Pillow opens works (JPEG, PNG, WebP, greyscale, CMYK, EXIF-rotated, ...; decoded as in
-`alexnet prepare`). Folders are searched recursively. Files that cannot be read are reported and
-skipped while the rest are predicted (exit status 0); an input that does not exist, inputs without
-files, or files none of which is an image are an error (exit status 2, one line, nothing written).
+`alexnet prepare`). Folders are searched recursively, following links (alexnet.data.folders: system
+and hidden files are ignored and counted). Files that cannot be read are reported and skipped while
+the rest are predicted: found = predicted + failures (exit status 0); an input that does not exist,
+inputs without files, or files none of which is an image are an error (exit status 2, one line,
+nothing written).
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ from PIL import Image
 
 from . import runtime
 from .data.decode import BadImage, open_rgb
+from .data.folders import walk
+from .data.sources import printable
 from .errors import UserError
 from .fileio import writable_output
 from .inference import Network, load_any
@@ -58,35 +62,40 @@ class Predictor:
         return self.predict_images([open_rgb(data)], topk, views)[0]
 
 
-def image_files(inputs: list[str]) -> tuple[list[Path], list[dict]]:
-    """Files named, and every non-hidden file below folders named; missing paths are failures."""
+def image_files(inputs: list[str], ignored: list[dict] | None = None) -> tuple[list[Path], list[dict]]:
+    """Files named, and every file below folders named (links followed, system and hidden files
+    ignored into `ignored`, as alexnet.data.folders does for prepare); missing paths, broken links
+    and the like are failures."""
     files, failures = [], []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            for root, dirs, names in os.walk(path):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                files += [Path(root) / n for n in sorted(names) if not n.startswith(".")]
+            found = walk(str(path), str(path))
+            files += [Path(f) for f in found.files]
+            failures += [{"path": printable(str(path / e["path"])), "error": e["reason"]} for e in found.skipped]
+            if ignored is not None:
+                ignored += [{"path": printable(str(path / e["path"])), "reason": e["reason"]} for e in found.ignored]
         elif path.is_file():
             files.append(path)
         else:
-            failures.append({"path": str(path), "error": "no such file or folder"})
+            failures.append({"path": printable(str(path)), "error": "no such file or folder"})
     return files, failures
 
 
 def predict_files(predictor: Predictor, files: list[Path], topk: int, views: int) -> tuple[list[dict], list[dict]]:
-    """Decode in chunks (so a folder of a million photos never sits in memory) and predict."""
+    """Decode in chunks (so a folder of a million photos never sits in memory) and predict.
+    Every file is either a result or a failure; paths are printable (printable())."""
     results, failures = [], []
     for i in range(0, len(files), predictor.batch_size):
         images, names = [], []
         for path in files[i:i + predictor.batch_size]:
-            try:
-                images.append(open_rgb(path.read_bytes()))
+            try:  # decoded at reduced scale when large (a 108 MP camera JPEG costs a 2 MP decode)
+                images.append(open_rgb(path.read_bytes(), min_side=predictor.network.size))
                 names.append(path)
             except (BadImage, OSError) as e:
-                failures.append({"path": str(path), "error": str(e)})
+                failures.append({"path": printable(str(path)), "error": str(e) or type(e).__name__})
         for path, top in zip(names, predictor.predict_images(images, topk, views)):
-            results.append({"path": str(path), "top": top})
+            results.append({"path": printable(str(path)), "file": path, "top": top})
     return results, failures
 
 
@@ -115,7 +124,7 @@ def sheet(results: list[dict], path: str | Path, columns: int = 4) -> Path:
     for i, r in enumerate(results):
         row, col = divmod(i, columns)
         ax = axes[2 * row, col]
-        img = open_rgb(Path(r["path"]).read_bytes())
+        img = open_rgb(Path(r["file"]).read_bytes(), min_side=256)
         img.thumbnail((256, 256))
         ax.imshow(img)
         ax.set_title(Path(r["path"]).name[:28], fontsize=8)
@@ -141,18 +150,23 @@ def main(args) -> int:
     for output in (args.sheet, None if args.json in (None, "-") else args.json):
         if output:
             writable_output(output, "output")
-    files, failures = image_files(args.inputs)
-    if failures:
-        raise UserError(f"{failures[0]['path']}: {failures[0]['error']}; give existing image files or folders")
-    if not files:
-        raise UserError(f"no files in {', '.join(args.inputs)}: nothing to predict")
+    missing = [item for item in args.inputs if not os.path.lexists(item)]
+    if missing:
+        raise UserError(f"{printable(missing[0])}: no such file or folder; give existing image files or folders")
+    ignored: list[dict] = []
+    files, failures = image_files(args.inputs, ignored)
+    if not files and not failures:
+        raise UserError(f"no files in {', '.join(map(printable, args.inputs))}: nothing to predict"
+                        + (f" ({len(ignored)} system or hidden entries ignored)" if ignored else ""))
     predictor = Predictor(args.checkpoint, args.weights, args.device, precision=args.precision)
-    results, failures = predict_files(predictor, files, args.topk, args.views)
+    results, bad = predict_files(predictor, files, args.topk, args.views)
+    failures += bad
     if not results:
-        raise UserError(f"none of the {len(files)} file(s) is a readable image (e.g. {failures[0]['path']}: "
+        raise UserError(f"none of the {len(failures)} file(s) found is a readable image (e.g. {failures[0]['path']}: "
                         f"{failures[0]['error']})")
     if args.json:
-        text = json.dumps({"results": results, "failures": failures, "source": predictor.network.source}, indent=2)
+        text = json.dumps({"results": [{k: v for k, v in r.items() if k != "file"} for r in results],
+                           "failures": failures, "ignored": ignored, "source": predictor.network.source}, indent=2)
         if args.json == "-":
             print(text)
         else:
@@ -163,5 +177,7 @@ def main(args) -> int:
         print(f"sheet: {sheet(results, args.sheet)}", file=sys.stderr)
     for f in failures:
         print(f"skipped {f['path']}: {f['error']}", file=sys.stderr)
-    print(f"{len(results)} image(s) predicted, {len(failures)} skipped", file=sys.stderr)
+    # found = predicted + skipped; system and hidden files are not counted as found
+    print(f"{len(results) + len(failures)} file(s) found: {len(results)} image(s) predicted, {len(failures)} "
+          f"failure(s){f'; {len(ignored)} system or hidden entries ignored' if ignored else ''}", file=sys.stderr)
     return 0

@@ -37,11 +37,12 @@ import threadpoolctl
 
 from . import __version__
 from .data import store
-from .data.decode import BadImage, encode_jpeg, open_rgb, resize_crop
+from .data.decode import MAX_ASPECT, RESAMPLE, BadImage, encode_jpeg, max_pixels, open_rgb, resize_crop_image
 from .data.sources import Listing, Sample, list_source, read_bytes
 from .errors import UserError
 
 DEFAULT_QUALITY = 90  # see docs/benchmarks.md: ~40 dB PSNR at about 1/3 of quality-100's bytes
+MAX_SIZE = 8192  # px: --keep-aspect stores sides up to MAX_ASPECT x this, within the index's 65535
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def fingerprint(listing: Listing, options: Options, shards: dict) -> str:
                                   sort_keys=True).encode())
     for split in sorted(listing.splits):
         for s in listing.splits[split]:
-            h.update(f"{split}\t{s.key}\t{s.label}\t{s.offset}\t{s.size}\n".encode())
+            h.update(f"{split}\t{s.key}\t{s.label}\t{s.offset}\t{s.size}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
 
@@ -91,20 +92,22 @@ def fingerprint(listing: Listing, options: Options, shards: dict) -> str:
 
 class Stats:
     """Running sums for the §2 mean image and the §4.1 RGB covariance (0-255 scale), over the
-    central SxS crop of every stored image (the whole image unless --keep-aspect)."""
+    central SxS crop of every stored image (the whole image unless --keep-aspect). Exact integer
+    sums: uint32 per-pixel sums hold 16 M images of one shard, float64 dot products of 8-bit values
+    are exact below 2**53."""
 
     def __init__(self, size: int):
         self.size = size
         self.images = 0
-        self.image_sum = np.zeros((size, size, 3), np.int64)  # exact; per-pixel sums give the mean too
-        self.outer = np.zeros((3, 3), np.float64)  # sum over pixels of x x^T
+        self.image_sum = np.zeros((size, size, 3), np.uint32)  # per-pixel sums give the mean too
+        self.outer = np.zeros((3, 3), np.float64)  # sum over pixels of x x^T (upper triangle)
 
     def add(self, arr: np.ndarray) -> None:
         h, w, _ = arr.shape
         top, left = (h - self.size) // 2, (w - self.size) // 2
         crop = arr[top:top + self.size, left:left + self.size]
-        self.image_sum += crop
-        planes = crop.transpose(2, 0, 1).reshape(3, -1).astype(np.float64)  # (3, S*S)
+        np.add(self.image_sum, crop, out=self.image_sum)
+        planes = crop.reshape(-1, 3).T.astype(np.float64)  # (3, S*S), each plane contiguous
         for i in range(3):  # six dot products: ~10x faster than one (3, S*S) @ (S*S, 3) matmul here
             for j in range(i, 3):
                 self.outer[i, j] += planes[i] @ planes[j]
@@ -119,7 +122,7 @@ def finish_stats(parts: list[dict]) -> dict[str, np.ndarray]:
     images = sum(int(p["images"]) for p in parts)
     if images == 0:
         raise UserError("no image of the statistics split could be decoded; see the skipped list")
-    image_sum = sum(p["image_sum"] for p in parts)  # (S, S, 3) int64
+    image_sum = sum(p["image_sum"].astype(np.int64) for p in parts)  # (S, S, 3)
     outer = sum(p["outer"] for p in parts)
     outer = np.triu(outer) + np.triu(outer, 1).T  # the sums filled the upper triangle
     pixels = images * image_sum.shape[0] * image_sum.shape[1]
@@ -164,15 +167,20 @@ def run_task(task: Task) -> int:
     try:
         for i, sample in enumerate(task.samples):
             try:
-                img = open_rgb(read_bytes(sample), min_side=opt.size)
-                arr = resize_crop(img, opt.size, opt.keep_aspect)
+                img = resize_crop_image(open_rgb(read_bytes(sample), min_side=opt.size), opt.size, opt.keep_aspect)
             except (BadImage, OSError) as e:  # unreadable input: recorded, never fatal
                 skipped.append({"path": sample.key, "reason": str(e) or type(e).__name__})
                 _tick()
                 continue
+            arr = np.asarray(img)  # (H, W, 3) uint8
+            try:  # in memory: an encoder error is this image's, never the disk's
+                payload = arr if opt.encoding == "raw" else encode_jpeg(img, opt.quality)
+            except (OSError, ValueError) as e:
+                skipped.append({"path": sample.key, "reason": f"cannot be stored as JPEG: {e}"})
+                _tick()
+                continue
             if stats is not None:
                 stats.add(arr)
-            payload = arr if opt.encoding == "raw" else encode_jpeg(arr, opt.quality)
             writer.add(f"{task.first + i:09d}", sample.label, payload, arr.shape[0], arr.shape[1])
             keys.append(sample.key)
             _tick()
@@ -196,10 +204,14 @@ def run_task(task: Task) -> int:
 
 def prepare(src: str | Path, out: str | Path, kind: str = "auto", size: int = 256,
             keep_aspect: bool = False, raw: bool = False, quality: int | None = None,
-            workers: int | None = None, shard_size: int | None = None, progress: bool = True) -> dict:
+            workers: int | None = None, shard_size: int | None = None, progress: bool = True,
+            csv_columns: str | None = None) -> dict:
     """Prepare `src` into `out` (resuming an interrupted run); returns the manifest."""
     if size < 32:
         raise UserError(f"--size {size} is too small: the network needs at least 64 px crops")
+    if size > MAX_SIZE:
+        raise UserError(f"--size {size} is too large: at most {MAX_SIZE} px (the index holds sides up to "
+                        f"65535 px, and --keep-aspect stores up to {MAX_ASPECT:g}x the size)")
     if quality is not None and not 1 <= quality <= 100:
         raise UserError(f"--quality must be in 1..100, got {quality}")
     if raw and quality is not None:
@@ -209,7 +221,8 @@ def prepare(src: str | Path, out: str | Path, kind: str = "auto", size: int = 25
     started = time.time()
     options = Options(size, keep_aspect, "raw" if raw else "jpeg",
                       0 if raw else (quality or DEFAULT_QUALITY))
-    listing = list_source(src, kind)
+    max_pixels()  # a bad ALEXNET_MAX_PIXELS is an error now, not a reason on every image
+    listing = list_source(src, kind, csv_columns)
     shards = plan(listing, shard_size)
     fp = fingerprint(listing, options, shards)
     out = Path(out)
@@ -227,7 +240,8 @@ def prepare(src: str | Path, out: str | Path, kind: str = "auto", size: int = 25
         raise UserError(f"{out} holds an interrupted prepare of other data or options; "
                         f"choose another OUT or delete {out}")
     store.atomic_write(state_path, json.dumps({"fingerprint": fp, "source": str(src)}).encode())
-    stats_split = "train" if "train" in shards else sorted(shards)[0]
+    with_images = [s for s in sorted(listing.splits) if listing.splits[s]]
+    stats_split = "train" if "train" in with_images else with_images[0]
     tasks = []
     for split, ranges in shards.items():
         (out / split).mkdir(exist_ok=True)
@@ -295,19 +309,22 @@ def _run(tasks: list[Task], total: int, workers: int | None, progress: bool) -> 
     try:
         if workers == 0 or not tasks:  # in this process: for debugging and tests
             _init_worker_local()
-            for task in tasks:
-                run_task(task)
-                bar.update(_counter.value - bar.n)
+            with threadpoolctl.threadpool_limits(1):  # as in a worker: BLAS threads only slow Stats down
+                for task in tasks:
+                    run_task(task)
+                    bar.update(_counter.value - bar.n)
             return
         counter = mp.get_context().Value("q", 0)
         with mp.get_context().Pool(min(workers, len(tasks)), _init_worker, (counter,)) as pool:
-            pending = [pool.apply_async(run_task, (t,)) for t in tasks]
-            while pending:
-                time.sleep(0.2)
+            done = pool.imap_unordered(run_task, tasks)
+            while True:
+                try:
+                    done.next(timeout=0.2)  # re-raises a worker's error here
+                except mp.TimeoutError:
+                    pass
+                except StopIteration:
+                    break
                 bar.update(counter.value - bar.n)
-                for r in [r for r in pending if r.ready()]:
-                    r.get()  # re-raises a worker's error here
-                    pending.remove(r)
             bar.update(counter.value - bar.n)
     finally:
         bar.close()
@@ -336,7 +353,7 @@ def assemble(out: Path, listing: Listing, shards: dict, options: Options, fp: st
                                "count": len(meta["keys"]), "bytes": meta["bytes"], "sha256": meta["sha256"]})
         index = np.concatenate(rows)
         store.atomic_save_npy(out / split / "index.npy", index)
-        store.atomic_write(out / split / "keys.txt", "".join(k + "\n" for k in keys).encode())
+        store.atomic_write(out / split / "keys.txt", "".join(k + "\n" for k in keys).encode("utf-8"))
         checksum = hashlib.sha256((out / split / "index.npy").read_bytes())
         for s in shard_info:
             checksum.update(s["sha256"].encode())
@@ -352,9 +369,10 @@ def assemble(out: Path, listing: Listing, shards: dict, options: Options, fp: st
         "format": store.FORMAT, "format_version": store.FORMAT_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "alexnet": __version__,
         "source": {"path": str(Path(src).resolve()), "kind": listing.kind},
-        "options": asdict(options), "fingerprint": fp,
+        "options": {**asdict(options), "resample": RESAMPLE.name.lower()}, "fingerprint": fp,
         "classes": [c.to_json() for c in listing.classes],
         "splits": splits,
+        "ignored": summarise(listing.ignored), "warnings": listing.warnings,
         "stats": {"split": stats_split, "file": "stats.npz", "scale": "0-255",
                   **{k: v.tolist() for k, v in stats.items() if k != "mean_image"}},
         "elapsed_s": round(elapsed, 1),
@@ -364,6 +382,18 @@ def assemble(out: Path, listing: Listing, shards: dict, options: Options, fp: st
         for shard in range(len(ranges)):
             piece_path(out, split, shard).unlink(missing_ok=True)
     return manifest
+
+
+def summarise(ignored: list[dict], examples: int = 5) -> list[dict]:
+    """[{path, reason}] -> [{reason, count, examples}]: a folder of a million AppleDouble files
+    must not make a million-line manifest."""
+    out: dict[str, dict] = {}
+    for item in ignored:
+        entry = out.setdefault(item["reason"], {"reason": item["reason"], "count": 0, "examples": []})
+        entry["count"] += 1
+        if len(entry["examples"]) < examples:
+            entry["examples"].append(item["path"])
+    return list(out.values())
 
 
 def print_summary(manifest: dict, out: Path, elapsed: float) -> None:
@@ -377,6 +407,10 @@ def print_summary(manifest: dict, out: Path, elapsed: float) -> None:
             print(f"  skipped ({name}) {item['path']}: {item['reason']}")
         if len(s["skipped"]) > 5:
             print(f"  ... and {len(s['skipped']) - 5} more in {out / 'manifest.json'}")
+    for entry in manifest.get("ignored", []):
+        print(f"  ignored {entry['count']:,} {entry['reason']}, e.g. {', '.join(entry['examples'][:3])}")
+    for warning in manifest.get("warnings", []):
+        print(f"  warning: {warning}")
     st = manifest["stats"]
     print(f"{len(manifest['classes'])} classes; {manifest['stats']['split']} mean RGB "
           f"{np.round(st['mean'], 1).tolist()}, PCA sqrt-eigenvalues {np.round(np.sqrt(st['eigval']), 1).tolist()}")
@@ -385,5 +419,6 @@ def print_summary(manifest: dict, out: Path, elapsed: float) -> None:
 
 def main(args) -> int:
     prepare(args.source, args.out, kind=args.source_kind, size=args.size, keep_aspect=args.keep_aspect,
-            raw=args.raw, quality=args.quality, workers=args.workers, shard_size=args.shard_size)
+            raw=args.raw, quality=args.quality, workers=args.workers, shard_size=args.shard_size,
+            csv_columns=args.csv_columns)
     return 0

@@ -301,7 +301,8 @@ def test_distributed_evaluation_counts_each_image_once(run, tmp_path):
     for data, n in ((run["data"], 30), (folder, 7)):
         out = tmp_path / f"r{n}.json"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-               "-m", "alexnet", "evaluate", str(run["a"]), "--data", str(data), "--json", str(out)]
+               "-m", "alexnet", "evaluate", str(run["a"]), "--data", str(data), "--json", str(out),
+               "--split", "val" if n == 30 else "train"]  # a folder of class folders is one split: train
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
         assert proc.returncode == 0, proc.stderr[-2000:]
         two = json.loads(out.read_text())

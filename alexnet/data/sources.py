@@ -5,9 +5,10 @@
     data = sources.read_bytes(listing.splits["train"][0])
 
 Kinds (`KINDS`):
-- folder: ImageFolder trees, ROOT/train/<class>/*, ROOT/val/<class>/* (any split folder names), or
-  a single split folder ROOT/<class>/*. Every non-hidden file in a class folder is a sample: the
-  ones that do not decode are skipped and reported later, so every file is accounted for.
+- folder: ImageFolder trees, ROOT/train/<class>/*, ROOT/val/<class>/* (train, val or validation,
+  test), or a single split folder ROOT/<class>/*. Every file in a class folder is a sample (links
+  followed; system and hidden files ignored: folders.py has the rules): the ones that do not decode
+  are skipped and reported later, so every file is accounted for.
 - ilsvrc: the official ILSVRC-2012 archives, read in place (never extracted): ILSVRC2012_img_train.tar
   (1000 inner per-class tars), ILSVRC2012_img_val.tar (flat) with ILSVRC2012_devkit_t12.tar.gz for
   the validation labels (devkit ILSVRC2012_IDs mapped through meta.mat to sorted-WNID order). The
@@ -18,10 +19,20 @@ Kinds (`KINDS`):
 - webdataset: tar shards of <key>.jpg + <key>.cls members (timm/imagenet-1k-wds); the split is
   read from the shard names (train / validation / val / test).
 - csv: a CSV or TSV list of path,label (optionally a third column split); paths relative to the list.
+  A header row is recognised by its names (path, image_path, file, label, class, split, ...) or by
+  a label that is not a number among numbers; `csv_columns` names the columns to read instead.
+- parquet: Hugging Face's layout (parquet.py): *.parquet shards with an image column (a struct of
+  {bytes, path}, or bytes) and an integer label column, read by record batches.
+
+Class order: sorted class ids (sorted-WNID order for ImageNet); class names that are all integers
+("0".."999", ImageNetV2's folders) in numeric order. Integer labels in a CSV, WebDataset or
+Parquet source are class numbers themselves ("0".."max").
 
 Samples inside archives are byte ranges (path, offset, size): reading one is a seek and a read,
 so any worker can read any sample without unpacking anything. Every input a lister meets is either
-a sample or an entry of `Listing.skipped` with the reason, so nothing disappears silently.
+a sample, an entry of `Listing.skipped` with the reason, or (system and hidden files, folders that
+are no split) an entry of `Listing.ignored`, so nothing disappears silently. Keys are printable:
+a file name that is not valid UTF-8 keeps its odd bytes as \\xNN escapes (printable()).
 """
 from __future__ import annotations
 
@@ -34,8 +45,10 @@ from pathlib import Path
 from ..errors import UserError
 from .classes import ClassInfo, describe
 
-KINDS = ("folder", "ilsvrc", "kaggle", "webdataset", "csv")
+KINDS = ("folder", "ilsvrc", "kaggle", "webdataset", "csv", "parquet")
+SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {"validation": "val", "valid": "val"}
+PARQUET_ROW = -2  # Sample.size of a row of a Parquet file (Sample.offset is the row number)
 
 
 @dataclass(frozen=True)
@@ -44,7 +57,7 @@ class Sample:
     label: int  # index into Listing.classes
     path: str  # the file, or the archive that holds it
     offset: int = -1  # byte offset of the member's data inside `path`; -1: the whole file
-    size: int = -1  # member size in bytes when offset >= 0
+    size: int = -1  # member size in bytes when offset >= 0; PARQUET_ROW: offset is a Parquet row
 
 
 @dataclass
@@ -54,13 +67,18 @@ class Listing:
     classes: list[ClassInfo]
     splits: dict[str, list[Sample]]  # in a deterministic order (sorted keys)
     skipped: dict[str, list[dict]] = field(default_factory=dict)  # split -> [{path, reason}] at listing
+    ignored: list[dict] = field(default_factory=list)  # [{path, reason}]: no input of any split
+    warnings: list[str] = field(default_factory=list)  # e.g. classes without training images
 
     def found(self, split: str) -> int:
         return len(self.splits.get(split, [])) + len(self.skipped.get(split, []))
 
 
 def read_bytes(sample: Sample) -> bytes:
-    """The encoded bytes of one sample (a whole file, or a byte range of an archive)."""
+    """The encoded bytes of one sample (a whole file, a byte range of an archive, a Parquet row)."""
+    if sample.size == PARQUET_ROW:
+        from .parquet import read_row
+        return read_row(sample.path, sample.offset)
     with open(sample.path, "rb") as f:
         if sample.offset < 0:
             return f.read()
@@ -75,18 +93,66 @@ def split_name(name: str) -> str:
     return SPLIT_ALIASES.get(name.lower(), name.lower())
 
 
-def list_source(src: str | Path, kind: str = "auto") -> Listing:
-    """List every sample of `src`; raise UserError when it is missing, unrecognised or empty."""
+def class_order(ids) -> list[str]:
+    """Sorted class ids; when every id is an integer ("0", "2", "10"), in numeric order."""
+    ids = set(ids)
+    if ids and all(re.fullmatch(r"[0-9]+", c) for c in ids):
+        return sorted(ids, key=lambda c: (int(c), c))
+    return sorted(ids)
+
+
+def printable(name: str) -> str:
+    """A file name as one line of valid UTF-8: bytes that are not UTF-8 (which Python holds as
+    surrogates) become \\xNN, control characters \\n, \\t, \\xNN, so a key survives JSON, a
+    line-per-key index and a terminal whatever the file system allowed."""
+    if name.isprintable() and name.isascii():
+        return name
+    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def list_source(src: str | Path, kind: str = "auto", csv_columns: str | None = None) -> Listing:
+    """List every sample of `src`; raise UserError when it is missing, unrecognised or empty.
+
+    csv_columns: "PATH,LABEL[,SPLIT]", the header names of the columns a CSV source is read from."""
     src = Path(src)
     if not src.exists():
-        raise UserError(f"source not found: {src}")
+        raise UserError(f"source not found: {printable(str(src))}")
     if kind == "auto":
         kind = detect(src)
     if kind not in KINDS:
         raise UserError(f"unknown source kind {kind!r}; choose one of auto, {', '.join(KINDS)}")
-    listing = LISTERS[kind](src)
+    if csv_columns and kind != "csv":
+        raise UserError(f"--csv-columns applies to CSV lists; {printable(str(src))} is read as {kind}")
+    listing = list_csv(src, csv_columns) if kind == "csv" else LISTERS[kind](src)
     if not any(listing.splits.values()):
-        raise UserError(f"no images found in {src} (read as {kind}): expected {HINTS[kind]}")
+        skipped = sum(len(v) for v in listing.skipped.values())
+        first = next((v[0] for v in listing.skipped.values() if v), None)
+        why = f"; {skipped} file(s) skipped, e.g. {printable(first['path'])}: {first['reason']}" if first else ""
+        raise UserError(f"no images found in {printable(str(src))} (read as {kind}): expected {HINTS[kind]}{why}")
+    return _checked(listing)
+
+
+def _checked(listing: Listing) -> Listing:
+    """Printable keys and paths everywhere, and a warning for classes without training images."""
+    for split, samples in listing.splits.items():
+        if not all(s.key.isascii() and s.key.isprintable() for s in samples):
+            listing.splits[split] = [Sample(printable(s.key), s.label, s.path, s.offset, s.size) for s in samples]
+    for entries in [*listing.skipped.values(), listing.ignored]:
+        for e in entries:
+            e["path"] = printable(e["path"])
+    listing.classes = [ClassInfo(printable(c.id), printable(c.name)) for c in listing.classes]
+    train = "train" if "train" in listing.splits else None
+    if train is not None:
+        counts = [0] * len(listing.classes)
+        for s in listing.splits[train]:
+            counts[s.label] += 1
+        empty = [c.id for c, n in zip(listing.classes, counts) if n == 0]
+        if empty:
+            listing.warnings.append(
+                f"{len(empty)} of {len(listing.classes)} classes have no training images: "
+                f"{', '.join(printable(c) for c in empty[:8])}{' ...' if len(empty) > 8 else ''} "
+                f"(the network gets outputs it never learns)")
     return listing
 
 
@@ -99,19 +165,31 @@ def detect(src: Path) -> str:
             return "ilsvrc"
         if src.suffix.lower() == ".tar":
             return "webdataset"
+        if src.suffix.lower() == ".parquet":
+            return "parquet"
     elif src.is_dir():
-        # hidden entries are not part of a layout (a Hugging Face download leaves a .cache/ folder
-        # beside the shards, macOS leaves .DS_Store files)
-        names = {p.name for p in src.iterdir() if not p.name.startswith(".")}
+        from .folders import junk
+
+        # hidden and system entries are not part of a layout (a Hugging Face download leaves a
+        # .cache/ folder beside the shards, macOS leaves .DS_Store files and __MACOSX/ folders)
+        names = {p.name for p in src.iterdir() if junk(p.name) is None}
         if names & {"ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"}:
             return "ilsvrc"
         if _kaggle_cls_loc(src) is not None:
             return "kaggle"
+        if any(n.lower().endswith(".parquet") for n in names) or (
+                "data" in names and any(p.suffix.lower() == ".parquet" for p in (src / "data").iterdir())):
+            return "parquet"
         if any(n.lower().endswith(".tar") for n in names) and not any((src / n).is_dir() for n in names):
             return "webdataset"
         if any((src / n).is_dir() for n in names):
             return "folder"
-    raise UserError(f"cannot tell what {src} holds; name it with --source: "
+        if names:
+            raise UserError(f"cannot tell what {printable(str(src))} holds: {len(names)} file(s) but no class folders "
+                            f"(an image folder's labels are its folder names: {HINTS['folder']}); or name "
+                            f"another layout with --source: "
+                            + "; ".join(f"{k}: {h}" for k, h in HINTS.items() if k != "folder"))
+    raise UserError(f"cannot tell what {printable(str(src))} holds; name it with --source: "
                     + "; ".join(f"{k}: {h}" for k, h in HINTS.items()))
 
 
@@ -124,51 +202,9 @@ HINTS = {
     "webdataset": "a .tar shard or a folder of them holding <key>.jpg (or .png, ...) and <key>.cls "
                   "members; the split is read from the shard names",
     "csv": "a .csv or .tsv file of path,label[,split] rows, paths relative to the file",
+    "parquet": "a .parquet file or a folder of them (or of data/*.parquet) with an image column "
+               "({bytes, path} or bytes) and an integer label column, as Hugging Face publishes them",
 }
-
-
-# ------------------------------------------------------------------------------------ folder
-
-def _visible(entries) -> list[os.DirEntry]:
-    return sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name)
-
-
-def _class_dirs(folder: Path) -> list[os.DirEntry]:
-    with os.scandir(folder) as it:
-        return [e for e in _visible(it) if e.is_dir()]
-
-
-def _files_under(folder: str) -> list[str]:
-    """Every non-hidden file below `folder`, recursively, sorted."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out.extend(os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith("."))
-    return out
-
-
-def list_folder(root: Path) -> Listing:
-    """ImageFolder: split folders of class folders, or one split folder of class folders."""
-    subdirs = _class_dirs(root)
-    split_dirs = {split_name(d.name): Path(d.path) for d in subdirs
-                  if _class_dirs(Path(d.path)) and split_name(d.name) in ("train", "val", "test")}
-    if not split_dirs:  # ROOT/<class>/*: a single split, named after ROOT when that is a split name
-        name = split_name(root.name)
-        split_dirs = {name if name in ("train", "val", "test") else "train": root}
-    class_ids = sorted({d.name for folder in split_dirs.values() for d in _class_dirs(folder)})
-    index = {c: i for i, c in enumerate(class_ids)}
-    splits, skipped = {}, {}
-    for name, folder in sorted(split_dirs.items()):
-        samples = []
-        for d in _class_dirs(folder):
-            for path in _files_under(d.path):
-                samples.append(Sample(os.path.relpath(path, root), index[d.name], path))
-        splits[name] = samples
-        with os.scandir(folder) as it:  # loose files beside the class folders have no label
-            loose = [e for e in _visible(it) if e.is_file()]
-        skipped[name] = [{"path": os.path.relpath(e.path, root), "reason": "not inside a class folder"}
-                         for e in loose]
-    return Listing("folder", str(root), describe(class_ids), splits, skipped)
 
 
 def label_samples(pending: dict[str, list[tuple]], index: dict[str, int]) -> dict[str, list[Sample]]:
@@ -189,8 +225,9 @@ def _kaggle_cls_loc(src: Path) -> Path | None:
 
 def _csv_rows(path: Path, delimiter: str = ","):
     """(line number, stripped cells) of the non-blank rows. utf-8-sig: lists saved by spreadsheet
-    programs start with a byte-order mark."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    programs start with a byte-order mark; bytes that are not UTF-8 (a Latin-1 file name) are kept
+    as they are, so the path still names the file."""
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
         reader = csv.reader(f, delimiter=delimiter)
         for row in reader:
             row = [cell.strip() for cell in row]
@@ -211,8 +248,12 @@ def list_kaggle(src: Path) -> Listing:
     def find(name: str) -> Path | None:
         return next((d / name for d in beside if (d / name).is_file()), None)
 
+    from .folders import junk, subfolders, walk
+
     train_dir, val_dir = cls_loc / "train", cls_loc / "val"  # test/ has no labels: not listed
-    train_classes = [d.name for d in _class_dirs(train_dir)] if train_dir.is_dir() else []
+    ignored: list[dict] = []
+    class_dirs = subfolders(train_dir, ignored, cls_loc) if train_dir.is_dir() else []
+    train_classes = [d.name for d in class_dirs]
     solution: dict[str, str] = {}  # ImageId -> WNID ("" when the row gives none)
     if val_dir.is_dir():
         solution_csv = find("LOC_val_solution.csv")
@@ -233,8 +274,11 @@ def list_kaggle(src: Path) -> Listing:
     skipped: dict[str, list[dict]] = {}
     if train_dir.is_dir():
         rows, skips = pending.setdefault("train", []), skipped.setdefault("train", [])
-        for d in _class_dirs(train_dir):
-            for path in _files_under(d.path):
+        for d in class_dirs:
+            found = walk(d.path, str(cls_loc))
+            skips += found.skipped
+            ignored += found.ignored
+            for path in found.files:
                 key = os.path.relpath(path, cls_loc)
                 if d.name in index:
                     rows.append((key, d.name, path, -1, -1))
@@ -242,10 +286,13 @@ def list_kaggle(src: Path) -> Listing:
                     skips.append({"path": key, "reason": f"class {d.name} is not in LOC_synset_mapping.txt"})
         with os.scandir(train_dir) as it:
             skips += [{"path": os.path.relpath(e.path, cls_loc), "reason": "not inside a class folder"}
-                      for e in _visible(it) if e.is_file()]
+                      for e in sorted(it, key=lambda e: e.name) if junk(e.name) is None and not e.is_dir()]
     if val_dir.is_dir():
         rows, skips = pending.setdefault("val", []), skipped.setdefault("val", [])
-        for path in _files_under(str(val_dir)):
+        found = walk(str(val_dir), str(cls_loc))
+        skips += found.skipped
+        ignored += found.ignored
+        for path in found.files:
             key = os.path.relpath(path, cls_loc)
             image_id = os.path.basename(path).split(".")[0]
             wnid = solution.get(image_id)
@@ -259,50 +306,13 @@ def list_kaggle(src: Path) -> Listing:
                 rows.append((key, wnid, path, -1, -1))
                 continue
             skips.append({"path": key, "reason": reason})
-    return Listing("kaggle", str(src), describe(class_ids), label_samples(pending, index), skipped)
-
-
-# --------------------------------------------------------------------------------------- csv
-
-def list_csv(src: Path) -> Listing:
-    """A list of path,label[,split] rows. Integer labels are class numbers ("0".."max"); any other
-    labels are class names, numbered in sorted order (sorted-WNID order when they are WNIDs)."""
-    if not src.is_file():
-        raise UserError(f"{src} is not a file; expected {HINTS['csv']}")
-    default_split = split_name(src.stem)  # train.csv, val.tsv, validation.csv name their split
-    if default_split not in ("train", "val", "test"):
-        default_split = "train"
-    delimiter = "\t" if src.suffix.lower() == ".tsv" else ","
-    entries = []  # (path as written, label text, split)
-    for number, row in _csv_rows(src, delimiter):
-        if not entries and row[0].lower() == "path":  # a header row
-            continue
-        if len(row) < 2 or not row[0] or not row[1]:
-            raise UserError(f"{src} line {number}: expected path{delimiter}label[{delimiter}split], "
-                            f"got {delimiter.join(row)!r}")
-        split = split_name(row[2]) if len(row) > 2 and row[2] else default_split
-        entries.append((row[0], row[1], split))
-    labels = {label for _, label, _ in entries}  # every row's label counts, even a missing file's
-    if all(re.fullmatch(r"[0-9]+", label) for label in labels):
-        class_ids = [str(i) for i in range(max((int(label) for label in labels), default=-1) + 1)]
-        class_of = {label: str(int(label)) for label in labels}  # "007" is class 7
-    else:
-        class_ids = sorted(labels)
-        class_of = {label: label for label in labels}
-    index = {c: i for i, c in enumerate(class_ids)}
-    pending: dict[str, list[tuple]] = {}
-    skipped: dict[str, list[dict]] = {}
-    for written, label, split in entries:
-        path = src.parent / written  # an absolute path stays as it is
-        rows, skips = pending.setdefault(split, []), skipped.setdefault(split, [])
-        if path.is_file():
-            rows.append((written, class_of[label], str(path), -1, -1))
-        else:
-            skips.append({"path": written, "reason": "file not found"})
-    return Listing("csv", str(src), describe(class_ids), label_samples(pending, index), skipped)
+    return Listing("kaggle", str(src), describe(class_ids), label_samples(pending, index), skipped, ignored)
 
 
 from .archives import list_ilsvrc, list_webdataset  # noqa: E402  (they build on the types above)
+from .csvlist import list_csv  # noqa: E402
+from .folders import list_folder  # noqa: E402
+from .parquet import list_parquet  # noqa: E402
 
 LISTERS = {"folder": list_folder, "ilsvrc": list_ilsvrc, "kaggle": list_kaggle,
-           "webdataset": list_webdataset, "csv": list_csv}
+           "webdataset": list_webdataset, "csv": list_csv, "parquet": list_parquet}

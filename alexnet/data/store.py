@@ -12,7 +12,8 @@ Layout:
     OUT/stats.npz                   mean_image (3, S, S), mean, std, cov, eigval, eigvec (training split)
     OUT/<split>/<split>-00000.tar   shards: members <key>.jpg (or <key>.npy) and <key>.cls
     OUT/<split>/index.npy           one row per sample: shard, data offset, size, label, height, width
-    OUT/<split>/keys.txt            the source path of every sample, one per line
+    OUT/<split>/keys.txt            the source path of every sample, one per line (UTF-8; bytes of a
+                                    name that are not UTF-8 and control characters as \\xNN, \\n)
 
 Why this format: a tar of <key>.jpg/<key>.cls members is what WebDataset, timm and tar itself read,
 so a prepared set is never locked in; a few large shards stream sequentially at disk speed; and the
@@ -39,6 +40,7 @@ FORMAT = "alexnet-prepared"
 FORMAT_VERSION = 1
 INDEX_DTYPE = np.dtype([("shard", "<u4"), ("offset", "<u8"), ("size", "<u4"), ("label", "<i4"),
                         ("height", "<u2"), ("width", "<u2")])
+MAX_SIDE = np.iinfo(np.uint16).max  # prepare bounds what it stores well below this (MAX_ASPECT x --size)
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
@@ -69,7 +71,12 @@ class ShardWriter:
         return start
 
     def add(self, key: str, label: int, image: bytes | np.ndarray, height: int, width: int) -> None:
-        """image: JPEG bytes, or a (H, W, 3) uint8 array stored as .npy (the index points past its header)."""
+        """image: JPEG bytes, or a (H, W, 3) uint8 array stored as .npy (the index points past its header).
+        Raises ValueError for what the index cannot hold (a side over 65535 px, a payload of 4 GiB):
+        numpy would store it modulo 2**16 and a reader would reshape garbage."""
+        nbytes = image.nbytes if isinstance(image, np.ndarray) else len(image)
+        if not (0 < height <= MAX_SIDE and 0 < width <= MAX_SIDE and nbytes < 2 ** 32):
+            raise ValueError(f"{key}: a {width}x{height} image of {nbytes} bytes does not fit the index")
         if isinstance(image, np.ndarray):
             buf = io.BytesIO()
             np.lib.format.write_array(buf, np.ascontiguousarray(image), allow_pickle=False)
@@ -136,6 +143,13 @@ class PreparedSplit:
         if self.index.dtype != INDEX_DTYPE or len(self.index) != info["count"]:
             raise UserError(f"index damaged: {index_path} holds {len(self.index)} rows of {self.index.dtype}, "
                             f"the manifest says {info['count']}; re-run alexnet prepare")
+        if raw:  # sets prepared before the size bound could store a 6000x20 strip's width modulo 65536
+            bad = np.flatnonzero(self.index["height"].astype(np.int64) * self.index["width"] * 3 != self.index["size"])
+            if len(bad):
+                raise UserError(f"{root / name} holds {len(bad)} image(s) whose stored size does not match their "
+                                f"height x width (the first: index row {bad[0]}), as earlier versions of alexnet "
+                                f"prepare wrote very elongated images with --raw; re-run alexnet prepare into a "
+                                f"new folder")
         self._maps: dict[int, mmap.mmap] = {}
 
     def __len__(self) -> int:
@@ -146,7 +160,7 @@ class PreparedSplit:
         return np.asarray(self.index["label"], dtype=np.int64)
 
     def keys(self) -> list[str]:
-        return (self.root / self.name / "keys.txt").read_text().splitlines()
+        return (self.root / self.name / "keys.txt").read_text(encoding="utf-8").splitlines()
 
     def _map(self, shard: int) -> mmap.mmap:
         m = self._maps.get(shard)
