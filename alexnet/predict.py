@@ -150,6 +150,7 @@ def main(args) -> int:
     for output in (args.sheet, None if args.json in (None, "-") else args.json):
         if output:
             writable_output(output, "output")
+    predictor = Predictor(args.checkpoint, args.weights, args.device, precision=args.precision)
     missing = [item for item in args.inputs if not os.path.lexists(item)]
     if missing:
         raise UserError(f"{printable(missing[0])}: no such file or folder; give existing image files or folders")
@@ -158,7 +159,6 @@ def main(args) -> int:
     if not files and not failures:
         raise UserError(f"no files in {', '.join(map(printable, args.inputs))}: nothing to predict"
                         + (f" ({len(ignored)} system or hidden entries ignored)" if ignored else ""))
-    predictor = Predictor(args.checkpoint, args.weights, args.device, precision=args.precision)
     results, bad = predict_files(predictor, files, args.topk, args.views)
     failures += bad
     if not results:

@@ -153,7 +153,8 @@ def test_predict_on_odd_files(run, tmp_path, capsys):
     assert sheet.is_file()
     err = capsys.readouterr().err
     assert "4 image(s) predicted, 2 failure(s)" in err and "notes.txt" in err
-    assert cli.main(["predict", str(tmp_path / "odd" / "notes.txt"), "--checkpoint", str(run["a"])]) == 1
+    # issue 11: nothing readable is an error (2), one line; some readable, the rest skipped: 0
+    assert cli.main(["predict", str(tmp_path / "odd" / "notes.txt"), "--checkpoint", str(run["a"])]) == 2
 
 
 def test_predictor_is_a_library_call(run):
