@@ -27,7 +27,7 @@ from .data import augment as A
 from .data.classes import ilsvrc2012
 from .data.decode import resize_crop
 from .errors import UserError
-from .model import build
+from .model import build, from_config
 
 # torchvision's ImageNet normalisation, on the 0-255 scale
 TORCHVISION_MEAN = torch.tensor([0.485, 0.456, 0.406]) * 255
@@ -88,8 +88,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Network:
     path = Path(path)
     state = checkpoint.load(path)
     m = state["config"]["model"]
-    model = build(m["name"], state["num_classes"], norm=m["norm"], dropout=m["dropout"], init="kaiming",
-                  lrn_convention=m["lrn_convention"], lrn_k=m["lrn_k"], width=m["width"], hidden=m["hidden"])
+    model = from_config(m, state["num_classes"], init="kaiming")
     model.load_state_dict(state["model"])
     model.eval()
     d = state["data"]

@@ -33,7 +33,7 @@ from .data.loader import Loader
 from .data.store import open_prepared
 from .errors import UserError
 from .evaluate import autocast, evaluate
-from .model import build
+from .model import from_config
 from .optim import Schedule, build_optimizer, scaled_lr
 from .runlog import RunLog, read_metrics
 
@@ -132,9 +132,7 @@ def train(cfg: config_mod.Config, resume: str | None = None, progress: bool = Tr
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     m = cfg.model
-    model = build(m.name, num_classes, norm=m.norm, dropout=m.dropout, init=m.init, init_bias=m.init_bias,
-                  lrn_convention=m.lrn_convention, lrn_k=m.lrn_k, width=m.width, hidden=m.hidden,
-                  seed=cfg.train.seed)
+    model = from_config(m, num_classes, seed=cfg.train.seed)
     smallest = min(cfg.data.crop, cfg.data.progressive_from or cfg.data.crop)
     if smallest < model.min_input_size:
         raise UserError(f"{m.name} needs crops of at least {model.min_input_size} px; data.crop / "
