@@ -34,7 +34,8 @@ configuration is an error, never mixed in. Ctrl-C or SIGTERM reach the running c
 a checkpoint; the same command resumes.
 
 Under torchrun (WORLD_SIZE > 1), rank r trains runs i with i % world == r, one at a time, each in its
-own single-process child (on CUDA pinned to its GPU with CUDA_VISIBLE_DEVICES); rank 0 waits for
+own single-process child (on CUDA pinned to its GPU with CUDA_VISIBLE_DEVICES; on a CPU with
+torchrun's OMP_NUM_THREADS, 1 unless set, so that the processes share the cores); rank 0 waits for
 every run's summary.json (or failure record), evaluates the views and writes the outputs. No process
 group is formed: the ranks meet through the run folders.
 
@@ -208,6 +209,11 @@ def make_plan(data: str | Path, out: str | Path, *, seeds: int = 3, only: str | 
     out, data = Path(out), Path(data)
     claims = parse_only(only)
     baseline, budget = baseline_config(data, preset, list(sets), epochs, minutes)
+    if any(c.name == "views" for c in claims) and json.loads((data / "manifest.json").read_text())["options"].get(
+            "keep_aspect"):
+        raise UserError(f"{data} keeps aspect ratios (alexnet prepare --keep-aspect): the views claim evaluates "
+                        f"the paper's 10 views of centre-cropped images; prepare it without --keep-aspect or "
+                        f"leave views out with --only")
     yaml_path = out / "baseline.yaml"
     first = baseline.train.seed
     seed_list = list(range(first, first + seeds))
@@ -343,7 +349,7 @@ def train_run(run: Run, env: dict[str, str], say) -> str:
 
 
 def fmt_time(seconds: float) -> str:
-    m, s = divmod(int(round(seconds)), 60)
+    m, s = divmod(round(seconds), 60)
     return f"{m}m{s:02d}s"
 
 
@@ -417,8 +423,8 @@ def main(args) -> int:
                 f"(log: {run.folder / 'train.log'})\n    {run.command()}")
             train_run(run, env, say)
     except KeyboardInterrupt:
-        say(f"stopped: finished runs are kept and the interrupted one saved a checkpoint; run the same "
-            f"command to resume")
+        say("stopped: finished runs are kept and the interrupted one saved a checkpoint; run the same "
+            "command to resume")
         raise
     if rank != 0:
         say("this rank's runs are done; rank 0 writes the table")

@@ -84,8 +84,8 @@ def run_results(plan) -> list[dict]:
         if s:
             curve = training_error(read_records(run.folder))
             last_epoch = [e for x, e in curve if x > math.ceil(curve[-1][0]) - 1] if curve else []
-            row.update({k: s[k] for k in ("top1_error", "top5_error", "epochs_done", "training_time_s",
-                                          "images_per_s", "precision", "device")},
+            row.update({k: s.get(k) for k in ("top1_error", "top5_error", "epochs_done", "training_time_s",
+                                              "images_per_s", "precision", "device")},
                        train_error_last_epoch=statistics.fmean(last_epoch) if last_epoch else None)
             for views in (1, 10):
                 v = read_json(run.folder / f"views{views}.json")
@@ -172,7 +172,7 @@ def write(plan) -> list[Path]:
     result = {"data": str(plan.data), "out": str(plan.out), "budget": plan.budget, "seeds": plan.seeds,
               "written": time.strftime("%Y-%m-%d %H:%M:%S"), "baseline": str(plan.out / "baseline.yaml"),
               "baseline_config": _config_dict(plan.baseline), "claims": claims, "figure1": fig1, "runs": rows,
-              "device": sorted({r["device"] for r in done}), "precision": sorted({r["precision"] for r in done})}
+              "device": sorted({str(r["device"]) for r in done}), "precision": sorted({str(r["precision"]) for r in done})}
     paths = [plan.out / "ablation.json", plan.out / "ablation.png"]
     paths[0].write_text(json.dumps(result, indent=2) + "\n")
     plot_effects(claims, rows, paths[1])

@@ -334,10 +334,12 @@ def test_from_config_reads_old_checkpoint_dicts():
     assert (one.towers, one.pooling, one.activation) == (1, "nonoverlap", "tanh")
 
 
+@pytest.mark.filterwarnings("ignore:.*jit.trace:FutureWarning", "ignore::torch.jit.TracerWarning")
 @pytest.mark.parametrize("convention", ["authors", "literal"])
 @pytest.mark.parametrize("groups", [1, 2])
 def test_lrn_training_path_matches_the_formula_and_its_gradient(convention, groups):
-    """With autograd on, LRN runs a hand-written backward: the float64 formula and gradcheck."""
+    """Training (a hand-written backward), evaluation and export (traced: F.local_response_norm)
+    all compute the float64 formula; the gradient passes gradcheck."""
     g = torch.Generator().manual_seed(1)
     x = (torch.rand(2, 12, 3, 4, generator=g, dtype=torch.float64) * 100).requires_grad_()
     lrn = model.LocalResponseNorm(5, 1e-4, 0.75, 2.0, convention=convention, groups=groups)
@@ -346,6 +348,11 @@ def test_lrn_training_path_matches_the_formula_and_its_gradient(convention, grou
     want = np.concatenate([lrn_reference(a[:, t * half:(t + 1) * half], 5, 1e-4, 0.75, 2.0,
                                          divide_by_n=convention == "authors") for t in range(groups)], 1)
     np.testing.assert_allclose(lrn(x).detach().numpy(), want, rtol=1e-12)
+    with torch.no_grad():
+        np.testing.assert_allclose(lrn(x).numpy(), want, rtol=1e-12)
+        traced = torch.jit.trace(lrn, x.detach())
+        assert "local_response_norm" in str(traced.graph) or "avg_pool3d" in str(traced.graph)
+        np.testing.assert_allclose(traced(x.detach()).numpy(), want, rtol=1e-12)
     assert torch.autograd.gradcheck(lrn, (x,))
     even = model.LocalResponseNorm(4, 1e-2, 0.75, 2.0, convention=convention, groups=groups)  # asymmetric window
     assert torch.autograd.gradcheck(even, (x,))
