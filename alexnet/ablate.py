@@ -335,7 +335,7 @@ def train_run(run: Run, env: dict[str, str], say) -> str:
     if (run.folder / "summary.json").is_file():
         s = json.loads((run.folder / "summary.json").read_text())
         say(f"{run.name}: done in {fmt_time(time.time() - started)}: top-1 error {100 * s['top1_error']:.2f}%, "
-            f"top-5 error {100 * s['top5_error']:.2f}% ({s['epochs_done']:g} epochs, {s['images_per_s']:.0f} img/s)")
+            f"top-5 error {100 * s['top5_error']:.2f}% ({s['epochs_done']:g} epoch(s), {s['images_per_s']:.0f} img/s)")
         return "done"
     if code == 0:  # stopped by a signal it received (e.g. from a process manager): saved, resumable
         raise KeyboardInterrupt
