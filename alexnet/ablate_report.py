@@ -53,7 +53,7 @@ def first_crossing(curve: list[tuple[float, float]], threshold: float) -> float 
     """The first epoch at which the error reaches `threshold` (linear between records), or None."""
     previous = None
     for epoch, error in curve:
-        if error <= threshold:
+        if error <= threshold + 1e-12:  # errors are 1 - accuracy: 1 - 0.7 is 0.30000000000000004
             if previous is None or previous[1] == error:
                 return epoch
             (e0, y0) = previous
@@ -158,7 +158,7 @@ def figure1(plan) -> dict | None:
     result["epochs_done"] = {side: max(curves[side][s][-1][0] for s in seeds) for side in curves}
     if result["at_threshold"]["ratio"] is None:  # also where every curve gets to, rounded up to a percent
         common = max(min(e for _, e in curves[side][s]) for side in curves for s in seeds)
-        result["at_common"] = at(math.ceil(100 * common) / 100)
+        result["at_common"] = at(math.ceil(round(100 * common, 6)) / 100)
     return result
 
 

@@ -87,65 +87,100 @@ def test_training_error_and_crossing():
 
 def test_tiny_ablation_on_two_ranks_writes_the_table_and_resumes(tiny, tmp_path, capsys, monkeypatch):
     out = tmp_path / "abl"
-    argv = ["ablate", "--data", str(tiny), "--epochs", "1", "--seeds", "2", "--only", "relu,views", "--out", str(out),
+    argv = ["ablate", "--data", str(tiny), "--epochs", "1", "--seeds", "1", "--only", "relu,views", "--out", str(out),
             *TINY]
     # as under torchrun (the ranks one after another here): rank r trains runs i with i % world == r
-    # (baseline-seed0, relu-seed0, baseline-seed1, relu-seed1) in children of world size 1
+    # (baseline-seed0, relu-seed0) in children of world size 1
     for key, value in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1",
                        "MASTER_PORT": "29999", "TORCHELASTIC_RUN_ID": "x"}.items():
         monkeypatch.setenv(key, value)
     assert cli.main(argv) == 0
-    assert sorted(p.parent.name for p in out.glob("*/summary.json")) == ["relu-seed0", "relu-seed1"]
+    assert [p.parent.name for p in out.glob("*/summary.json")] == ["relu-seed0"]
     assert not (out / "ablation.md").exists() and "rank 0 writes the table" in capsys.readouterr().out
     assert json.loads((out / "relu-seed0" / "env.json").read_text())["world_size"] == 1  # torchrun's env not passed on
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("LOCAL_RANK", "0")
-    assert cli.main(argv) == 0  # trains its own runs, finds the others' summaries, writes the outputs
+    assert cli.main(argv) == 0  # trains its own run, finds the other's summary, evaluates, writes the outputs
     printed = capsys.readouterr().out
-    assert "rank 0: [1/2] baseline-seed0: training" in printed and "relu-seed0: training" not in printed
+    assert "rank 0: [1/1] baseline-seed0: training" in printed and "relu-seed0: training" not in printed
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(key)
     for name in ("ablation.md", "ablation.json", "ablation.png", "relu_tanh.png", "baseline.yaml"):
         assert (out / name).is_file(), name
     result = json.loads((out / "ablation.json").read_text())
-    summaries = {p.parent.name: json.loads(p.read_text()) for p in out.glob("*/summary.json")}
-    assert sorted(summaries) == ["baseline-seed0", "baseline-seed1", "relu-seed0", "relu-seed1"]
+    base, tanh = (json.loads((out / f"{n}-seed0" / "summary.json").read_text()) for n in ("baseline", "relu"))
     relu, views = result["claims"]
-    assert (relu["name"], views["name"], relu["seeds"], views["seeds"]) == ("relu", "views", 2, 2)
-    # the effect is recomputed here from the runs' own files: paired by seed, in points
-    want = [100 * (summaries[f"relu-seed{s}"]["top1_error"] - summaries[f"baseline-seed{s}"]["top1_error"]) for s in (0, 1)]
-    assert relu["effect_top1"]["values"] == pytest.approx(want)
-    reports = {(s, v): json.loads((out / f"baseline-seed{s}" / f"views{v}.json").read_text()) for s in (0, 1) for v in (1, 10)}
-    assert all(r["n_images"] == 30 and r["views"] == v for (s, v), r in reports.items())
-    assert views["effect_top5"]["values"] == pytest.approx(
-        [100 * (reports[(s, 1)]["top5_error"] - reports[(s, 10)]["top5_error"]) for s in (0, 1)])
-    assert result["figure1"]["seeds"] == [0, 1] and len(result["figure1"]["curves"]["tanh"]["1"]) == 5
+    assert (relu["name"], views["name"], relu["seeds"], views["seeds"]) == ("relu", "views", 1, 1)
+    # recomputed here from the runs' own files, in points
+    assert relu["effect_top1"]["values"] == pytest.approx([100 * (tanh["top1_error"] - base["top1_error"])])
+    reports = {v: json.loads((out / "baseline-seed0" / f"views{v}.json").read_text()) for v in (1, 10)}
+    assert all(r["n_images"] == 30 and r["views"] == v for v, r in reports.items())
+    assert views["effect_top5"]["values"] == pytest.approx([100 * (reports[1]["top5_error"] - reports[10]["top5_error"])])
+    assert result["figure1"]["seeds"] == [0] and len(result["figure1"]["curves"]["tanh"]["0"]) == 5
     md = (out / "ablation.md").read_text()
     assert "| §3.1 ReLU units (vs tanh) | `model.activation=tanh` |" in md and "## Figure 1" in md
-    assert f"alexnet train --config {out / 'baseline.yaml'} --set model.activation=tanh --seed 1 --out {out / 'relu-seed1'}" in md
+    assert f"alexnet train --config {out / 'baseline.yaml'} --set model.activation=tanh --seed 0 --out {out / 'relu-seed0'}" in md
     assert f"--views 10 --json {out / 'baseline-seed0' / 'views10.json'}" in md
 
     # the same command again: nothing is trained or evaluated, the outputs are rewritten
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/*") if p.suffix in (".pt", ".json", ".log")}
-    capsys.readouterr()
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
-    assert printed.count("finished earlier, kept") == 4 and ": training (" not in printed and "evaluating" not in printed
+    assert printed.count("finished earlier, kept") == 2 and ": training (" not in printed and "evaluating" not in printed
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
     # an interrupted run (no summary yet, a checkpoint) continues from its checkpoint
-    (out / "relu-seed1" / "summary.json").unlink()
+    (out / "relu-seed0" / "summary.json").unlink()
     assert cli.main(argv) == 0
-    assert "relu-seed1: resuming" in capsys.readouterr().out
-    log = (out / "relu-seed1" / "train.log").read_text()
+    assert "relu-seed0: resuming" in capsys.readouterr().out
+    log = (out / "relu-seed0" / "train.log").read_text()
     assert log.count("$ alexnet train") == 2 and "resuming" in log
-    assert (out / "relu-seed1" / "summary.json").is_file()
+    assert (out / "relu-seed0" / "summary.json").is_file()
     assert (out / "baseline-seed0" / "last.pt").stat().st_mtime_ns == stamps[out / "baseline-seed0" / "last.pt"]
 
     # another configuration in the same folder is refused, nothing is touched
     assert cli.main([*argv, "--set", "optim.lr=0.01"]) == 2
     assert "trained with another configuration (optim.lr" in capsys.readouterr().err
     assert config.from_dict(__import__("yaml").safe_load((out / "baseline.yaml").read_text())).optim.lr == 0.04
+
+
+def fake_run(folder, top1_error, top5_error, errors):
+    """A finished run folder as `alexnet train` leaves it: summary.json, and training errors per log step."""
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps({
+        "top1_error": top1_error, "top5_error": top5_error, "epochs_done": 2, "training_time_s": 60.0,
+        "images_per_s": 100.0, "precision": "fp32", "device": "cpu"}))
+    lines = [{"kind": "train", "step": i + 1, "epoch": (i + 1) / 2, "top1": 1 - e} for i, e in enumerate(errors)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+
+def test_the_report_pairs_seeds_and_times_figure_1(tiny, tmp_path):
+    """Three seeds of hand-made run folders: the effects, their spread, the signs and Figure 1's ratio."""
+    plan = ablate.make_plan(tiny, tmp_path / "abl", seeds=3, only="lrn,relu,views", epochs=2, sets=sets(TINY))
+    base_top1, lrn_top1 = [0.30, 0.32, 0.34], [0.31, 0.35, 0.34]  # effects +1, +3, 0 points
+    for s in range(3):
+        fake_run(plan.out / f"baseline-seed{s}", base_top1[s], 0.05, [0.8, 0.5, 0.3, 0.2])  # 25% at 1.75 epochs
+        fake_run(plan.out / f"lrn-seed{s}", lrn_top1[s], 0.04, [0.8, 0.6, 0.5, 0.4])
+        fake_run(plan.out / f"relu-seed{s}", 0.5, 0.1, [0.9, 0.7, 0.5, 0.3])  # never 25%: lowest 30%
+        for views, (t1, t5) in ((1, (0.30, 0.05)), (10, (0.28, 0.06))):
+            (plan.out / f"baseline-seed{s}" / f"views{views}.json").write_text(json.dumps(
+                {"top1_error": t1, "top5_error": t5, "n_images": 30}))
+    paths = ablate_report.write(plan)
+    assert [p.name for p in paths] == ["ablation.md", "ablation.json", "ablation.png", "relu_tanh.png"]
+    r = json.loads((plan.out / "ablation.json").read_text())
+    lrn, relu, views = r["claims"]
+    assert lrn["effect_top1"]["values"] == pytest.approx([1.0, 3.0, 0.0])
+    assert lrn["effect_top1"]["mean"] == pytest.approx(4 / 3) and lrn["effect_top1"]["std"] == pytest.approx((7 / 3) ** 0.5)
+    assert lrn["agrees_top1"] and lrn["noise_top1"]  # 1.33 < 2 * 1.53 / sqrt(3)
+    assert lrn["effect_top5"]["mean"] == pytest.approx(-1.0) and lrn["agrees_top5"] is False and not lrn["noise_top5"]
+    assert views["effect_top1"]["mean"] == pytest.approx(2.0) and views["effect_top5"]["mean"] == pytest.approx(-1.0)
+    f1 = r["figure1"]
+    assert f1["at_threshold"]["relu_epochs"] == pytest.approx([1.75] * 3) and f1["at_threshold"]["ratio"] is None
+    # 30% is where every run got to: ReLU at 1.5 epochs, tanh at 2.0
+    assert f1["at_common"]["threshold"] == pytest.approx(0.30) and f1["at_common"]["ratio"] == pytest.approx(2.0 / 1.5)
+    md = (plan.out / "ablation.md").read_text()
+    assert "| +1.33 ± 1.53 | -1.00 ± 0.00 | yes (noise) / no |" in md
+    assert "ReLU reached it after 1.75 epochs, tanh not within 2.0" in md and "**1.33x**" in md
 
 
 def test_a_child_that_fails_on_its_input_stops_the_ablation(tiny, tmp_path, capsys):
