@@ -168,7 +168,7 @@ def test_the_report_pairs_seeds_and_times_figure_1(tiny, tmp_path):
     paths = ablate_report.write(plan)
     assert [p.name for p in paths] == ["ablation.md", "ablation.json", "ablation.png", "relu_tanh.png"]
     r = json.loads((plan.out / "ablation.json").read_text())
-    lrn, relu, views = r["claims"]
+    lrn, _, views = r["claims"]
     assert lrn["effect_top1"]["values"] == pytest.approx([1.0, 3.0, 0.0])
     assert lrn["effect_top1"]["mean"] == pytest.approx(4 / 3) and lrn["effect_top1"]["std"] == pytest.approx((7 / 3) ** 0.5)
     assert lrn["agrees_top1"] and lrn["noise_top1"]  # 1.33 < 2 * 1.53 / sqrt(3)
