@@ -32,6 +32,8 @@ COMMANDS: dict[str, tuple[str | None, int, str]] = {
     "export": ("alexnet.export:main", 7, "export a checkpoint to ONNX or TorchScript"),
     "serve": ("alexnet.serve.server:main", 14, "a web page and HTTP API for predictions"),
     "bench": ("alexnet.bench:main", 4, "measure speed against torchvision's reference pipeline"),
+    "ablate": ("alexnet.ablate:main", 15, "re-measure the paper's claims (LRN, pooling, towers, PCA colour, dropout, "
+                                          "ReLU, 10 views) as a table with error bars"),
     "info": ("alexnet.info:main", 2, "layer table of a network (the paper's Fig. 2), or this machine"),
 }
 
@@ -218,6 +220,26 @@ def build_parser() -> Parser:
     p.add_argument("--batches", type=at_least(1), default=30, help="timed batches per side (after 3 warm-up)")
     p.add_argument("--workers", type=at_least(0), default=None, help="loader processes, both sides (default: cores)")
     p.add_argument("--json", metavar="OUT", help="write the figures as JSON")
+
+    p = command("ablate", "The baseline (alexnet2012 with LRN, dropout, PCA colour noise, overlapping pooling, two\n"
+                          "towers and ReLUs) and one variant per claim, each changing one config key, N seeds each;\n"
+                          "every run is an `alexnet train` folder in OUT, kept when finished and resumed when not.\n"
+                          "Writes OUT/ablation.md, ablation.json, ablation.png and relu_tanh.png. Under torchrun,\n"
+                          "the runs are spread over the ranks.\n\n"
+                          "  alexnet ablate --data prepared/imagenette128 --epochs 8 --seeds 3 --out runs/ablate")
+    p.add_argument("--data", required=True, help="prepared data set folder (alexnet prepare)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=int, help="epochs per run (default 8)")
+    budget.add_argument("--budget-minutes", type=float, metavar="M", help="training minutes per run instead")
+    p.add_argument("--seeds", type=int, default=3, help="runs per configuration (default 3)")
+    p.add_argument("--only", metavar="CLAIMS", help="comma-separated subset of: lrn, overlap, towers, pca, dropout, "
+                                                    "relu, views (default: all; the baseline always runs)")
+    p.add_argument("--out", default="runs/ablate", metavar="DIR", help="folder of the runs and outputs "
+                                                                         "(default runs/ablate)")
+    p.add_argument("--preset", help="recipe of the baseline (default: fast, scaled to a small CPU)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="adjust the baseline, e.g. --set model.width=1 (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="print every run's command and stop")
 
     p = command("info", "Without --model: versions, devices and threads of this machine.")
     p.add_argument("--model", help="alexnet2012 | alexnet_owt")

@@ -54,6 +54,10 @@ class ModelConfig:
     lrn_k: float = 2.0  # §3.3 (Caffe's AlexNet: 1)
     width: float = 1.0  # multiplier of the conv channel counts
     hidden: int = 4096  # units in fc6 and fc7
+    pooling: Literal["overlap", "nonoverlap"] = "overlap"  # §3.4 3x3/2 windows, or 2x2/2 (s = z = 2)
+    towers: Literal[1, 2] | None = None  # §3.2 None: the variant's own; 1: alexnet2012's one-GPU net
+    # (half the kernels in conv1..conv4, no groups; conv5 and the FC layers kept, footnote 2)
+    activation: Literal["relu", "tanh"] = "relu"  # §3.1 after every conv and FC layer
 
 
 @dataclass

@@ -26,6 +26,17 @@ on every side as torchvision does (224 -> 55, 227 -> 56). Both then go 27 -> 13 
 Other input sizes: an adaptive average pool to 6x6 before fc6 (a no-op at 224/227, as in
 torchvision) lets any input from `min_input_size` up (64 px for alexnet2012, 63 for alexnet_owt)
 work with the same classifier; smaller inputs raise a clear error. Options are documented on `build`.
+
+The paper's comparisons, as options (each off by default, so the networks above are unchanged; the
+`alexnet ablate` command trains them side by side):
+- `pooling="nonoverlap"`: 2x2 windows with stride 2 (s = z = 2) instead of §3.4's overlapping 3x3/2.
+  At 224 px the maps are the same size either way (55 -> 27 -> 13 -> 6), so only the windows change.
+- `towers=1` (alexnet2012): the one-GPU net §3.2 compares with, "half as many kernels in each
+  convolutional layer" and no grouping: 48/128/192/192 maps in conv1..conv4. Following the paper's
+  footnote 2, the final conv layer (256 maps) and the FC layers are not halved, so the two nets have
+  about the same number of parameters (59,798,312 against 60,965,224); as the footnote says, this
+  biases the comparison in favour of the one-GPU net. LRN then normalises across all maps.
+- `activation="tanh"`: tanh units instead of ReLUs after every conv and FC layer (§3.1, Figure 1).
 """
 from __future__ import annotations
 
@@ -39,10 +50,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
+from .lrn import LRN_CONVENTIONS, LocalResponseNorm  # noqa: F401 (part of this module's API)
 
 NORMS = ("lrn", "batchnorm", "none")
 INITS = ("paper", "kaiming", "he")
-LRN_CONVENTIONS = ("authors", "literal")
+POOLINGS = {"overlap": (3, 2), "nonoverlap": (2, 2)}  # (window z, stride s): §3.4
+ACTIVATIONS = ("relu", "tanh")
 
 
 @dataclass(frozen=True)
@@ -56,13 +69,16 @@ class Variant:
     norm: str  # default normalisation
     dropout_inputs: tuple[str, ...]  # which FC layers get dropout on their input
     towers: int  # 2 for the paper's two-GPU network
+    one_tower_channels: tuple[int, int, int, int, int] | None = None  # §3.2 the one-GPU comparison net
 
 
 VARIANTS: dict[str, Variant] = {
     "alexnet2012": Variant(
         "the paper's two-tower network (Krizhevsky et al. 2012, §3, Fig. 2)",
         channels=(96, 256, 384, 384, 256), groups=(1, 2, 1, 2, 2), conv1_padding="ceil",
-        norm="lrn", dropout_inputs=("fc7", "fc8"), towers=2),
+        norm="lrn", dropout_inputs=("fc7", "fc8"), towers=2,
+        # §3.2 half the kernels of each conv layer, except the last (footnote 2)
+        one_tower_channels=(48, 128, 192, 192, 256)),
     "alexnet_owt": Variant(
         "the single-tower network of 'One weird trick' (2014), as torchvision.models.alexnet",
         channels=(64, 192, 384, 256, 256), groups=(1, 1, 1, 1, 1), conv1_padding="2",
@@ -75,38 +91,6 @@ TORCHVISION_KEYS = {
     "features.8.": "conv4.", "features.10.": "conv5.",
     "classifier.1.": "fc6.", "classifier.4.": "fc7.", "classifier.6.": "fc8.",
 }
-
-
-class LocalResponseNorm(nn.Module):
-    """§3.3 response normalisation across neighbouring maps, within each tower.
-
-    b_i = a_i / (k + alpha' * sum_{j = i - n//2}^{i + (n-1)//2} a_j^2) ^ beta, the sum clipped to the
-    tower's maps. convention="authors": alpha' = alpha / n (cuda-convnet, and what
-    torch.nn.LocalResponseNorm computes); "literal": alpha' = alpha, the printed formula (which then
-    needs alpha=5e-4 to match the authors' network). Caffe's AlexNet uses k=1; the paper k=2.
-    """
-
-    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0,
-                 convention: str = "authors", groups: int = 1):
-        super().__init__()
-        if convention not in LRN_CONVENTIONS:
-            raise UserError(f"LRN convention {convention!r} is not one of {', '.join(LRN_CONVENTIONS)}")
-        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
-        self.convention, self.groups = convention, groups
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # F.local_response_norm averages the window (divides by n): pass n*alpha for the literal form.
-        alpha = self.alpha if self.convention == "authors" else self.alpha * self.size
-        if self.groups == 1:
-            return F.local_response_norm(x, self.size, alpha, self.beta, self.k)
-        b, c, h, w = x.shape  # each tower normalises over its own c/groups maps only
-        y = F.local_response_norm(x.reshape(b * self.groups, c // self.groups, h, w),
-                                  self.size, alpha, self.beta, self.k)
-        return y.reshape(b, c, h, w)
-
-    def extra_repr(self) -> str:
-        return (f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, "
-                f"convention={self.convention}, groups={self.groups}")
 
 
 class CeilConv2d(nn.Conv2d):
@@ -132,37 +116,50 @@ class AlexNet(nn.Module):
 
     def __init__(self, variant: str, num_classes: int = 1000, norm: str | None = None,
                  dropout: float = 0.5, lrn_convention: str = "authors", lrn_k: float = 2.0,
-                 width: float = 1.0, hidden: int = 4096):
+                 width: float = 1.0, hidden: int = 4096, pooling: str = "overlap",
+                 towers: int | None = None, activation: str = "relu"):
         super().__init__()
         v = VARIANTS[variant]
         norm = v.norm if norm is None else norm
+        towers = v.towers if towers is None else towers
         if norm not in NORMS:
             raise UserError(f"norm {norm!r} is not one of {', '.join(NORMS)}")
+        if pooling not in POOLINGS:
+            raise UserError(f"pooling {pooling!r} is not one of {', '.join(POOLINGS)}")
+        if activation not in ACTIVATIONS:
+            raise UserError(f"activation {activation!r} is not one of {', '.join(ACTIVATIONS)}")
+        if towers not in (1, 2) or (towers != v.towers and v.one_tower_channels is None):
+            raise UserError(f"{variant} has {v.towers} tower(s); towers={towers} is defined only for "
+                            f"alexnet2012 (2, or 1 for §3.2's one-GPU net)")
         if not 0.0 <= dropout < 1.0:
             raise UserError(f"dropout must be in [0, 1), got {dropout}")
         if width <= 0 or hidden < 1 or num_classes < 1:
             raise UserError(f"width, hidden and num_classes must be positive "
                             f"(got {width}, {hidden}, {num_classes})")
-        self.variant, self.norm, self.towers = variant, norm, v.towers
+        self.variant, self.norm, self.towers = variant, norm, towers
+        self.pooling, self.activation = pooling, activation
+        channels, g = v.channels, v.groups
+        if towers != v.towers:  # §3.2 the one-GPU net: half the kernels, no grouping
+            channels, g = v.one_tower_channels, (1, 1, 1, 1, 1)
         # Channel counts scaled by `width`, kept divisible by the towers so that groups still split.
-        c = [max(v.towers, round(ch * width / v.towers) * v.towers) for ch in v.channels]
-        g = v.groups
+        c = [max(towers, round(ch * width / towers) * towers) for ch in channels]
+        z, s = POOLINGS[pooling]
         bias = norm != "batchnorm"  # a conv followed by batch norm needs no bias of its own
         pad1 = 2 if v.conv1_padding == "2" else 0
         conv1_cls = CeilConv2d if v.conv1_padding == "ceil" else nn.Conv2d
         self.conv1 = conv1_cls(3, c[0], 11, stride=4, padding=pad1, bias=bias)        # (B, 96, 55, 55)
         self.norm1 = self._norm(norm, c[0], lrn=True, lrn_convention=lrn_convention, lrn_k=lrn_k)
-        self.pool1 = nn.MaxPool2d(3, stride=2)                                           # (B, 96, 27, 27)
+        self.pool1 = nn.MaxPool2d(z, stride=s)                                           # (B, 96, 27, 27)
         self.conv2 = nn.Conv2d(c[0], c[1], 5, padding=2, groups=g[1], bias=bias)        # (B, 256, 27, 27)
         self.norm2 = self._norm(norm, c[1], lrn=True, lrn_convention=lrn_convention, lrn_k=lrn_k)
-        self.pool2 = nn.MaxPool2d(3, stride=2)                                           # (B, 256, 13, 13)
+        self.pool2 = nn.MaxPool2d(z, stride=s)                                           # (B, 256, 13, 13)
         self.conv3 = nn.Conv2d(c[1], c[2], 3, padding=1, groups=g[2], bias=bias)        # (B, 384, 13, 13)
         self.norm3 = self._norm(norm, c[2], lrn=False)
         self.conv4 = nn.Conv2d(c[2], c[3], 3, padding=1, groups=g[3], bias=bias)        # (B, 384, 13, 13)
         self.norm4 = self._norm(norm, c[3], lrn=False)
         self.conv5 = nn.Conv2d(c[3], c[4], 3, padding=1, groups=g[4], bias=bias)        # (B, 256, 13, 13)
         self.norm5 = self._norm(norm, c[4], lrn=False)
-        self.pool5 = nn.MaxPool2d(3, stride=2)                                           # (B, 256, 6, 6)
+        self.pool5 = nn.MaxPool2d(z, stride=s)                                           # (B, 256, 6, 6)
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))  # identity at 224/227; other sizes -> 6x6
         self.dropout6 = nn.Dropout(dropout) if "fc6" in v.dropout_inputs else nn.Identity()
         self.fc6 = nn.Linear(c[4] * 36, hidden)                                          # (B, 4096)
@@ -181,12 +178,15 @@ class AlexNet(nn.Module):
                                      convention=lrn_options["lrn_convention"], groups=self.towers)
         return nn.Identity()
 
-    @staticmethod
-    def _unit(x: torch.Tensor, conv: nn.Module, norm: nn.Module) -> torch.Tensor:
+    def _act(self, x: torch.Tensor) -> torch.Tensor:
+        """§3.1: ReLU, or the saturating tanh it is compared with."""
+        return F.relu(x, inplace=True) if self.activation == "relu" else torch.tanh(x)
+
+    def _unit(self, x: torch.Tensor, conv: nn.Module, norm: nn.Module) -> torch.Tensor:
         x = conv(x)
-        if isinstance(norm, nn.BatchNorm2d):  # batch norm before the ReLU, as is usual
-            return F.relu(norm(x), inplace=True)
-        return norm(F.relu(x, inplace=True))  # §3.3: LRN after the ReLU
+        if isinstance(norm, nn.BatchNorm2d):  # batch norm before the activation, as is usual
+            return self._act(norm(x))
+        return norm(self._act(x))  # §3.3: LRN after the ReLU
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) images -> (B, 256, 6, 6) pool5 maps."""
@@ -201,10 +201,11 @@ class AlexNet(nn.Module):
         return self.avgpool(x)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) images -> (B, 4096) fc7 activations after ReLU, before dropout (§6.1, Fig. 4)."""
+        """(B, 3, H, W) images -> (B, 4096) fc7 activations after the ReLU (or tanh), before dropout
+        (§6.1, Fig. 4)."""
         x = torch.flatten(self.forward_features(x), 1)  # (B, 9216)
-        x = F.relu(self.fc6(self.dropout6(x)), inplace=True)
-        return F.relu(self.fc7(self.dropout7(x)), inplace=True)
+        x = self._act(self.fc6(self.dropout6(x)))
+        return self._act(self.fc7(self.dropout7(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) mean-subtracted images -> (B, num_classes) logits (softmax not applied)."""
@@ -236,13 +237,13 @@ def spatial_sizes(net: AlexNet, size: int) -> dict[str, int]:
             return -(-(n - k) // s) + 1 if n >= k else 0
         return (n + 2 * p - k) // s + 1 if n + 2 * p >= k else 0
 
-    def pool(n):
-        return (n - 3) // 2 + 1 if n >= 3 else 0
+    def pool(n, m: nn.MaxPool2d):
+        return (n - m.kernel_size) // m.stride + 1 if n >= m.kernel_size else 0
 
     out, n = {}, size
     for name in ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5"):
         m = getattr(net, name)
-        n = conv(n, m) if isinstance(m, nn.Conv2d) else pool(n)
+        n = conv(n, m) if isinstance(m, nn.Conv2d) else pool(n, m)
         out[name] = n
     return out
 
@@ -257,8 +258,8 @@ def min_input_size(net: AlexNet) -> int:
 
 def build(name: str, num_classes: int = 1000, *, norm: str | None = None, dropout: float = 0.5,
           init: str = "paper", init_bias: float = 1.0, lrn_convention: str = "authors",
-          lrn_k: float = 2.0, width: float = 1.0, hidden: int = 4096,
-          seed: int | None = None) -> AlexNet:
+          lrn_k: float = 2.0, width: float = 1.0, hidden: int = 4096, pooling: str = "overlap",
+          towers: int | None = None, activation: str = "relu", seed: int | None = None) -> AlexNet:
     """Build a member of the family, initialised.
 
     name: one of VARIANTS ("alexnet2012", "alexnet_owt").
@@ -272,12 +273,18 @@ def build(name: str, num_classes: int = 1000, *, norm: str | None = None, dropou
     lrn_convention, lrn_k: see LocalResponseNorm.
     width: multiplies the conv channel counts (rounded to a multiple of the towers);
     hidden: the size of fc6 and fc7 (4096). Both are for small data and quick runs.
+    pooling: "overlap" (§3.4: 3x3 windows, stride 2) | "nonoverlap" (2x2, stride 2).
+    towers: None (the variant's own) | 2 | 1: alexnet2012's one-GPU comparison net of §3.2, with
+        half the kernels in conv1..conv4, no grouping, and conv5 and the FC layers unchanged
+        (the paper's footnote 2); see the module docstring.
+    activation: "relu" (§3.1) | "tanh", after every conv and FC layer.
     seed: initialise from torch.Generator().manual_seed(seed); None draws from torch's global RNG.
     """
     if name not in VARIANTS:
         raise UserError(f"unknown model {name!r}; choose one of {', '.join(VARIANTS)}")
     net = AlexNet(name, num_classes, norm=norm, dropout=dropout, lrn_convention=lrn_convention,
-                  lrn_k=lrn_k, width=width, hidden=hidden)
+                  lrn_k=lrn_k, width=width, hidden=hidden, pooling=pooling, towers=towers,
+                  activation=activation)
     generator = None if seed is None else torch.Generator().manual_seed(seed)
     init_weights(net, init, init_bias=init_bias, generator=generator)
     return net
@@ -319,18 +326,19 @@ def freeze(net: AlexNet, mode: str) -> list[nn.Module]:
     return frozen
 
 
-def from_config(m, num_classes: int, *, seed: int | None = None, init: str | None = None) -> AlexNet:
-    """`build` from a config.ModelConfig or its dict (a checkpoint's config["model"]): the one
-    mapping from configuration to network, so that every key of the model section reaches build.
-    init overrides the configured scheme (weights about to be loaded need no careful init)."""
-    import dataclasses
+MODEL_KEYS = ("norm", "dropout", "init", "init_bias", "lrn_convention", "lrn_k", "width", "hidden", "pooling",
+              "towers", "activation")  # the config's model section, passed to `build` as keywords
 
-    values = dataclasses.asdict(m) if dataclasses.is_dataclass(m) else dict(m)
-    name = values.pop("name")
-    values.pop("num_classes", None)
+
+def from_config(model_cfg, num_classes: int, *, init: str | None = None, seed: int | None = None) -> AlexNet:
+    """`build` from a config's model section: a config.ModelConfig, or the dict a checkpoint holds
+    (keys missing from checkpoints written before an option existed take `build`'s defaults).
+    init overrides the configured scheme (pointless work when weights are loaded next)."""
+    m = model_cfg if isinstance(model_cfg, dict) else vars(model_cfg)
+    options = {k: m[k] for k in MODEL_KEYS if k in m}
     if init is not None:
-        values["init"] = init
-    return build(name, num_classes, seed=seed, **values)
+        options["init"] = init
+    return build(m["name"], num_classes, seed=seed, **options)
 
 
 def init_weights(net: nn.Module, scheme: str = "paper", init_bias: float = 1.0,

@@ -104,7 +104,8 @@ def main(args) -> int:
 
     state = checkpoint.load(args.checkpoint)
     weight = state["model"]["conv1.weight"]
-    towers = 2 if state["config"]["model"]["name"] == "alexnet2012" else 1
+    m = state["config"]["model"]
+    towers = m.get("towers") or (2 if m["name"] == "alexnet2012" else 1)
     out = filters(weight, args.out, towers=towers,
                   title=f"conv1 of {args.checkpoint}: {weight.shape[0]} kernels of "
                         f"{weight.shape[2]}x{weight.shape[3]}x{weight.shape[1]}")

@@ -261,7 +261,8 @@ def restore(run: Run, resume: str | None) -> bool:
             raise UserError(f"--resume: no checkpoint in {out}; start a new run without --resume")
     if state is None:
         return False
-    if state["config"]["model"] != config_mod.to_dict(run.cfg)["model"]:
+    defaults = config_mod.to_dict(config_mod.Config())["model"]  # keys added since the checkpoint was written
+    if {**defaults, **state["config"]["model"]} != config_mod.to_dict(run.cfg)["model"]:
         raise UserError(f"{path} was trained with another model configuration; "
                         f"use another --out, or the same model settings")
     theirs, ours = [c["id"] for c in state["classes"]], [c["id"] for c in run.ds.classes]

@@ -10,7 +10,7 @@ import yaml
 from alexnet import __version__, cli, config
 
 SUBCOMMANDS = ["prepare", "train", "evaluate", "predict", "features", "neighbors", "filters",
-               "export", "serve", "bench", "info"]
+               "export", "serve", "bench", "ablate", "info"]
 
 
 def run_cli(capsys, *argv):

@@ -239,3 +239,135 @@ def test_ceil_padding_equals_explicit_far_edge_pad(net2012):
         torch.testing.assert_close(got, want)
         x227 = F.pad(x, (0, 3, 0, 3))
         torch.testing.assert_close(net2012.conv1(x227), want)
+
+
+# ------------------------------------------------- the paper's comparisons as options (issue #15)
+
+STATE_KEYS = [f"{layer}.{p}" for layer in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+              for p in ("weight", "bias")]
+
+
+def test_defaults_are_unchanged(net2012):
+    """The new options default to today's networks: the same parameters, keys and layers."""
+    assert list(net2012.state_dict()) == STATE_KEYS
+    assert model.count_parameters(net2012) == 60_965_224
+    assert (net2012.towers, net2012.pooling, net2012.activation) == (2, "overlap", "relu")
+    assert [net2012.conv2.groups, net2012.conv4.groups, net2012.conv5.groups] == [2, 2, 2]
+    assert all(getattr(net2012, f"pool{i}").kernel_size == 3 for i in (1, 2, 5))
+    owt = model.build("alexnet_owt")
+    assert list(owt.state_dict()) == STATE_KEYS and owt.towers == 1
+
+
+def _conv_params(c_in, c_out, k, groups=1):
+    """Brute force: the parameters of a freshly made convolution."""
+    return model.count_parameters(torch.nn.Conv2d(c_in, c_out, k, groups=groups))
+
+
+def test_one_tower_net_halves_every_conv_layer_but_the_last():
+    """§3.2 and footnote 2: 48/128/192/192 kernels, no groups, conv5 and the FC layers as before."""
+    net = model.build("alexnet2012", towers=1, seed=0)
+    expected = {"conv1": _conv_params(3, 48, 11), "conv2": _conv_params(48, 128, 5),
+                "conv3": _conv_params(128, 192, 3), "conv4": _conv_params(192, 192, 3),
+                "conv5": _conv_params(192, 256, 3), **{k: PAPER_PARAMS[k] for k in ("fc6", "fc7", "fc8")}}
+    # by hand: 17,472 + 153,728 + 221,376 + 331,968 + 442,624 + 58,631,144
+    assert sum(expected.values()) == 59_798_312 == model.count_parameters(net)
+    for name, count in expected.items():
+        assert model.count_parameters(getattr(net, name)) == count, name
+    assert all(getattr(net, f"conv{i}").groups == 1 for i in range(1, 6)) and net.norm1.groups == 1
+    shapes = _shapes(info.layer_table(net, 224))
+    assert shapes["conv1"] == (55, 55, 48) and shapes["conv4"] == (13, 13, 192) and shapes["pool5"] == (6, 6, 256)
+    assert list(net.state_dict()) == STATE_KEYS
+    half = model.build("alexnet2012", towers=1, width=0.5, hidden=64, num_classes=10)
+    assert [half.conv1.out_channels, half.conv3.out_channels, half.conv5.out_channels] == [24, 96, 128]
+
+
+def test_non_overlapping_pooling_keeps_the_paper_sizes(net2012):
+    """§3.4's comparison: 2x2/2 windows (s = z = 2) give the same 55 -> 27 -> 13 -> 6 maps at 224."""
+    net = model.build("alexnet2012", pooling="nonoverlap", seed=0)
+    assert all((getattr(net, f"pool{i}").kernel_size, getattr(net, f"pool{i}").stride) == (2, 2) for i in (1, 2, 5))
+    for size in (224, 227):
+        shapes = _shapes(info.layer_table(net, size))
+        assert all(shapes[k] == PAPER_SHAPES[k] for k in PAPER_SHAPES), size
+    assert model.count_parameters(net) == 60_965_224
+    assert net.min_input_size < net2012.min_input_size  # smaller windows fit smaller inputs
+    net.load_state_dict(net2012.state_dict())
+    net.eval(), net2012.eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        pooled = net.pool1(torch.arange(16.0).view(1, 1, 4, 4))
+        assert pooled.flatten().tolist() == [5.0, 7.0, 13.0, 15.0]  # the max of each 2x2 block
+        assert not torch.allclose(net(x), net2012(x))
+
+
+def test_tanh_units_everywhere(net2012):
+    """§3.1: tanh after every conv and FC layer instead of the ReLU."""
+    net = model.build("alexnet2012", activation="tanh", num_classes=10, width=0.25, hidden=64, seed=0).eval()
+    captured = {}
+    net.fc7.register_forward_hook(lambda m, i, o: captured.setdefault("fc7", o.clone()))
+    net.conv1.register_forward_hook(lambda m, i, o: captured.setdefault("conv1", o.clone()))
+    net.norm1.register_forward_hook(lambda m, i, o: captured.setdefault("lrn_in", i[0].clone()))
+    with torch.no_grad():
+        codes = net.embed(torch.randn(2, 3, 96, 96) * 50)
+    torch.testing.assert_close(codes, torch.tanh(captured["fc7"]))
+    torch.testing.assert_close(captured["lrn_in"], torch.tanh(captured["conv1"]))
+    assert (captured["lrn_in"] < 0).any()  # not a ReLU
+
+
+def test_bad_options_are_clear_errors():
+    with pytest.raises(UserError, match="towers=2 is defined only for alexnet2012"):
+        model.build("alexnet_owt", towers=2)
+    with pytest.raises(UserError, match="pooling"):
+        model.build("alexnet2012", pooling="average", hidden=8)
+    with pytest.raises(UserError, match="activation"):
+        model.build("alexnet2012", activation="gelu", hidden=8)
+    assert model.build("alexnet_owt", towers=1, hidden=8).towers == 1
+
+
+def test_from_config_reads_old_checkpoint_dicts():
+    """A checkpoint's model section from before these options existed builds the same network."""
+    old = {"name": "alexnet2012", "num_classes": None, "norm": None, "dropout": 0.5, "init": "paper",
+           "init_bias": 1.0, "lrn_convention": "authors", "lrn_k": 2.0, "width": 0.25, "hidden": 64}
+    a = model.from_config(old, 10, seed=3)
+    b = model.build("alexnet2012", 10, width=0.25, hidden=64, seed=3)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    one = model.from_config({**old, "towers": 1, "pooling": "nonoverlap", "activation": "tanh"}, 10)
+    assert (one.towers, one.pooling, one.activation) == (1, "nonoverlap", "tanh")
+
+
+@pytest.mark.filterwarnings("ignore:.*jit.trace:FutureWarning", "ignore::torch.jit.TracerWarning")
+@pytest.mark.parametrize("convention", ["authors", "literal"])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_lrn_training_path_matches_the_formula_and_its_gradient(convention, groups):
+    """Training (a hand-written backward), evaluation and export (traced: F.local_response_norm)
+    all compute the float64 formula; the gradient passes gradcheck."""
+    g = torch.Generator().manual_seed(1)
+    x = (torch.rand(2, 12, 3, 4, generator=g, dtype=torch.float64) * 100).requires_grad_()
+    lrn = model.LocalResponseNorm(5, 1e-4, 0.75, 2.0, convention=convention, groups=groups)
+    a = x.detach().numpy()
+    half = a.shape[1] // groups
+    want = np.concatenate([lrn_reference(a[:, t * half:(t + 1) * half], 5, 1e-4, 0.75, 2.0,
+                                         divide_by_n=convention == "authors") for t in range(groups)], 1)
+    np.testing.assert_allclose(lrn(x).detach().numpy(), want, rtol=1e-12)
+    with torch.no_grad():
+        np.testing.assert_allclose(lrn(x).numpy(), want, rtol=1e-12)
+        traced = torch.jit.trace(lrn, x.detach())
+        assert "local_response_norm" in str(traced.graph) or "avg_pool3d" in str(traced.graph)
+        np.testing.assert_allclose(traced(x.detach()).numpy(), want, rtol=1e-12)
+    assert torch.autograd.gradcheck(lrn, (x,))
+    even = model.LocalResponseNorm(4, 1e-2, 0.75, 2.0, convention=convention, groups=groups)  # asymmetric window
+    assert torch.autograd.gradcheck(even, (x,))
+    with torch.no_grad():  # the evaluation path (F.local_response_norm) agrees with the training path
+        np.testing.assert_allclose(even(x).numpy(), even(x.detach().requires_grad_()).detach().numpy(), rtol=1e-12)
+
+
+def test_lrn_training_path_under_bf16_autocast():
+    x = (torch.rand(4, 16, 9, 9) * 50).contiguous(memory_format=torch.channels_last)
+    lrn = model.LocalResponseNorm(5, 1e-4, 0.75, 2.0, groups=2)
+    want = lrn(x)  # no grad: F.local_response_norm in float32
+    xb = x.to(torch.bfloat16).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = lrn(xb)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=0.5)
+    got.float().sum().backward()
+    assert xb.grad.dtype == torch.bfloat16 and torch.isfinite(xb.grad.float()).all()
