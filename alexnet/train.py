@@ -220,6 +220,11 @@ def is_run_folder(out: Path) -> bool:
     names = {p.name for p in out.iterdir() if not p.name.startswith(".")}
     if not names or names & {"last.pt", "last.prev.pt", "best.pt", "metrics.jsonl"}:
         return True
+    try:  # a folder `alexnet ablate` made for this run: its log of the command comes first
+        if (out / "train.log").read_text(errors="replace").lstrip().startswith("$ alexnet train"):
+            return True
+    except OSError:
+        pass
     try:
         env = json.loads((out / "env.json").read_text())
         return isinstance(env, dict) and "command" in env and "torch" in env
