@@ -11,6 +11,7 @@ Everything `predict`, `evaluate` and `export` need travels with it.
 """
 from __future__ import annotations
 
+import errno
 import os
 import random
 import time
@@ -30,10 +31,19 @@ class CheckpointError(UserError):
 
 
 def save(path: str | Path, state: dict) -> None:
-    """Write atomically (alexnet.fileio); the checkpoint it replaces is kept as <name>.prev.pt."""
+    """Write atomically (alexnet.fileio); the checkpoint it replaces is kept as <name>.prev.pt.
+    A full disk is a CheckpointError: the write went to a temporary file, now removed, so every
+    checkpoint already there is as it was."""
     path = Path(path)
-    atomic_write(path, lambda f: torch.save({"format": "alexnet-checkpoint", "version": VERSION, **state}, f),
-                 keep_previous=previous(path))
+    try:
+        atomic_write(path, lambda f: torch.save({"format": "alexnet-checkpoint", "version": VERSION, **state}, f),
+                     keep_previous=previous(path))
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise CheckpointError(f"disk full while saving {path}: it was not written, and the checkpoints already in "
+                              f"{path.parent} are intact; free some space and run the same command again to "
+                              f"resume from the last one") from None
 
 
 def previous(path: Path) -> Path:

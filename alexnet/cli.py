@@ -102,7 +102,11 @@ def build_parser() -> Parser:
     p = command("prepare", "Per §2: shorter side to --size, centre crop, stored in shards with an index,\n"
                            "a manifest and training-set statistics (mean image, RGB covariance).")
     p.add_argument("source", metavar="SRC", help="data root, archive folder, shard folder (tar or Parquet) or CSV list")
-    p.add_argument("out", metavar="OUT", help="output folder of the prepared data set")
+    p.add_argument("out", metavar="OUT", nargs="?",
+                   help="output folder of the prepared data set (`prepare --verify OUT`: the one to check)")
+    p.add_argument("--verify", action="store_true",
+                   help="check every file's SHA-256 against the manifest: alone (`--verify OUT`) name the damage "
+                        "and exit 2; with SRC OUT rebuild what is damaged")
     p.add_argument("--source", dest="source_kind", default="auto",
                    choices=["auto", "folder", "ilsvrc", "kaggle", "webdataset", "csv", "parquet"],
                    help="layout of SRC (default: detected)")

@@ -93,31 +93,49 @@ class FolderLock:
 
         with FolderLock(out, "run folder"):   # raises FolderBusy: "... in use by pid N"
             ...
+
+    shared=True: a reader's lock (`prepare --verify`), which only keeps writers out while it is held:
+    it writes nothing, and a folder that no locking job ever wrote to needs none.
     """
 
-    def __init__(self, folder: str | Path, what: str = "folder"):
+    def __init__(self, folder: str | Path, what: str = "folder", shared: bool = False):
         self.folder, self.what, self.file, self.created = Path(folder), what, None, False
+        self.shared = shared
 
     def acquire(self) -> "FolderLock":
         import fcntl
 
+        if self.shared:
+            try:
+                f = open(self.folder / ".lock")
+            except FileNotFoundError:
+                return self
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                self._busy(f)
+            self.file = f
+            return self
         self.created = not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
         f = open(self.folder / ".lock", "a+")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            f.seek(0)
-            owner = f.read().strip() or "unknown"
-            f.close()
-            raise FolderBusy(f"{self.what} {self.folder} is in use by pid {owner} (another alexnet job); "
-                             f"wait for it to finish, or use another folder") from None
+            self._busy(f)
         f.seek(0)
         f.truncate()
         f.write(f"{os.getpid()}\n")
         f.flush()
         self.file = f
         return self
+
+    def _busy(self, f) -> None:
+        f.seek(0)
+        owner = f.read().strip() or "unknown"
+        f.close()
+        raise FolderBusy(f"{self.what} {self.folder} is in use by pid {owner} (another alexnet job); "
+                         f"wait for it to finish, or use another folder") from None
 
     def release(self) -> None:
         """Drop the lock; a folder this lock created and nothing else wrote to is removed again

@@ -14,10 +14,18 @@ Work is split into shards of consecutive samples, done in parallel by `--workers
 is complete when its tar has been renamed into place and its index piece written beside it, so a
 run stopped by Ctrl-C, kill -9 or a full disk resumes from the completed shards when the same
 command is run again, and gives byte-identical output. Files that do not decode are skipped, never
-abort the run, and are listed with their reason in the manifest: found = written + skipped.
+abort the run, and are listed with their reason in the manifest: found = written + skipped (a
+source where nothing decodes is an error that lists them in OUT/skipped.json). One prepare at a
+time per OUT (a lock; a second is refused with the first one's pid), and a full disk at any stage
+is one line that says to free space and run the same command again.
+
+Run again over a finished OUT, the same command re-checks it against its manifest (shard sizes,
+index and statistics SHA-256; `--verify` every shard's SHA-256 too) and rebuilds what is damaged
+or missing (see repair()). `alexnet prepare --verify OUT` only checks, and names the damage.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -40,6 +48,7 @@ from .data import store
 from .data.decode import MAX_ASPECT, RESAMPLE, BadImage, encode_jpeg, max_pixels, open_rgb, resize_crop_image
 from .data.sources import Listing, Sample, list_source, read_bytes
 from .errors import UserError
+from .fileio import FolderLock
 
 DEFAULT_QUALITY = 90  # see docs/benchmarks.md: ~40 dB PSNR at about 1/3 of quality-100's bytes
 MAX_SIZE = 8192  # px: --keep-aspect stores sides up to MAX_ASPECT x this, within the index's 65535
@@ -192,7 +201,7 @@ def run_task(task: Task) -> int:
     if writer.rows:
         r = np.array(writer.rows, dtype=np.int64)
         rows["shard"], rows["offset"], rows["size"] = task.shard, r[:, 0], r[:, 1]
-        rows["label"], rows["height"], rows["width"] = r[:, 2], r[:, 3], r[:, 4]
+        rows["label"], rows["height"], rows["width"], rows["crc32"] = r[:, 2], r[:, 3], r[:, 4], r[:, 5]
     buf = io.BytesIO()
     meta = json.dumps({"keys": keys, "skipped": skipped, "bytes": nbytes, "sha256": sha})
     np.savez(buf, rows=rows, meta=np.array(meta), **(stats.arrays() if stats else {}))
@@ -202,11 +211,33 @@ def run_task(task: Task) -> int:
 
 # ------------------------------------------------------------------------------- orchestration
 
+@dataclass
+class Job:
+    """One `alexnet prepare`: what is read, how it is stored and where."""
+    src: str | Path
+    out: Path
+    listing: Listing
+    shards: dict[str, list[tuple[int, int]]]  # split -> [(first, end)] of plan()
+    options: Options
+    fp: str  # fingerprint()
+    stats_split: str
+    workers: int | None
+    progress: bool
+    started: float
+
+    def task(self, split: str, shard: int) -> Task:
+        first, end = self.shards[split][shard]
+        return Task(split, shard, first, tuple(self.listing.splits[split][first:end]), str(self.out), self.options,
+                    split == self.stats_split)
+
+
 def prepare(src: str | Path, out: str | Path, kind: str = "auto", size: int = 256,
             keep_aspect: bool = False, raw: bool = False, quality: int | None = None,
             workers: int | None = None, shard_size: int | None = None, progress: bool = True,
-            csv_columns: str | None = None) -> dict:
-    """Prepare `src` into `out` (resuming an interrupted run); returns the manifest."""
+            csv_columns: str | None = None, verify: bool = False) -> dict:
+    """Prepare `src` into `out` (resuming an interrupted run); returns the manifest. An `out` already
+    prepared from the same source and options is checked against its manifest (shard sizes, index
+    and statistics; with `verify` every shard's SHA-256 too) and what is damaged or missing rebuilt."""
     if size < 32:
         raise UserError(f"--size {size} is too small: the network needs at least 64 px crops")
     if size > MAX_SIZE:
@@ -218,60 +249,184 @@ def prepare(src: str | Path, out: str | Path, kind: str = "auto", size: int = 25
         raise UserError("--quality applies to JPEG storage; it has no effect with --raw")
     if shard_size is not None and shard_size < 1:
         raise UserError(f"--shard-size must be at least 1, got {shard_size}")
+    refuse_prepared_source(src)
     started = time.time()
     options = Options(size, keep_aspect, "raw" if raw else "jpeg",
                       0 if raw else (quality or DEFAULT_QUALITY))
     max_pixels()  # a bad ALEXNET_MAX_PIXELS is an error now, not a reason on every image
     listing = list_source(src, kind, csv_columns)
     shards = plan(listing, shard_size)
-    fp = fingerprint(listing, options, shards)
-    out = Path(out)
+    with_images = [s for s in sorted(listing.splits) if listing.splits[s]]
+    job = Job(src, Path(out), listing, shards, options, fingerprint(listing, options, shards),
+              "train" if "train" in with_images else with_images[0], workers, progress, started)
+    lock = FolderLock(job.out, "output folder")  # one prepare per OUT: a second one is refused
+    try:
+        lock.acquire()
+    except OSError as e:
+        raise UserError(f"cannot write to {job.out}: {e.strerror or e}") from None
+    try:
+        with disk_errors(job.out):  # everywhere: shards, assembly, repair
+            return _prepare(job, verify)
+    finally:
+        lock.release()
+
+
+def refuse_prepared_source(src: str | Path) -> None:
+    """A prepared data set given as SRC would be read as an ImageFolder with classes `train`, `val`."""
+    try:
+        prepared = json.loads((Path(src) / "manifest.json").read_text()).get("format") == store.FORMAT
+    except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+        return
+    if prepared:
+        raise UserError(f"{src} is already a prepared data set (the output of alexnet prepare): train on it with "
+                        f"`alexnet train --data {src}`, check it with `alexnet prepare --verify {src}`, or give "
+                        f"the folder of the original images as SRC")
+
+
+@contextlib.contextmanager
+def disk_errors(out: Path):
+    """A full disk, or any other write error, is one line that says what to do (the work done so far
+    is kept: the same command resumes)."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"disk full while writing {out}: free some space and run the same command "
+                            f"again to resume") from e
+        raise UserError(f"cannot write to {out}: {e}") from e
+
+
+def _prepare(job: Job, verify: bool) -> dict:
+    out = job.out
     manifest_path = out / "manifest.json"
     if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("fingerprint") == fp:
-            say(progress, f"{out} is already prepared from this source with these options; nothing to do")
-            return manifest
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            raise UserError(f"{manifest_path} is damaged (not JSON): move it aside and run the same command "
+                            f"again to prepare {out} anew") from None
+        if manifest.get("fingerprint") == job.fp:
+            return repair(job, manifest, verify)
         raise UserError(f"{out} already holds a data set prepared from other data or options; "
                         f"choose another OUT or delete {out}")
     state_path = out / "prepare-state.json"
     _make_writable(out)
-    if state_path.is_file() and json.loads(state_path.read_text()).get("fingerprint") != fp:
+    if state_path.is_file() and _state_fingerprint(state_path) != job.fp:
         raise UserError(f"{out} holds an interrupted prepare of other data or options; "
                         f"choose another OUT or delete {out}")
-    store.atomic_write(state_path, json.dumps({"fingerprint": fp, "source": str(src)}).encode())
-    with_images = [s for s in sorted(listing.splits) if listing.splits[s]]
-    stats_split = "train" if "train" in with_images else with_images[0]
-    tasks = []
-    for split, ranges in shards.items():
+    store.atomic_write(state_path, json.dumps({"fingerprint": job.fp, "source": str(job.src)}).encode())
+    for split in job.shards:
         (out / split).mkdir(exist_ok=True)
         for stale in (out / split).glob("*.tmp"):  # leftovers of an interrupted run
             stale.unlink()
-        for shard, (first, end) in enumerate(ranges):
-            done = piece_path(out, split, shard).is_file() and shard_path(out, split, shard).is_file()
-            if not done:
-                tasks.append(Task(split, shard, first, tuple(listing.splits[split][first:end]), str(out),
-                                  options, split == stats_split))
-    total = sum(len(t.samples) for t in tasks)
-    resumed = sum(len(r) for r in shards.values()) - len(tasks)
+    todo = [(split, k) for split, ranges in job.shards.items() for k in range(len(ranges))]
+    resumed = sum(piece_done(out, split, k, verify) for split, k in todo)
     if resumed:
-        say(progress, f"resuming: {resumed} shard(s) already done, {len(tasks)} to go")
+        say(job.progress, f"resuming: {resumed} shard(s) already done, {len(todo) - resumed} to go")
+    run_shards(job, todo, verify)
+    manifest = assemble(out, job.listing, job.shards, job.options, job.fp, job.stats_split, job.src,
+                        time.time() - job.started)
+    state_path.unlink(missing_ok=True)
+    (out / "skipped.json").unlink(missing_ok=True)  # of an earlier run that had nothing to decode
+    if job.progress:
+        print_summary(manifest, out, time.time() - job.started)
+    return manifest
+
+
+def _state_fingerprint(path: Path) -> str | None:
     try:
-        _run(tasks, total, workers, progress)
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
-            raise UserError(f"disk full while writing {out}: free some space and run the same command "
-                            f"again to resume") from e
-        raise UserError(f"cannot write to {out}: {e}") from e
+        return json.loads(path.read_text()).get("fingerprint")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return None
+
+
+def piece_done(out: Path, split: str, shard: int, checksums: bool = False) -> bool:
+    """A shard is done when its piece is readable and its tar has the size (with `checksums`, the
+    SHA-256) the piece recorded for it."""
+    tar = shard_path(out, split, shard)
+    try:
+        with np.load(piece_path(out, split, shard)) as piece:
+            meta = json.loads(str(piece["meta"]))
+    except (OSError, ValueError, KeyError):
+        return False
+    if not tar.is_file() or tar.stat().st_size != meta["bytes"]:
+        return False
+    return not checksums or store.sha256_file(tar) == meta["sha256"]
+
+
+def run_shards(job: Job, keys: list[tuple[str, int]], checksums: bool = False) -> None:
+    """Make the shards `keys` [(split, shard)] that are not done yet (their tars and pieces)."""
+    tasks = [job.task(split, k) for split, k in keys if not piece_done(job.out, split, k, checksums)]
+    try:
+        _run(tasks, sum(len(t.samples) for t in tasks), job.workers, job.progress)
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command again to resume from the completed shards",
               file=sys.stderr)
         raise
-    manifest = assemble(out, listing, shards, options, fp, stats_split, src, time.time() - started)
-    state_path.unlink(missing_ok=True)
-    if progress:
-        print_summary(manifest, out, time.time() - started)
+
+
+def repair(job: Job, manifest: dict, verify: bool) -> dict:
+    """Check a finished data set against its manifest and rebuild what is damaged or missing.
+
+    A damaged or missing shard is made again from the source; it comes out byte-identical (same
+    source, options and libraries), so the index and statistics stand. A damaged index, damaged
+    statistics, or a rebuilt shard that differs (the source files or the image libraries changed
+    since) mean that split's shards are all made again and it is assembled anew, with the
+    statistics when it is their split; a format 1 data set is then rebuilt whole, in format 2."""
+    from .data.verify import check
+
+    out = job.out
+    damage = check(store.open_prepared(out), checksums=verify, progress=job.progress)
+    if not damage:
+        checked = ("every file's SHA-256" if verify else
+                   "shard sizes, index and statistics SHA-256; --verify reads every shard's SHA-256 too")
+        old = (f"; format {manifest['format_version']}: its samples carry no checksums, prepare into a new folder "
+               f"to get them" if manifest["format_version"] < store.FORMAT_VERSION else "")
+        say(job.progress, f"{out} is already prepared from this source with these options and checks out "
+                          f"({checked}){old}; nothing to do")
+        return manifest
+    for d in damage:
+        say(job.progress, f"damaged: {d.line()}")
+    whole = {d.split for d in damage if d.shard is None and d.split is not None}
+    if any(d.split is None for d in damage):  # the statistics: made from their split's images
+        whole.add(job.stats_split)
+    redo = {(d.split, d.shard) for d in damage if d.shard is not None}
+
+    def everything_of(splits):
+        if manifest["format_version"] != store.FORMAT_VERSION:
+            splits = set(job.shards)  # one format in one data set
+        return sorted(redo | {(s, k) for s in splits for k in range(len(job.shards[s]))})
+
+    for split in job.shards:
+        for stale in (out / split).glob("*.tmp"):
+            stale.unlink()
+    todo = everything_of(whole) if whole else sorted(redo)
+    run_shards(job, todo)
+    recorded = {(s, k): info["sha256"] for s, v in manifest["splits"].items() for k, info in enumerate(v["shards"])}
+    differ = sorted({s for s, k in redo if s not in whole and _piece_sha(out, s, k) != recorded[(s, k)]})
+    if differ:
+        say(job.progress, f"the rebuilt shard(s) of {', '.join(differ)} differ from the recorded ones (the source "
+                          f"files or the image libraries changed since): making all of {', '.join(differ)} again")
+        whole |= set(differ)
+        todo = everything_of(whole)
+        run_shards(job, todo)
+    rebuilt = [f"{s}/{shard_path(out, s, k).name}" for s, k in todo]
+    if whole:
+        if manifest["format_version"] != store.FORMAT_VERSION:
+            whole = set(job.shards)
+        manifest = assemble(out, job.listing, job.shards, job.options, job.fp, job.stats_split, job.src,
+                            time.time() - job.started, previous=manifest, only=whole)
+        rebuilt += [f"{s}/{name}" for s in sorted(whole) for name in ("index.npy", "keys.txt")]
+        rebuilt += ["stats.npz"] if job.stats_split in whole else []
+    for s, k in todo:
+        piece_path(out, s, k).unlink(missing_ok=True)
+    say(job.progress, f"rebuilt {len(rebuilt)} file(s): {', '.join(sorted(rebuilt))}")
     return manifest
+
+
+def _piece_sha(out: Path, split: str, shard: int) -> str:
+    with np.load(piece_path(out, split, shard)) as piece:
+        return json.loads(str(piece["meta"]))["sha256"]
 
 
 def say(progress: bool, message: str) -> None:
@@ -336,10 +491,16 @@ def _init_worker_local() -> None:
 
 
 def assemble(out: Path, listing: Listing, shards: dict, options: Options, fp: str, stats_split: str,
-             src, elapsed: float) -> dict:
-    """Join the shards' pieces into each split's index, the statistics and the manifest."""
+             src, elapsed: float, previous: dict | None = None, only: set[str] | None = None) -> dict:
+    """Join the shards' pieces into each split's index, the statistics and the manifest. In a repair
+    (`previous`: the manifest), only the splits in `only` are joined anew; the others, and the
+    statistics unless their split is among them, stay as `previous` has them."""
+    only = set(shards) if only is None else only
     splits, stats_parts = {}, []
     for split, ranges in shards.items():
+        if split not in only:
+            splits[split] = previous["splits"][split]
+            continue
         rows, keys, skipped, shard_info = [], [], list(listing.skipped.get(split, [])), []
         for shard in range(len(ranges)):
             with np.load(piece_path(out, split, shard)) as piece:
@@ -354,17 +515,23 @@ def assemble(out: Path, listing: Listing, shards: dict, options: Options, fp: st
         index = np.concatenate(rows)
         store.atomic_save_npy(out / split / "index.npy", index)
         store.atomic_write(out / split / "keys.txt", "".join(k + "\n" for k in keys).encode("utf-8"))
-        checksum = hashlib.sha256((out / split / "index.npy").read_bytes())
-        for s in shard_info:
-            checksum.update(s["sha256"].encode())
+        checksum = store.split_checksum((out / split / "index.npy").read_bytes(), [s["sha256"] for s in shard_info])
         splits[split] = {"count": len(index), "skipped": skipped, "found": listing.found(split),
                          "shard_size": ranges[0][1] - ranges[0][0], "shards": shard_info,
-                         "bytes": sum(s["bytes"] for s in shard_info), "sha256": checksum.hexdigest()}
+                         "bytes": sum(s["bytes"] for s in shard_info), "sha256": checksum}
         assert splits[split]["count"] + len(skipped) == splits[split]["found"], split  # all accounted for
-    stats = finish_stats(stats_parts)
-    buf = io.BytesIO()
-    np.savez(buf, **stats)
-    store.atomic_write(out / "stats.npz", buf.getvalue())
+    if stats_split in only:
+        if not sum(int(p["images"]) for p in stats_parts):
+            raise nothing_decoded(out, stats_split, {name: s["skipped"] for name, s in splits.items()})
+        stats = finish_stats(stats_parts)
+        buf = io.BytesIO()
+        np.savez(buf, **stats)
+        store.atomic_write(out / "stats.npz", buf.getvalue())
+        stats_info = {"split": stats_split, "file": "stats.npz", "scale": "0-255",
+                      **{k: v.tolist() for k, v in stats.items() if k != "mean_image"},
+                      "sha256": hashlib.sha256(buf.getvalue()).hexdigest()}
+    else:
+        stats_info = previous["stats"]
     manifest = {
         "format": store.FORMAT, "format_version": store.FORMAT_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "alexnet": __version__,
@@ -373,15 +540,28 @@ def assemble(out: Path, listing: Listing, shards: dict, options: Options, fp: st
         "classes": [c.to_json() for c in listing.classes],
         "splits": splits,
         "ignored": summarise(listing.ignored), "warnings": listing.warnings,
-        "stats": {"split": stats_split, "file": "stats.npz", "scale": "0-255",
-                  **{k: v.tolist() for k, v in stats.items() if k != "mean_image"}},
+        "stats": stats_info,
         "elapsed_s": round(elapsed, 1),
     }
+    if previous is not None:  # a repair: when it was made, and when mended
+        manifest.update(created=previous["created"], elapsed_s=previous["elapsed_s"],
+                        repaired=manifest["created"])
     store.atomic_write(out / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
-    for split, ranges in shards.items():  # the pieces are folded into the index now
-        for shard in range(len(ranges)):
+    for split in only:  # the pieces are folded into the index now
+        for shard in range(len(shards[split])):
             piece_path(out, split, shard).unlink(missing_ok=True)
     return manifest
+
+
+def nothing_decoded(out: Path, split: str, skipped: dict[str, list[dict]]) -> UserError:
+    """No statistics without images: the skipped files, every one in OUT/skipped.json, the first few
+    in the message."""
+    path = out / "skipped.json"
+    store.atomic_write(path, (json.dumps(skipped, indent=1) + "\n").encode())
+    files = skipped.get(split, [])
+    examples = "; ".join(f"{s['path']}: {s['reason']}" for s in files[:3])
+    return UserError(f"no image of the {split} split could be decoded: {len(files)} file(s) skipped, e.g. {examples}"
+                     f"{' ...' if len(files) > 3 else ''}; the full list is in {path}")
 
 
 def summarise(ignored: list[dict], examples: int = 5) -> list[dict]:
@@ -418,7 +598,14 @@ def print_summary(manifest: dict, out: Path, elapsed: float) -> None:
 
 
 def main(args) -> int:
+    if args.out is None:
+        if not args.verify:
+            raise UserError("give SRC and OUT: the images to prepare and the folder to write (or --verify OUT "
+                            "to check a prepared data set)")
+        from .data.verify import verify_command
+        verify_command(args.source)
+        return 0
     prepare(args.source, args.out, kind=args.source_kind, size=args.size, keep_aspect=args.keep_aspect,
             raw=args.raw, quality=args.quality, workers=args.workers, shard_size=args.shard_size,
-            csv_columns=args.csv_columns)
+            csv_columns=args.csv_columns, verify=args.verify)
     return 0

@@ -5,6 +5,7 @@ Each case runs `alexnet` in-process against a small world made once (a prepared 
 an image, a user's folder); the files under the world's folder are compared before and after.
 """
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,12 @@ def world(tmp_path_factory):
     (root / "mine").mkdir()
     (root / "mine" / "config.yaml").write_text("mine: true\n")
     np.save(root / "random.npy", np.zeros((3, 4), np.float32))
+    damaged = Path(shutil.copytree(data, root / "damaged"))  # one byte of one validation image changed
+    row = np.load(damaged / "val" / "index.npy")[0]
+    shard = damaged / "val" / "val-00000.tar"
+    b = bytearray(shard.read_bytes())
+    b[int(row["offset"]) + int(row["size"]) // 2] ^= 0x01
+    shard.write_bytes(bytes(b))
     return {"root": root, "data": data, "ckpt": run / "last.pt", "photo": root / "photo.png"}
 
 
@@ -98,6 +105,11 @@ CASES = [  # (argv with {data} {ckpt} {photo} {root} placeholders, a phrase the 
     # prepare, serve
     (["prepare", "{root}/nowhere", "{root}/p1"], "not found"),
     (["prepare", "{root}/empty", "{root}/p2", "--workers", "-1"], "must be at least 0"),
+    (["prepare", "{data}", "{root}/p3"], "is already a prepared data set"),
+    (["prepare", "{root}/empty"], "give SRC and OUT"),
+    (["prepare", "--verify", "{root}/nowhere"], "not found"),
+    (["prepare", "--verify", "{root}/damaged"], "1 damaged file(s) (val/val-00000.tar)"),
+    (["evaluate", "{ckpt}", "--data", "{root}/damaged"], "val/val-00000.tar is damaged"),
     (["serve", "--checkpoint", "{ckpt}", "--max-batch", "0"], "--max-batch and --queue-size must be at least 1"),
     (["serve", "--checkpoint", "{ckpt}", "--device", "nonsense"], "unknown device"),
 ]

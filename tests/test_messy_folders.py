@@ -323,6 +323,11 @@ def test_an_index_that_would_wrap_is_refused(tmp_path):
     index = np.load(tmp_path / "raw" / "train" / "index.npy")
     index["width"][1] = 11264  # as an older prepare stored a 6000x20 strip's width modulo 65536
     np.save(tmp_path / "raw" / "train" / "index.npy", index)
+    m = json.loads((tmp_path / "raw" / "manifest.json").read_text())  # which it recorded in its manifest
+    info = m["splits"]["train"]
+    info["sha256"] = store.split_checksum((tmp_path / "raw" / "train" / "index.npy").read_bytes(),
+                                          [s["sha256"] for s in info["shards"]])
+    (tmp_path / "raw" / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(UserError, match="1 image.*does not match their height x width.*re-run alexnet prepare"):
         store.open_prepared(tmp_path / "raw").split("train")
 

@@ -101,7 +101,7 @@ def test_not_ours_and_other_versions(tmp_path, prepared):
     with pytest.raises(UserError, match="not an alexnet prepared data set"):
         store.open_prepared(other)
     (other / "manifest.json").write_text(json.dumps({**m, "format_version": 99}))
-    with pytest.raises(UserError, match="format version 99, this alexnet reads version 1"):
+    with pytest.raises(UserError, match="format version 99, this alexnet reads versions 1, 2"):
         store.open_prepared(other)
     (other / "manifest.json").write_text("{ not json")
     with pytest.raises(UserError, match="damaged"):

@@ -258,12 +258,20 @@ class Loader:
             prefetch_factor=self.prefetch if self.workers else None, worker_init_fn=_worker_init,
             generator=torch.Generator().manual_seed(0))
         it = start_workers(dl)
-        if cuda:
-            yield from self._timed(_cuda_ahead(it, self))
-        elif self.pool is not None:
-            yield from self._timed(self._from_pool(it))
-        else:
-            yield from self._timed(it)
+        try:
+            if cuda:
+                yield from self._timed(_cuda_ahead(it, self))
+            elif self.pool is not None:
+                yield from self._timed(self._from_pool(it))
+            else:
+                yield from self._timed(it)
+        finally:
+            # Stop the workers now, whatever ended the epoch (a damaged sample, an error in the
+            # step): they ignore SIGTERM (_worker_init), so a worker left to the garbage collector
+            # would hang the interpreter's exit, where multiprocessing joins its children.
+            shutdown = getattr(it, "_shutdown_workers", None)  # torch's own clean-up, as in its __del__
+            if shutdown is not None:
+                shutdown()
 
     def _from_pool(self, it):
         for slot, labels, indices in it:

@@ -1,17 +1,19 @@
 """The prepared data set: WebDataset-compatible tar shards plus a memory-mapped index.
 
     ds = store.open_prepared("prepared/")        # checks format, version and shard sizes
-    train = ds.split("train")
-    data, label = train[123]                    # JPEG bytes (or a (S, S, 3) uint8 array if --raw)
+    train = ds.split("train")                   # checks the index against the manifest (SHA-256)
+    data, label = train[123]                    # JPEG bytes (or a (S, S, 3) uint8 array if --raw), CRC32-checked
     mine = train.share(rank, world_size)        # a disjoint share of the sample indices
-    ds.stats["eigval"], ds.mean_image           # §4.1 PCA and §2 mean image, 0-255 scale
+    ds.stats["eigval"], ds.mean_image           # §4.1 PCA and §2 mean image, 0-255 scale (SHA-256-checked)
 
 Layout:
-    OUT/manifest.json               format, version, classes, splits (counts, skipped, shards), stats,
-                                    options; written last and atomically: no manifest, no data set
+    OUT/manifest.json               format, version, classes, splits (counts, skipped, shards with their
+                                    bytes and SHA-256, the index's checksum), stats (with the SHA-256 of
+                                    stats.npz), options; written last and atomically: no manifest, no data set
     OUT/stats.npz                   mean_image (3, S, S), mean, std, cov, eigval, eigvec (training split)
     OUT/<split>/<split>-00000.tar   shards: members <key>.jpg (or <key>.npy) and <key>.cls
-    OUT/<split>/index.npy           one row per sample: shard, data offset, size, label, height, width
+    OUT/<split>/index.npy           one row per sample: shard, data offset, size, label, height, width,
+                                    crc32 (of the stored payload: the JPEG bytes, or the raw pixels)
     OUT/<split>/keys.txt            the source path of every sample, one per line (UTF-8; bytes of a
                                     name that are not UTF-8 and control characters as \\xNN, \\n)
 
@@ -21,14 +23,29 @@ index of byte offsets gives random access to any sample through a memory map, wi
 files and no database. Each shard is written to a temporary name, fsynced and renamed, and the
 manifest records every shard's size and SHA-256, so a half-written or damaged shard never passes
 for a complete one.
+
+What is checked, and when (damage is a UserError naming the file, and the sample, and saying what
+to do; `alexnet prepare --verify OUT` lists all of it, `alexnet prepare SRC OUT` rebuilds it):
+    on open       every shard's presence and size; a split's index, its SHA-256 against the manifest
+                  (a split's "sha256" covers index.npy and its shards' SHA-256s); the statistics, their
+                  SHA-256 (format 1: their numbers against the manifest's)
+    on each read  the sample's CRC32 against its index row (~1 us per 10 kB; docs/benchmarks.md),
+                  before it is decoded: damaged bytes never become pixels or a libjpeg traceback
+    on demand     every shard's SHA-256 (`prepare --verify`, PreparedDataset.verify)
+
+Format versions: 2 added the index's crc32 column and the statistics' SHA-256. A version 1 data set
+(prepared by alexnet before them) is read as it is, its index and statistics checked as above, but
+its samples are not verifiable one by one; prepare it again into a new folder to get the checks.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import mmap
 import os
 import tarfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +54,41 @@ from ..errors import UserError
 from ..fileio import atomic_write, sha256_file  # noqa: F401 (atomic_write is used through store.atomic_write)
 
 FORMAT = "alexnet-prepared"
-FORMAT_VERSION = 1
-INDEX_DTYPE = np.dtype([("shard", "<u4"), ("offset", "<u8"), ("size", "<u4"), ("label", "<i4"),
-                        ("height", "<u2"), ("width", "<u2")])
+FORMAT_VERSION = 2
+INDEX_DTYPES = {  # format version -> index row; 2 added the payload's CRC32
+    1: np.dtype([("shard", "<u4"), ("offset", "<u8"), ("size", "<u4"), ("label", "<i4"), ("height", "<u2"),
+                 ("width", "<u2")]),
+    2: np.dtype([("shard", "<u4"), ("offset", "<u8"), ("size", "<u4"), ("label", "<i4"), ("height", "<u2"),
+                 ("width", "<u2"), ("crc32", "<u4")]),
+}
+INDEX_DTYPE = INDEX_DTYPES[FORMAT_VERSION]
 MAX_SIDE = np.iinfo(np.uint16).max  # prepare bounds what it stores well below this (MAX_ASPECT x --size)
+
+
+class DamagedSample(UserError):
+    """A stored sample whose bytes do not match the CRC32 prepare recorded.
+
+    Raised where the sample is read, often inside a DataLoader worker; torch re-creates a worker's
+    exception in the main process from "Caught ... Original Traceback ...: <message>", so the
+    constructor takes the one-line message back out of that text."""
+
+    def __init__(self, message: str):
+        if message.startswith("Caught ") and "Original Traceback" in message:
+            message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]
+        super().__init__(message)
+
+
+def split_checksum(index_bytes: bytes, shard_sha256: list[str]) -> str:
+    """A split's "sha256" in the manifest: SHA-256 of index.npy's bytes, then its shards' hex SHA-256s."""
+    h = hashlib.sha256(index_bytes)
+    for sha in shard_sha256:
+        h.update(sha.encode())
+    return h.hexdigest()
+
+
+def repair_hint(root: Path, manifest: dict) -> str:
+    src = manifest.get("source", {}).get("path", "SRC")
+    return f"`alexnet prepare --verify {root}` lists the damage, `alexnet prepare {src} {root}` rebuilds it"
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
@@ -61,7 +109,7 @@ class ShardWriter:
         self.tmp = self.path.with_name(self.path.name + ".tmp")
         self.file = open(self.tmp, "wb")
         self.tar = tarfile.open(fileobj=self.file, mode="w", format=tarfile.USTAR_FORMAT)
-        self.rows: list[tuple[int, int, int, int, int]] = []  # offset, size, label, height, width
+        self.rows: list[tuple[int, ...]] = []  # offset, size, label, height, width, crc32
 
     def _add(self, name: str, payload: bytes) -> int:
         info = tarfile.TarInfo(name)
@@ -82,11 +130,11 @@ class ShardWriter:
             np.lib.format.write_array(buf, np.ascontiguousarray(image), allow_pickle=False)
             payload = buf.getvalue()
             start = self._add(f"{key}.npy", payload) + len(payload) - image.nbytes
-            size = image.nbytes
+            size, crc = image.nbytes, zlib.crc32(memoryview(payload)[len(payload) - image.nbytes:])
         else:
-            start, size = self._add(f"{key}.jpg", image), len(image)
+            start, size, crc = self._add(f"{key}.jpg", image), len(image), zlib.crc32(image)
         self._add(f"{key}.cls", str(label).encode())
-        self.rows.append((start, size, label, height, width))
+        self.rows.append((start, size, label, height, width, crc))
 
     def close(self) -> tuple[int, str]:
         """Finish, fsync and rename into place; returns (bytes, sha256)."""
@@ -117,32 +165,73 @@ def _check_manifest(root: Path) -> dict:
         raise UserError(f"{path} is damaged (not JSON: {e}); re-run alexnet prepare") from None
     if manifest.get("format") != FORMAT:
         raise UserError(f"{path} is not an alexnet prepared data set (format {manifest.get('format')!r})")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in INDEX_DTYPES:
         raise UserError(f"{root} has format version {manifest.get('format_version')}, this alexnet reads "
-                        f"version {FORMAT_VERSION}: re-run alexnet prepare, or use the matching alexnet")
+                        f"versions {', '.join(map(str, INDEX_DTYPES))}: re-run alexnet prepare, or use the matching alexnet")
     return manifest
+
+
+def shard_problem(file: Path, shard: dict) -> str | None:
+    """What is wrong with a shard file that a look at it shows (missing, another size), or None."""
+    if not file.is_file():
+        return "missing"
+    if file.stat().st_size != shard["bytes"]:
+        return f"{file.stat().st_size} bytes, the manifest says {shard['bytes']}"
+    return None
+
+
+def index_problem(path: Path, info: dict, version: int) -> str | None:
+    """What is wrong with a split's index.npy (its SHA-256, dtype, rows against the manifest), or None."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    if split_checksum(data, [s["sha256"] for s in info["shards"]]) != info["sha256"]:
+        return "SHA-256 differs from the manifest"
+    try:
+        index = np.load(io.BytesIO(data))
+    except (OSError, ValueError) as e:
+        return f"not an index ({e})"
+    if index.dtype != INDEX_DTYPES[version] or len(index) != info["count"]:
+        return f"holds {len(index)} rows of {index.dtype}, the manifest says {info['count']} of format {version}"
+    return None
+
+
+def stats_problem(path: Path, stats: dict) -> str | None:
+    """What is wrong with stats.npz against the manifest (its SHA-256; format 1: its numbers), or None."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    if "sha256" in stats:
+        return None if hashlib.sha256(data).hexdigest() == stats["sha256"] else "SHA-256 differs from the manifest"
+    try:  # format 1: the manifest holds every number but the mean image, as JSON of the same float64s
+        with np.load(io.BytesIO(data)) as z:
+            same = all(np.array_equal(z[k], np.asarray(stats[k])) for k in ("mean", "std", "cov", "eigval", "eigvec"))
+    except (OSError, ValueError, KeyError) as e:
+        return f"not the statistics ({e})"
+    return None if same else "its numbers differ from the manifest's"
 
 
 class PreparedSplit:
     """One split: len(), [i] -> (JPEG bytes | (H, W, 3) uint8 array, label), labels, share()."""
 
-    def __init__(self, root: Path, name: str, info: dict, raw: bool):
-        self.root, self.name, self.raw = root, name, raw
+    def __init__(self, root: Path, name: str, info: dict, raw: bool, version: int = FORMAT_VERSION,
+                 hint: str = "re-run alexnet prepare"):
+        self.root, self.name, self.raw, self.hint = root, name, raw, hint
         self.shard_files = [root / s["file"] for s in info["shards"]]
         for shard, file in zip(info["shards"], self.shard_files):  # truncated or swapped shards
-            if not file.is_file():
-                raise UserError(f"shard missing: {file}; re-run alexnet prepare")
-            if file.stat().st_size != shard["bytes"]:
-                raise UserError(f"shard damaged: {file} has {file.stat().st_size} bytes, the manifest "
-                                f"says {shard['bytes']}; re-run alexnet prepare")
+            problem = shard_problem(file, shard)
+            if problem == "missing":
+                raise UserError(f"shard missing: {file}; {hint}")
+            if problem:
+                raise UserError(f"shard damaged: {file} has {problem}; {hint}")
         index_path = root / name / "index.npy"
-        try:
-            self.index = np.load(index_path, mmap_mode="r")
-        except (OSError, ValueError) as e:
-            raise UserError(f"index damaged: {index_path} ({e}); re-run alexnet prepare") from None
-        if self.index.dtype != INDEX_DTYPE or len(self.index) != info["count"]:
-            raise UserError(f"index damaged: {index_path} holds {len(self.index)} rows of {self.index.dtype}, "
-                            f"the manifest says {info['count']}; re-run alexnet prepare")
+        problem = index_problem(index_path, info, version)  # ~0.1 s for ImageNet's 1.28 M rows
+        if problem:
+            raise UserError(f"index damaged: {index_path}: {problem}; {hint}")
+        self.index = np.load(index_path, mmap_mode="r")
+        self.checked = "crc32" in self.index.dtype.names  # format 1 has no per-sample checksum
         if raw:  # sets prepared before the size bound could store a 6000x20 strip's width modulo 65536
             bad = np.flatnonzero(self.index["height"].astype(np.int64) * self.index["width"] * 3 != self.index["size"])
             if len(bad):
@@ -173,10 +262,21 @@ class PreparedSplit:
         row = self.index[i]
         m = self._map(int(row["shard"]))
         start, size = int(row["offset"]), int(row["size"])
+        data = np.frombuffer(m, np.uint8, count=size, offset=start) if self.raw else m[start:start + size]
+        if self.checked and zlib.crc32(data) != int(row["crc32"]):  # before a decoder sees the bytes
+            raise self.damaged(i)
         if self.raw:
-            h, w = int(row["height"]), int(row["width"])
-            return np.frombuffer(m, np.uint8, count=size, offset=start).reshape(h, w, 3), int(row["label"])
-        return m[start:start + size], int(row["label"])
+            return data.reshape(int(row["height"]), int(row["width"]), 3), int(row["label"])
+        return data, int(row["label"])
+
+    def damaged(self, i: int) -> DamagedSample:
+        try:
+            key = self.keys()[i]
+        except (OSError, IndexError, UnicodeDecodeError):
+            key = "its key unknown: keys.txt is unreadable"
+        shard = self.shard_files[int(self.index[i]["shard"])].relative_to(self.root)
+        return DamagedSample(f"sample {i} of {self.name} ({key}) in {self.root / shard} is damaged: its bytes "
+                             f"differ from the checksum alexnet prepare recorded; {self.hint}")
 
     def payloads(self, idx) -> list:
         """The stored JPEG bytes of samples `idx` as 1-D uint8 tensors (copies, which decode_jpeg
@@ -235,7 +335,8 @@ class PreparedDataset:
         if name not in self.manifest["splits"]:
             raise UserError(f"{self.root} has no split {name!r}; it has {', '.join(self.split_names)}")
         if name not in self._splits:
-            self._splits[name] = PreparedSplit(self.root, name, self.manifest["splits"][name], self.raw)
+            self._splits[name] = PreparedSplit(self.root, name, self.manifest["splits"][name], self.raw,
+                                               self.manifest["format_version"], repair_hint(self.root, self.manifest))
         return self._splits[name]
 
     @property
@@ -243,19 +344,21 @@ class PreparedDataset:
         """mean_image (3, S, S), mean (3,), std (3,), cov (3, 3), eigval (3,), eigvec (3, 3) columns."""
         if self._stats is None:
             path = self.root / "stats.npz"
-            try:
-                with np.load(path) as z:
-                    self._stats = {k: z[k] for k in z.files}
-            except (OSError, ValueError) as e:
-                raise UserError(f"statistics damaged: {path} ({e}); re-run alexnet prepare") from None
+            problem = stats_problem(path, self.manifest["stats"])
+            if problem:
+                raise UserError(f"statistics damaged: {path}: {problem}; {repair_hint(self.root, self.manifest)}")
+            with np.load(path) as z:
+                self._stats = {k: z[k] for k in z.files}
         return self._stats
 
     def verify(self) -> list[str]:
-        """Recompute every shard's SHA-256; returns the damaged files (empty when all is well)."""
+        """Recompute every shard's SHA-256; returns the damaged files (empty when all is well).
+        alexnet.data.verify says more: which samples, and the index and statistics too."""
         bad = []
         for info in self.manifest["splits"].values():
             for shard in info["shards"]:
-                if sha256_file(self.root / shard["file"]) != shard["sha256"]:
+                file = self.root / shard["file"]
+                if not file.is_file() or sha256_file(file) != shard["sha256"]:
                     bad.append(shard["file"])
         return bad
 
