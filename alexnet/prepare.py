@@ -128,9 +128,7 @@ class Stats:
 
 def finish_stats(parts: list[dict]) -> dict[str, np.ndarray]:
     """Merge per-shard sums (in shard order, so the result is reproducible) into the statistics."""
-    images = sum(int(p["images"]) for p in parts)
-    if images == 0:
-        raise UserError("no image of the statistics split could be decoded; see the skipped list")
+    images = sum(int(p["images"]) for p in parts)  # > 0: assemble() has said so otherwise
     image_sum = sum(p["image_sum"].astype(np.int64) for p in parts)  # (S, S, 3)
     outer = sum(p["outer"] for p in parts)
     outer = np.triu(outer) + np.triu(outer, 1).T  # the sums filled the upper triangle
@@ -198,10 +196,9 @@ def run_task(task: Task) -> int:
         writer.abort()
         raise
     rows = np.zeros(len(writer.rows), store.INDEX_DTYPE)
-    if writer.rows:
-        r = np.array(writer.rows, dtype=np.int64)
-        rows["shard"], rows["offset"], rows["size"] = task.shard, r[:, 0], r[:, 1]
-        rows["label"], rows["height"], rows["width"], rows["crc32"] = r[:, 2], r[:, 3], r[:, 4], r[:, 5]
+    rows["shard"] = task.shard
+    for name, column in zip(("offset", "size", "label", "height", "width", "xxh3"), zip(*writer.rows)):
+        rows[name] = np.array(column, dtype=rows.dtype[name])  # xxh3 needs all 64 bits: no int64 detour
     buf = io.BytesIO()
     meta = json.dumps({"keys": keys, "skipped": skipped, "bytes": nbytes, "sha256": sha})
     np.savez(buf, rows=rows, meta=np.array(meta), **(stats.arrays() if stats else {}))
@@ -514,11 +511,13 @@ def assemble(out: Path, listing: Listing, shards: dict, options: Options, fp: st
                                "count": len(meta["keys"]), "bytes": meta["bytes"], "sha256": meta["sha256"]})
         index = np.concatenate(rows)
         store.atomic_save_npy(out / split / "index.npy", index)
-        store.atomic_write(out / split / "keys.txt", "".join(k + "\n" for k in keys).encode("utf-8"))
+        key_lines = "".join(k + "\n" for k in keys).encode("utf-8")
+        store.atomic_write(out / split / "keys.txt", key_lines)
         checksum = store.split_checksum((out / split / "index.npy").read_bytes(), [s["sha256"] for s in shard_info])
         splits[split] = {"count": len(index), "skipped": skipped, "found": listing.found(split),
                          "shard_size": ranges[0][1] - ranges[0][0], "shards": shard_info,
-                         "bytes": sum(s["bytes"] for s in shard_info), "sha256": checksum}
+                         "bytes": sum(s["bytes"] for s in shard_info), "sha256": checksum,
+                         "keys_sha256": hashlib.sha256(key_lines).hexdigest()}
         assert splits[split]["count"] + len(skipped) == splits[split]["found"], split  # all accounted for
     if stats_split in only:
         if not sum(int(p["images"]) for p in stats_parts):

@@ -329,8 +329,8 @@ def test_a_prepared_data_set_given_as_the_source_is_named(world, tmp_path, capsy
 # ------------------------------------------------------------------ older prepared data sets
 
 def as_format_1(data: Path) -> None:
-    """What alexnet prepare wrote before per-sample checksums: an index without the crc32 column and
-    no SHA-256 of the statistics in the manifest (the split checksums were there from the start)."""
+    """What alexnet prepare wrote before per-sample checksums: an index without the xxh3 column and
+    no SHA-256 of the statistics or keys in the manifest (the split checksums were there from the start)."""
     m = json.loads((data / "manifest.json").read_text())
     for name, info in m["splits"].items():
         index = np.load(data / name / "index.npy")
@@ -340,6 +340,7 @@ def as_format_1(data: Path) -> None:
         np.save(data / name / "index.npy", old)
         info["sha256"] = store.split_checksum((data / name / "index.npy").read_bytes(),
                                               [s["sha256"] for s in info["shards"]])
+        del info["keys_sha256"]
     m["format_version"] = 1
     del m["stats"]["sha256"]
     (data / "manifest.json").write_text(json.dumps(m))
@@ -356,3 +357,30 @@ def test_a_data_set_of_format_1_still_opens_and_reads(world, tmp_path, capsys):
     assert "nothing to do" in capsys.readouterr().err
     assert cli.main(["prepare", "--verify", str(data)]) == 0
     assert "format 1: samples carry no checksums" in capsys.readouterr().out
+
+
+def test_a_rebuilt_shard_that_differs_remakes_its_split_and_a_format_1_set_is_remade_in_format_2(world, tmp_path,
+                                                                                                capsys):
+    src = Path(shutil.copytree(world.src, tmp_path / "src"))
+    data = tmp_path / "data"
+    prep.prepare(src, data, size=72, workers=0, progress=False)
+    first = sample(data, "train", 0)
+    first.shard.write_bytes(first.shard.read_bytes()[:10_000])
+    (src / first.key).unlink()  # the source changed since: another picture under the same name
+    shutil.copy(src / sample(data, "train", 40).key, src / first.key)
+    prep.prepare(src, data, size=72, workers=0)
+    err = capsys.readouterr().err
+    assert "the rebuilt shard(s) of train differ from the recorded ones" in err and "train/index.npy" in err
+    assert cli.main(["prepare", "--verify", str(data)]) == 0
+    split = store.open_prepared(data).split("train")
+    assert split[0][0] == split[40][0]  # the new picture, indexed and checksummed anew
+    as_format_1(data)
+    (data / "val" / "keys.txt").write_text("damaged\n")
+    (data / "val" / "index.npy").write_bytes(b"")
+    prep.prepare(src, data, size=72, workers=0)
+    assert "val/index.npy" in capsys.readouterr().err
+    assert json.loads((data / "manifest.json").read_text())["format_version"] == store.FORMAT_VERSION
+    assert cli.main(["prepare", "--verify", str(data)]) == 0
+    assert "format 1" not in capsys.readouterr().out
+    prep.prepare(src, tmp_path / "fresh", size=72, workers=0, progress=False)
+    assert same_files(data, tmp_path / "fresh")

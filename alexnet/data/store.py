@@ -2,7 +2,7 @@
 
     ds = store.open_prepared("prepared/")        # checks format, version and shard sizes
     train = ds.split("train")                   # checks the index against the manifest (SHA-256)
-    data, label = train[123]                    # JPEG bytes (or a (S, S, 3) uint8 array if --raw), CRC32-checked
+    data, label = train[123]                    # JPEG bytes (or a (S, S, 3) uint8 array if --raw), checksum-checked
     mine = train.share(rank, world_size)        # a disjoint share of the sample indices
     ds.stats["eigval"], ds.mean_image           # §4.1 PCA and §2 mean image, 0-255 scale (SHA-256-checked)
 
@@ -13,7 +13,7 @@ Layout:
     OUT/stats.npz                   mean_image (3, S, S), mean, std, cov, eigval, eigvec (training split)
     OUT/<split>/<split>-00000.tar   shards: members <key>.jpg (or <key>.npy) and <key>.cls
     OUT/<split>/index.npy           one row per sample: shard, data offset, size, label, height, width,
-                                    crc32 (of the stored payload: the JPEG bytes, or the raw pixels)
+                                    xxh3 (XXH3-64 of the stored payload: the JPEG bytes, or the raw pixels)
     OUT/<split>/keys.txt            the source path of every sample, one per line (UTF-8; bytes of a
                                     name that are not UTF-8 and control characters as \\xNN, \\n)
 
@@ -27,15 +27,18 @@ for a complete one.
 What is checked, and when (damage is a UserError naming the file, and the sample, and saying what
 to do; `alexnet prepare --verify OUT` lists all of it, `alexnet prepare SRC OUT` rebuilds it):
     on open       every shard's presence and size; a split's index, its SHA-256 against the manifest
-                  (a split's "sha256" covers index.npy and its shards' SHA-256s); the statistics, their
-                  SHA-256 (format 1: their numbers against the manifest's)
-    on each read  the sample's CRC32 against its index row (~1 us per 10 kB; docs/benchmarks.md),
-                  before it is decoded: damaged bytes never become pixels or a libjpeg traceback
-    on demand     every shard's SHA-256 (`prepare --verify`, PreparedDataset.verify)
+                  (a split's "sha256" covers index.npy and its shards' SHA-256s); the statistics when
+                  first used, their SHA-256 (format 1: their numbers against the manifest's)
+    on each read  the sample's XXH3-64 against its index row, before it is decoded: damaged bytes
+                  never become pixels or a libjpeg traceback (about 1 us for an 8.5 kB JPEG next to a
+                  200-300 us decode, 8-10 us for 62 kB of raw pixels; docs/benchmarks.md)
+    by prepare    keys.txt's SHA-256 (format 2; it names samples in reports, training never reads it),
+                  and with --verify every shard's SHA-256 (alexnet.data.verify; PreparedDataset.verify)
 
-Format versions: 2 added the index's crc32 column and the statistics' SHA-256. A version 1 data set
-(prepared by alexnet before them) is read as it is, its index and statistics checked as above, but
-its samples are not verifiable one by one; prepare it again into a new folder to get the checks.
+Format versions: 2 added the index's xxh3 column and the SHA-256s of the statistics and keys.txt.
+A version 1 data set (prepared by alexnet before them) is read as it is, its index and statistics
+checked as above, but its samples are not verifiable one by one; prepare it again into a new
+folder to get the checks.
 """
 from __future__ import annotations
 
@@ -45,28 +48,32 @@ import json
 import mmap
 import os
 import tarfile
-import zlib
 from pathlib import Path
 
 import numpy as np
+import xxhash
 
 from ..errors import UserError
 from ..fileio import atomic_write, sha256_file  # noqa: F401 (atomic_write is used through store.atomic_write)
 
 FORMAT = "alexnet-prepared"
 FORMAT_VERSION = 2
-INDEX_DTYPES = {  # format version -> index row; 2 added the payload's CRC32
+INDEX_DTYPES = {  # format version -> index row; 2 added the payload's XXH3-64
     1: np.dtype([("shard", "<u4"), ("offset", "<u8"), ("size", "<u4"), ("label", "<i4"), ("height", "<u2"),
                  ("width", "<u2")]),
     2: np.dtype([("shard", "<u4"), ("offset", "<u8"), ("size", "<u4"), ("label", "<i4"), ("height", "<u2"),
-                 ("width", "<u2"), ("crc32", "<u4")]),
+                 ("width", "<u2"), ("xxh3", "<u8")]),
 }
 INDEX_DTYPE = INDEX_DTYPES[FORMAT_VERSION]
+
+# A sample's checksum: XXH3-64 (non-cryptographic: it is for damage; the manifest's SHA-256s are
+# the strong check), as it runs on every read: 3x faster than zlib's CRC32 on stored images.
+checksum = xxhash.xxh3_64_intdigest
 MAX_SIDE = np.iinfo(np.uint16).max  # prepare bounds what it stores well below this (MAX_ASPECT x --size)
 
 
 class DamagedSample(UserError):
-    """A stored sample whose bytes do not match the CRC32 prepare recorded.
+    """A stored sample whose bytes do not match the checksum prepare recorded (its index row's xxh3).
 
     Raised where the sample is read, often inside a DataLoader worker; torch re-creates a worker's
     exception in the main process from "Caught ... Original Traceback ...: <message>", so the
@@ -109,7 +116,7 @@ class ShardWriter:
         self.tmp = self.path.with_name(self.path.name + ".tmp")
         self.file = open(self.tmp, "wb")
         self.tar = tarfile.open(fileobj=self.file, mode="w", format=tarfile.USTAR_FORMAT)
-        self.rows: list[tuple[int, ...]] = []  # offset, size, label, height, width, crc32
+        self.rows: list[tuple[int, ...]] = []  # offset, size, label, height, width, xxh3
 
     def _add(self, name: str, payload: bytes) -> int:
         info = tarfile.TarInfo(name)
@@ -130,11 +137,11 @@ class ShardWriter:
             np.lib.format.write_array(buf, np.ascontiguousarray(image), allow_pickle=False)
             payload = buf.getvalue()
             start = self._add(f"{key}.npy", payload) + len(payload) - image.nbytes
-            size, crc = image.nbytes, zlib.crc32(memoryview(payload)[len(payload) - image.nbytes:])
+            size, digest = image.nbytes, checksum(memoryview(payload)[len(payload) - image.nbytes:])
         else:
-            start, size, crc = self._add(f"{key}.jpg", image), len(image), zlib.crc32(image)
+            start, size, digest = self._add(f"{key}.jpg", image), len(image), checksum(image)
         self._add(f"{key}.cls", str(label).encode())
-        self.rows.append((start, size, label, height, width, crc))
+        self.rows.append((start, size, label, height, width, digest))
 
     def close(self) -> tuple[int, str]:
         """Finish, fsync and rename into place; returns (bytes, sha256)."""
@@ -231,7 +238,7 @@ class PreparedSplit:
         if problem:
             raise UserError(f"index damaged: {index_path}: {problem}; {hint}")
         self.index = np.load(index_path, mmap_mode="r")
-        self.checked = "crc32" in self.index.dtype.names  # format 1 has no per-sample checksum
+        self.checked = "xxh3" in self.index.dtype.names  # format 1 has no per-sample checksum
         if raw:  # sets prepared before the size bound could store a 6000x20 strip's width modulo 65536
             bad = np.flatnonzero(self.index["height"].astype(np.int64) * self.index["width"] * 3 != self.index["size"])
             if len(bad):
@@ -263,7 +270,7 @@ class PreparedSplit:
         m = self._map(int(row["shard"]))
         start, size = int(row["offset"]), int(row["size"])
         data = np.frombuffer(m, np.uint8, count=size, offset=start) if self.raw else m[start:start + size]
-        if self.checked and zlib.crc32(data) != int(row["crc32"]):  # before a decoder sees the bytes
+        if self.checked and checksum(data) != int(row["xxh3"]):  # before a decoder sees the bytes
             raise self.damaged(i)
         if self.raw:
             return data.reshape(int(row["height"]), int(row["width"]), 3), int(row["label"])

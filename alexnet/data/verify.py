@@ -4,16 +4,15 @@ what `alexnet prepare SRC OUT` rebuilds.
     alexnet prepare --verify prepared/imagenet       # every file's SHA-256; exit 2 naming the damage
     damage = verify.check(open_prepared(out), checksums=True)   # [Damage(file, problem, split, shard, samples)]
 
-Cheap checks (always): every shard is there with the size the manifest records, each split's index
-and the statistics have their recorded SHA-256 (alexnet.data.store reads them in full anyway).
+Cheap checks (always): every shard is there with the size the manifest records, each split's index,
+keys.txt (format 2) and the statistics have their recorded SHA-256 (small files, read in full).
 With `checksums`: every shard's SHA-256 too (reading the whole data set once, at disk speed), and in
-a shard that differs, each sample's bytes against the CRC32 of its index row, so that the report
+a shard that differs, each sample's bytes against the checksum (XXH3-64) of its index row, so that the report
 names the damaged images (format 2; format 1 indexes hold no per-sample checksum).
 """
 from __future__ import annotations
 
 import mmap
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +44,7 @@ class Damage:
 
 
 def damaged_samples(file: Path, index: np.ndarray, shard: int, keys: list[str]) -> list[str]:
-    """The samples of one shard whose stored bytes are cut off or differ from their CRC32."""
+    """The samples of one shard whose stored bytes are cut off or differ from their checksum."""
     rows = np.flatnonzero(index["shard"] == shard)
     out = []
     with open(file, "rb") as f:
@@ -53,7 +52,7 @@ def damaged_samples(file: Path, index: np.ndarray, shard: int, keys: list[str]) 
         m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
         for i in rows.tolist():
             start, n = int(index[i]["offset"]), int(index[i]["size"])
-            if start + n > size or zlib.crc32(m[start:start + n]) != int(index[i]["crc32"]):
+            if start + n > size or store.checksum(m[start:start + n]) != int(index[i]["xxh3"]):
                 out.append(f"{i} ({keys[i] if i < len(keys) else '?'})")
     return out
 
@@ -71,8 +70,10 @@ def check(ds: store.PreparedDataset, checksums: bool = False, progress: bool = F
             problem = store.index_problem(root / name / "index.npy", info, m["format_version"])
             if problem:
                 out.append(Damage(f"{name}/index.npy", problem, name))
+            if "keys_sha256" in info and _sha256(root / name / "keys.txt") != info["keys_sha256"]:
+                out.append(Damage(f"{name}/keys.txt", "SHA-256 differs from the manifest", name))
             index = None if problem else np.load(root / name / "index.npy", mmap_mode="r")
-            per_sample = checksums and index is not None and "crc32" in index.dtype.names
+            per_sample = checksums and index is not None and "xxh3" in index.dtype.names
             keys = None
             for k, shard in enumerate(info["shards"]):
                 file = root / shard["file"]
@@ -92,6 +93,10 @@ def check(ds: store.PreparedDataset, checksums: bool = False, progress: bool = F
     if problem:
         out.append(Damage("stats.npz", problem))
     return out
+
+
+def _sha256(path: Path) -> str | None:
+    return sha256_file(path) if path.is_file() else None
 
 
 def _keys(path: Path) -> list[str]:
