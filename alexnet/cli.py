@@ -100,7 +100,9 @@ def build_parser() -> Parser:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
 
     p = command("prepare", "Per §2: shorter side to --size, centre crop, stored in shards with an index,\n"
-                           "a manifest and training-set statistics (mean image, RGB covariance).")
+                           "a manifest and training-set statistics (mean image, RGB covariance).\n\n"
+                           "  alexnet prepare SRC OUT            # again over a finished OUT: re-check, rebuild damage\n"
+                           "  alexnet prepare --verify OUT       # check every file, name the damage (exit 2)")
     p.add_argument("source", metavar="SRC", help="data root, archive folder, shard folder (tar or Parquet) or CSV list")
     p.add_argument("out", metavar="OUT", nargs="?",
                    help="output folder of the prepared data set (`prepare --verify OUT`: the one to check)")

@@ -398,7 +398,7 @@ def repair(job: Job, manifest: dict, verify: bool) -> dict:
         for stale in (out / split).glob("*.tmp"):
             stale.unlink()
     todo = everything_of(whole) if whole else sorted(redo)
-    run_shards(job, todo)
+    run_shards(job, todo, checksums=True)  # a piece left by an interrupted repair counts if its tar is intact
     recorded = {(s, k): info["sha256"] for s, v in manifest["splits"].items() for k, info in enumerate(v["shards"])}
     differ = sorted({s for s, k in redo if s not in whole and _piece_sha(out, s, k) != recorded[(s, k)]})
     if differ:
@@ -406,7 +406,7 @@ def repair(job: Job, manifest: dict, verify: bool) -> dict:
                           f"files or the image libraries changed since): making all of {', '.join(differ)} again")
         whole |= set(differ)
         todo = everything_of(whole)
-        run_shards(job, todo)
+        run_shards(job, todo, checksums=True)
     rebuilt = [f"{s}/{shard_path(out, s, k).name}" for s, k in todo]
     if whole:
         if manifest["format_version"] != store.FORMAT_VERSION:
