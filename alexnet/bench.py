@@ -208,7 +208,7 @@ def bench_train(device: str = "cpu", batch: int = 128, steps: int = 5, size: int
                                                  torch.bfloat16, True, steps if native else 1, budget_s)
     reference = rows["torchvision fp32 NCHW"]
     best = max(rows, key=rows.get)
-    ceiling = {"fp32": mfu.ceiling(dev, None), "bf16": mfu.ceiling(dev, torch.bfloat16)}
+    ceiling = {"fp32": mfu.ceiling(dev, None, refresh=True), "bf16": mfu.ceiling(dev, torch.bfloat16, refresh=True)}
     return {"device": str(dev), "batch": batch, "size": size, "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "model": "alexnet_owt (torchvision's architecture)",
             "images_per_s": rows, "reference_images_per_s": reference,

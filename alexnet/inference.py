@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from . import checkpoint, runtime, weights
+from . import checkpoint, weights
 from .data import augment as A
 from .data.decode import resize_crop
 from .errors import UserError
@@ -40,18 +40,32 @@ class Network:
     source: str  # checkpoint path or weights name
     sha256: str  # of the checkpoint / weights file ("" when unknown)
     device: torch.device = torch.device("cpu")
-    dtype: torch.dtype | None = None  # autocast dtype of the forward pass (None: fp32), see alexnet.runtime
+    dtype: torch.dtype | None = None  # the weights' and activations' dtype (None: fp32), see alexnet.runtime
 
     def to(self, device, dtype: torch.dtype | None = None) -> "Network":
+        """Move to `device`, with the weights in `dtype` (bf16/fp16; None: fp32) and channels_last.
+
+        For inference the weights are converted once rather than under autocast, which casts
+        every fp32 weight again at every call: measured on a 2-core CPU, a one-image forward pass
+        of AlexNet takes 78 ms under bf16 autocast, 15 ms with bf16 weights, 21 ms in fp32
+        (channels_last; 23 ms in the default layout)."""
         self.device, self.dtype = torch.device(device), dtype
-        self.model.to(self.device)
+        self.model.to(self.device, dtype or torch.float32, memory_format=torch.channels_last)
         self.norm = self.norm.to(self.device)
         return self
 
     def forward(self, x: torch.Tensor, embed: bool = False) -> torch.Tensor:
         """(N, 3, C, C) normalised -> (N, classes) float32 logits, or (N, 4096) fc7 codes."""
-        with torch.no_grad(), runtime.autocast(self.device, self.dtype):
+        x = x.to(self.device, self.dtype or torch.float32).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
             return (self.model.embed(x) if embed else self.model(x)).float()
+
+    def logits_and_codes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 3, C, C) -> ((N, classes) logits, (N, 4096) fc7 codes after ReLU), float32, one pass."""
+        codes = self.forward(x, embed=True)
+        with torch.no_grad():
+            logits = self.model.fc8(self.model.dropout8(codes.to(self.dtype or torch.float32)))
+        return logits.float(), codes
 
     def norm_for(self, size: int) -> A.Normalize:
         """The normalisation for S' x S' images (a mean image is resized when S' differs)."""

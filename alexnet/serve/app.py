@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
+import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -38,7 +38,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from .. import __version__
-from ..data.decode import BadImage, open_rgb
+from ..data.decode import BadImage, open_rgb, resize_crop
 from ..inference import Network
 from .batching import Batcher, Busy
 from .figures import Gallery, filters_png
@@ -154,14 +154,14 @@ def check_pixels(data: bytes, max_pixels: int) -> None:
                             f"{max_pixels / 1e6:g} Mpx (--max-pixels)")
 
 
-def image_views(net: Network, content_type: str, body: bytes, views: int, max_pixels: int) -> torch.Tensor:
-    """A request body -> the image's views (V, 3, C, C), preprocessed as the network was trained (§2)."""
+def image_pixels(net: Network, content_type: str, body: bytes, max_pixels: int) -> np.ndarray:
+    """A request body -> (S, S, 3) uint8: decoded and §2 resized and centre-cropped as the network's
+    training images were (Pillow only: the views and normalisation are made per batch, by the batcher)."""
     data = image_bytes(content_type, body)
     check_pixels(data, max_pixels)
     # min_side: a photo at least twice the network's S is decoded at a reduced JPEG scale, as in
     # `alexnet prepare` (alexnet.data.decode); smaller images decode exactly as in `alexnet predict`
-    img = open_rgb(data, min_side=net.size)
-    return net.preprocess([img], views).reshape(-1, 3, net.crop, net.crop)
+    return resize_crop(open_rgb(data, min_side=net.size), net.size)
 
 
 # ----------------------------------------------------------------------------- describing the model
@@ -211,11 +211,7 @@ def create_app(net: Network, settings: Settings | None = None, gallery: Gallery 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        # a blank image through both preprocessing paths first: Normalize builds its caches lazily,
-        # and decoding threads must not race to build them
-        blank = Image.new("RGB", (net.size, net.size))
-        await asyncio.get_running_loop().run_in_executor(workers, net.preprocess, [blank], 10)
-        await batcher.start()
+        await batcher.start()  # its warm-up pass makes the views of both kinds once
         yield  # uvicorn drains the requests in flight before this returns (graceful shutdown)
         await batcher.stop()
         workers.shutdown(wait=True)
@@ -259,19 +255,19 @@ def create_app(net: Network, settings: Settings | None = None, gallery: Gallery 
             raise ApiError(422, f"neighbors must be at most {settings.max_neighbors}, got {neighbors}")
         loop = asyncio.get_running_loop()
         try:
-            with batcher.slot():
+            with batcher.slot() as ticket:
                 check_content_type(request)
                 body = await read_body(request, upload_limit)
                 read = time.perf_counter()
                 try:
-                    x = await loop.run_in_executor(workers, image_views, net, request.headers.get("content-type", ""),
-                                                   body, views, settings.max_pixels)
+                    pixels = await loop.run_in_executor(workers, image_pixels, net,
+                                                        request.headers.get("content-type", ""), body, settings.max_pixels)
                 except BadImage as e:
                     raise ApiError(400, f"cannot read the upload as an image: {e}") from None
                 except TooManyPixels as e:
                     raise ApiError(413, str(e)) from None
                 decoded = time.perf_counter()
-                result = await batcher.submit(x, codes=neighbors > 0)
+                result = await ticket.submit(pixels, views, codes=neighbors > 0)
                 found = None
                 if neighbors:
                     found = await loop.run_in_executor(workers, gallery.nearest, result.code, neighbors)

@@ -46,7 +46,9 @@ def listen(host: str, port: int) -> socket.socket:
         info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror as e:
         raise UserError(f"cannot resolve --host {host}: {e.strerror}") from None
-    sock = socket.socket(info[0], socket.SOCK_STREAM)
+    # proto IPPROTO_TCP (not 0): asyncio turns Nagle's algorithm off (TCP_NODELAY) only on sockets
+    # that say they are TCP; with it on, a response's last segment waits ~40 ms for a delayed ACK
+    sock = socket.socket(info[0], socket.SOCK_STREAM, info[2] or socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(info[4])
