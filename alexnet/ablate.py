@@ -261,11 +261,12 @@ def child_env(local_rank: int | None = None) -> dict[str, str]:
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join([root, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
     if local_rank is not None:
-        import torch
-        if torch.cuda.is_available():
+        from . import runtime
+        device = runtime.pick_device("auto", local_rank)  # this rank's GPU (alexnet.runtime), or the CPU
+        if device.type == "cuda":
             visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-            ids = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
-            env["CUDA_VISIBLE_DEVICES"] = ids[local_rank % len(ids)]
+            ids = visible.split(",") if visible else [str(i) for i in range(device.index + 1)]
+            env["CUDA_VISIBLE_DEVICES"] = ids[device.index]
     return env
 
 
