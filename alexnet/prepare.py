@@ -136,6 +136,8 @@ def finish_stats(parts: list[dict]) -> dict[str, np.ndarray]:
     mean = image_sum.sum((0, 1)) / pixels
     cov = outer / pixels - np.outer(mean, mean)
     eigval, eigvec = np.linalg.eigh(cov)  # ascending eigenvalues; eigenvectors are the columns
+    # greyscale-only data has a rank-1 covariance: its zero eigenvalues come out as -1e-13 or so
+    eigval = np.clip(eigval, 0.0, None)
     return {"mean_image": (image_sum / images).transpose(2, 0, 1).astype(np.float32),
             "mean": mean, "std": np.sqrt(np.diag(cov)), "cov": cov, "eigval": eigval, "eigvec": eigvec}
 

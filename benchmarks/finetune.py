@@ -96,7 +96,8 @@ def main() -> None:
     results = {}
     for way, extra in WAYS.items():
         init = [] if way == "scratch" else ["--init", ckpt]
-        results[way] = [run(target, work / f"{way.replace(' ', '-')}-seed{seed}", args.minutes, seed, init + extra)
+        results[way] = [run(target, work / f"{way.replace(' ', '-')}-{args.minutes:g}min-seed{seed}", args.minutes, seed,
+                            init + extra)
                         for seed in range(args.seeds)]
     report = {"pretrain": {"classes": PRETRAIN, "minutes": args.pretrain_minutes, "top1": source["top1"],
                            "epochs": source["epochs_done"]},

@@ -168,7 +168,7 @@ def main() -> None:
     rate = {(r["clients"], r["batching"]): r["requests_per_s"] for r in rows}
     top = max(clients)
     ratio = rate[(top, "on")] / rate[(top, "off")]
-    print(f"\n| clients | batching | requests/s | p50 ms | p99 ms | mean batch |\n|---|---|---|---|---|---|")
+    print("\n| clients | batching | requests/s | p50 ms | p99 ms | mean batch |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['clients']} | {r['batching']} | {r['requests_per_s']:.1f} | {r['p50_ms']:.1f} | "
               f"{r['p99_ms']:.1f} | {r['mean_batch']:.1f} |")

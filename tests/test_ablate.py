@@ -4,17 +4,10 @@ import json
 import pytest
 
 from alexnet import ablate, ablate_report, cli, config
-from alexnet.data import synthetic
 from alexnet.errors import UserError
 
 TINY = ["--set", "model.width=0.25", "--set", "model.hidden=64", "--set", "data.crop=64", "--set", "data.workers=0",
         "--set", "train.batch_size=16", "--set", "eval.batch_size=16", "--set", "train.log_every=1"]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return synthetic.ensure(train_per_class=8, val_per_class=3, size=72, root=tmp_path_factory.mktemp("shapes"),
-                            progress=False)
 
 
 def sets(args):

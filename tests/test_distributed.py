@@ -2,29 +2,15 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from alexnet import checkpoint
-from alexnet.data import synthetic
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return synthetic.ensure(train_per_class=8, val_per_class=3, size=72, root=tmp_path_factory.mktemp("shapes"),
-                            progress=False)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import free_port, wait_for
 
 
 def train_args(data, out, *sets):
@@ -85,15 +71,6 @@ def test_two_nodes_rendezvous_on_localhost(tiny, tmp_path):
     assert summary["world_size"] == 2 and summary["ranks_in_sync"]
     run([sys.executable, "-m", "alexnet", *train_args(tiny, tmp_path / "single", *SAME_INPUTS)])
     assert_same(weights(tmp_path / "single"), weights(tmp_path / "nodes"))
-
-
-def wait_for(predicate, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def mid_epoch_checkpoint(out: Path) -> bool:

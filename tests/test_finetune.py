@@ -18,12 +18,6 @@ from alexnet.train import match_classes, train
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return synthetic.ensure(train_per_class=8, val_per_class=3, size=72, root=tmp_path_factory.mktemp("shapes"),
-                            progress=False)
-
-
-@pytest.fixture(scope="module")
 def tv(tmp_path_factory):
     """torchvision's AlexNet (random weights, seeded) saved as a bare state dict."""
     torch.manual_seed(0)

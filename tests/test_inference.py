@@ -2,7 +2,6 @@
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from alexnet.evaluate import Tally, evaluate_networks, topk_correct
 from alexnet.features import knn, write_features
 from alexnet.predict import Predictor
 from alexnet.train import train
+from conftest import free_port
 
 
 @pytest.fixture(scope="module")
@@ -286,12 +286,6 @@ def test_onnx_and_torchscript_exports_match_pytorch(run, tmp_path):
     scripted = torch.jit.load(str(tmp_path / "m.pt"), _extra_files=extra)
     torch.testing.assert_close(scripted(raw), want, rtol=1e-4, atol=1e-4)
     assert json.loads(extra["alexnet.json"])["resize_shorter_side"] == net.size
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_distributed_evaluation_counts_each_image_once(run, tmp_path):

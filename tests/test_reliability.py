@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -15,14 +14,9 @@ from alexnet.data import synthetic
 from alexnet.errors import UserError
 from alexnet.prepare import prepare
 from alexnet.train import Diverged, train
+from conftest import wait_for
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return synthetic.ensure(train_per_class=8, val_per_class=3, size=72, root=tmp_path_factory.mktemp("shapes"),
-                            progress=False)
 
 
 def sets(data, out, *more):
@@ -36,15 +30,6 @@ def args(data, out, *more):
 
 def cfg(data, out, *more):
     return config.resolve("quick", sets=sets(data, out, *more))
-
-
-def wait_for(condition, timeout=120.0):
-    end = time.time() + timeout
-    while time.time() < end:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 # ------------------------------------------------------------------ checkpoints (item 3)

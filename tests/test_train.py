@@ -7,17 +7,10 @@ import torch.nn.functional as F
 import yaml
 
 from alexnet import checkpoint, cli, config
-from alexnet.data import synthetic
 from alexnet.errors import UserError
 from alexnet.model import build
 from alexnet.runtime import amp_dtype, pick_device
 from alexnet.train import Diverged, train
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return synthetic.ensure(train_per_class=8, val_per_class=3, size=72, root=tmp_path_factory.mktemp("shapes"),
-                            progress=False)
 
 
 def tiny_cfg(data, out, *sets):
