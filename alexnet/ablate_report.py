@@ -75,8 +75,21 @@ def read_records(folder: Path) -> list[dict]:
 
 # ------------------------------------------------------------------------------------ collecting
 
+def class_count(data: Path) -> int | None:
+    """The number of classes of a prepared data set (its manifest), None when it has none."""
+    manifest = read_json(Path(data) / "manifest.json")
+    return len(manifest["classes"]) if manifest and manifest.get("classes") else None
+
+
+def at_chance(top1_error: float, classes: int | None) -> bool:
+    """A run that did not learn: validation top-1 accuracy below 1.5x chance (1.5 / classes). Its
+    effects mean nothing (a diverged or dead network, e.g. every ReLU dead after too high an lr)."""
+    return classes is not None and (1.0 - top1_error) < 1.5 / classes
+
+
 def run_results(plan) -> list[dict]:
     rows = []
+    classes = class_count(plan.data)
     for run in plan.runs:
         s, failed = read_json(run.folder / "summary.json"), read_json(run.folder / "failed.json")
         row = {"name": run.name, "claim": run.claim, "seed": run.seed, "folder": str(run.folder),
@@ -86,7 +99,8 @@ def run_results(plan) -> list[dict]:
             last_epoch = [e for x, e in curve if x > math.ceil(curve[-1][0]) - 1] if curve else []
             row.update({k: s.get(k) for k in ("top1_error", "top5_error", "epochs_done", "training_time_s",
                                               "images_per_s", "precision", "device")},
-                       train_error_last_epoch=statistics.fmean(last_epoch) if last_epoch else None)
+                       train_error_last_epoch=statistics.fmean(last_epoch) if last_epoch else None,
+                       at_chance=at_chance(s["top1_error"], classes))
             for views in (1, 10):
                 v = read_json(run.folder / f"views{views}.json")
                 if v:
@@ -263,11 +277,17 @@ def markdown(plan, r: dict) -> str:
                   f"active), in points: with dropout {pm(g['with'], 1, True)}, without {pm(g['without'], 1, True)}. "
                   f"The paper: without dropout the network overfits substantially, and dropout roughly doubles "
                   f"the iterations needed to converge, which a short budget feels as a cost.", ""]
+    dead = [row["name"] for row in r["runs"] if row.get("at_chance")]
+    if dead:
+        lines += [f"**Warning: {len(dead)} run(s) did not learn** (validation top-1 below 1.5x chance): "
+                  f"{', '.join(dead)}. Effects computed from them mean nothing; a diverged or dead network "
+                  f"usually means too high a learning rate for this recipe (`--set optim.lr=...`).", ""]
     lines += ["## Runs", "", "Each is an `alexnet train` run folder; the command re-runs (or resumes) it.", "",
               "| run | state | top-1 error | top-5 error | epochs | training time | img/s |", "|---|---|---|---|---|---|---|"]
     for row in r["runs"]:
         if row["state"] == "done":
-            lines.append(f"| {row['name']} | done | {100 * row['top1_error']:.2f} | {100 * row['top5_error']:.2f} | "
+            state = "done, **at chance**" if row.get("at_chance") else "done"
+            lines.append(f"| {row['name']} | {state} | {100 * row['top1_error']:.2f} | {100 * row['top5_error']:.2f} | "
                          f"{row['epochs_done']:g} | {row['training_time_s'] / 60:.1f} min | {row['images_per_s']:.0f} |")
         else:
             lines.append(f"| {row['name']} | {row['state']}{': ' + row['error'] if row.get('error') else ''} "

@@ -2,6 +2,7 @@
 
     python benchmarks/finetune.py                              # about 25 minutes on a 2-core CPU
     python benchmarks/finetune.py --pretrain-minutes 2 --minutes 0.5 --seeds 1 --json out.json
+    python benchmarks/finetune.py --work DIR --minutes 0.25    # reuses DIR's pre-trained net and finished runs
 
 1. Pre-train on five Imagenette classes (tench, English springer, cassette player, chain saw,
    church: all their ~4,700 training images) with a budget run of the `fast` recipe scaled to a CPU
@@ -66,8 +67,10 @@ def subset_csv(path: Path, classes: list[str], per_class: int | None, seed: int 
 
 
 def run(data: Path, out: Path, minutes: float, seed: int, extra: list[str]) -> dict:
-    alexnet("train", "--data", data, "--out", out, *RECIPE, *extra, "--set", f"train.budget_minutes={minutes}",
-            "--set", f"train.seed={seed}")
+    """One training run; a finished one (summary.json) is read, an interrupted one resumes."""
+    if not (out / "summary.json").is_file():
+        alexnet("train", "--data", data, "--out", out, *RECIPE, *extra, "--set", f"train.budget_minutes={minutes}",
+                "--set", f"train.seed={seed}")
     s = json.loads((out / "summary.json").read_text())
     return {"top1": s["top1"], "top5": s["top5"], "epochs": s["epochs_done"], "images_per_s": s["images_per_s"],
             "training_time_s": s["training_time_s"]}

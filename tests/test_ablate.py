@@ -132,9 +132,9 @@ def test_tiny_ablation_on_two_ranks_writes_the_table_and_resumes(tiny, tmp_path,
     assert (out / "baseline-seed0" / "last.pt").stat().st_mtime_ns == stamps[out / "baseline-seed0" / "last.pt"]
 
     # another configuration in the same folder is refused, nothing is touched
-    assert cli.main([*argv, "--set", "optim.lr=0.01"]) == 2
+    assert cli.main([*argv, "--set", "optim.lr=0.02"]) == 2
     assert "trained with another configuration (optim.lr" in capsys.readouterr().err
-    assert config.from_dict(__import__("yaml").safe_load((out / "baseline.yaml").read_text())).optim.lr == 0.04
+    assert config.from_dict(__import__("yaml").safe_load((out / "baseline.yaml").read_text())).optim.lr == 0.01
 
 
 def fake_run(folder, top1_error, top5_error, errors):
@@ -174,6 +174,16 @@ def test_the_report_pairs_seeds_and_times_figure_1(tiny, tmp_path):
     md = (plan.out / "ablation.md").read_text()
     assert "| +1.33 ± 1.53 | -1.00 ± 0.00 | yes (noise) / no |" in md
     assert "ReLU reached it after 1.75 epochs, tanh not within 2.0" in md and "**1.33x**" in md
+    assert "did not learn" not in md
+
+    # a run at chance (10 classes: top-1 below 15%) is flagged in the table and above it
+    assert ablate_report.at_chance(0.86, 10) and not ablate_report.at_chance(0.84, 10)
+    summary = plan.out / "relu-seed2" / "summary.json"
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "top1_error": 0.9}))
+    ablate_report.write(plan)
+    md = (plan.out / "ablation.md").read_text()
+    assert "**Warning: 1 run(s) did not learn** (validation top-1 below 1.5x chance): relu-seed2." in md
+    assert "| relu-seed2 | done, **at chance** | 90.00 |" in md
 
 
 def test_a_child_that_fails_on_its_input_stops_the_ablation(tiny, tmp_path, capsys):

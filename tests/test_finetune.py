@@ -229,3 +229,43 @@ def test_features_and_export_take_weights_too(tv, tmp_path):
     torch.testing.assert_close(torch.from_numpy(codes), want, rtol=1e-4, atol=1e-4)
     assert cli.main(["export", "--weights", str(path), str(tmp_path / "m.onnx"), "--format", "onnx"]) == 0
     assert cli.main(["export", str(tmp_path / "m.onnx"), "--format", "onnx"]) == 2  # neither a checkpoint nor --weights
+
+
+def test_torchvision_weights_download_through_its_api_from_a_local_server(tv, tmp_path, monkeypatch):
+    """`--init torchvision` / `--weights torchvision` fetch through torchvision's weights API with its
+    hash check: served here from 127.0.0.1 (no internet in CI), into TORCH_HOME; a file whose SHA-256
+    does not match its name is refused with the one-line error, not loaded."""
+    import functools
+    import hashlib
+    import http.server
+    import shutil
+    import threading
+
+    from torchvision.models import AlexNet_Weights
+
+    from alexnet import weights
+
+    model, path = tv
+    served = tmp_path / "served"
+    served.mkdir()
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    shutil.copy(path, served / f"alexnet-owt-{digest[:8]}.pth")
+    shutil.copy(path, served / "alexnet-owt-00000000.pth")  # its name promises another hash
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        monkeypatch.setattr(AlexNet_Weights.IMAGENET1K_V1.value, "url", url + f"alexnet-owt-{digest[:8]}.pth")
+        source = weights.read("torchvision")
+        assert (tmp_path / "torch-home" / "hub" / "checkpoints" / f"alexnet-owt-{digest[:8]}.pth").is_file()
+        for key, tensor in model.state_dict().items():
+            assert torch.equal(source.state[key], tensor), key
+        monkeypatch.setattr(AlexNet_Weights.IMAGENET1K_V1.value, "url", url + "alexnet-owt-00000000.pth")
+        with pytest.raises(weights.WeightsError, match="could not fetch torchvision's AlexNet weights"):
+            weights.read("torchvision")
+    finally:
+        server.shutdown()
+        server.server_close()
