@@ -18,11 +18,12 @@ would compare batch norm with nothing), model.dropout=0.5, data.pca_std=0.1, poo
 towers 2, activation relu (`PREREQUISITES`). Without --preset the recipe around it is the fast one
 scaled to a small CPU (`SMALL_CPU`, as benchmarks/imagenette_budget.py): a half-width network with
 1024-unit FC layers, bf16 autocast where the CPU has it, batch 128, the paper's lr 0.01 (§5; the
-fast recipe's 0.04 is for batch norm: on Imagenette the LRN baseline's loss sat at ln 10 from the
-third epoch on, every ReLU dead), with a 1-epoch warm-up and a linear decay to 0 at the end of the budget, crops of 7/8 of the prepared size (224 of 256 in
-the paper; 112 of 128), and the paper's per-pixel mean image on the 0-255 scale (§2) rather than
-per-channel standardisation, because LRN's constants (k=2, alpha=1e-4) assume the paper's activation
-scale: on unit-scale inputs LRN is close to a constant factor. With --preset P the recipe is P's, with
+fast recipe's 0.04 is for batch norm: on Imagenette the LRN baseline's loss sat at ln 10, chance,
+from the third epoch on), a 1-epoch warm-up and a linear decay to 0 at the end of the budget,
+crops of 7/8 of the prepared size (224 of 256 in the paper; 112 of 128), and the paper's
+per-pixel mean image on the 0-255 scale (§2) rather than per-channel standardisation, because
+LRN's constants (k=2, alpha=1e-4) assume the paper's activation scale: on unit-scale inputs LRN is
+close to a constant factor. With --preset P the recipe is P's, with
 the prerequisites applied; --set adjusts anything last. Validation runs only at the end.
 
 Every run is an `alexnet train` run folder, DIR/<variant>-seed<k>, made by the command printed in
@@ -345,10 +346,11 @@ def train_run(run: Run, env: dict[str, str], say) -> str:
     if code == 0:  # stopped by a signal it received (e.g. from a process manager): saved, resumable
         raise KeyboardInterrupt
     message = last_error(log)
-    if code == 2 and "diverged" not in message:  # a mistake in the input: every other run would fail alike
-        raise UserError(f"{run.command()} failed: {message} (log: {log})")
+    # the record first: under torchrun rank 0 waits for every run's summary or failure
     (run.folder / "failed.json").write_text(json.dumps({"returncode": code, "error": message, "log": str(log),
                                                         "command": run.command()}, indent=2) + "\n")
+    if code == 2 and "diverged" not in message:  # a mistake in the input: every other run would fail alike
+        raise UserError(f"{run.command()} failed: {message} (log: {log})")
     say(f"{run.name}: FAILED (exit status {code}): {message}; log: {log}")
     return "failed"
 
@@ -358,13 +360,20 @@ def fmt_time(seconds: float) -> str:
     return f"{m}m{s:02d}s"
 
 
-def wait_for(runs: list[Run], timeout_s: float, say, poll_s: float = 5.0) -> list[Run]:
-    """Rank 0 under torchrun: wait until every run has a summary or a failure record; returns those
-    still missing when the timeout expires."""
-    deadline, reported = time.time() + timeout_s, -1
+def wait_for(runs: list[Run], stall_s: float, say, poll_s: float = 5.0) -> list[Run]:
+    """Rank 0 under torchrun: wait until every run has a summary or a failure record, for as long as
+    the other ranks make progress (a run folder's log or metrics grow); returns the runs still
+    missing once nothing has changed for `stall_s` seconds (a rank that died without a word)."""
+    reported, last_change, activity = -1, time.time(), None
     while True:
         missing = [r for r in runs if not (r.folder / "summary.json").is_file() and not (r.folder / "failed.json").is_file()]
-        if not missing or time.time() >= deadline:
+        if not missing:
+            return []
+        now_activity = [(f.stat().st_mtime_ns, f.stat().st_size) for r in missing
+                        for f in (r.folder / "train.log", r.folder / "metrics.jsonl") if f.is_file()]
+        if now_activity != activity:
+            activity, last_change = now_activity, time.time()
+        elif time.time() - last_change >= stall_s:
             return missing
         if len(missing) != reported:
             say(f"waiting for {len(missing)} run(s) of the other ranks: {', '.join(r.name for r in missing[:6])}"
@@ -415,7 +424,6 @@ def main(args) -> int:
         f"{budget} each, in {plan.out}; {sum(s == 'done' for s in states.values())} finished earlier"
         + (f"; this rank takes {len(mine)} of them" if world > 1 else ""))
     env = child_env(local_rank)
-    started = time.time()
     try:
         for i, run in enumerate(mine, 1):
             state = run_state(run)
@@ -433,8 +441,8 @@ def main(args) -> int:
         say("this rank's runs are done; rank 0 writes the table")
         return 0
     missing = []
-    if world > 1:  # the other ranks have at most one run more than this one: twice its time, or 30 min
-        missing = wait_for(plan.runs, max(1800.0, 2 * (time.time() - started)), say)
+    if world > 1:  # as long as the other ranks' runs progress; 30 minutes without a sign of life ends it
+        missing = wait_for(plan.runs, 1800.0, say)
     if any(c.name == "views" for c in plan.claims):
         evaluate_views(plan, env, say)
     paths = ablate_report.write(plan)

@@ -152,7 +152,9 @@ def figure1(plan) -> dict | None:
     for run in plan.runs:
         side = "relu" if run.claim == "baseline" else "tanh" if run.claim == "relu" else None
         if side and (run.folder / "summary.json").is_file():
-            curves[side][run.seed] = training_error(read_records(run.folder))
+            curve = training_error(read_records(run.folder))
+            if curve:  # none when a short budget ended the run before its first logged step
+                curves[side][run.seed] = curve
     seeds = sorted(set(curves["relu"]) & set(curves["tanh"]))
     if not seeds:
         return None

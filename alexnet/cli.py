@@ -153,7 +153,7 @@ def build_parser() -> Parser:
     p.add_argument("--sheet", metavar="OUT.png", help="draw each image with its top-5 bars (Fig. 4, left)")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"],
-                   help="autocast dtype of the forward pass (default fp32, exact; auto: bf16 where native)")
+                   help="number format of the forward pass, the weights converted once (default fp32, exact; auto: bf16 where native)")
 
     p = command("features", "The fc7 codes (4096-d, after ReLU) of a split, as a memory-mapped .npy with a .json\n"
                             "(ids, labels, classes) beside it; an interrupted run continues where it stopped.")
@@ -165,7 +165,7 @@ def build_parser() -> Parser:
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"],
-                   help="autocast dtype of the forward pass (default fp32, exact; auto: bf16 where native)")
+                   help="number format of the forward pass, the weights converted once (default fp32, exact; auto: bf16 where native)")
 
     p = command("neighbors")
     p.add_argument("checkpoint", metavar="CKPT", nargs="?", help="checkpoint file (or --weights)")
@@ -178,7 +178,7 @@ def build_parser() -> Parser:
     p.add_argument("--sheet", metavar="OUT.png", help="draw the queries and their neighbours")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"],
-                   help="autocast dtype of the forward pass (default fp32, exact; auto: bf16 where native)")
+                   help="number format of the forward pass, the weights converted once (default fp32, exact; auto: bf16 where native)")
 
     p = command("filters")
     p.add_argument("checkpoint", metavar="CKPT")
@@ -204,8 +204,8 @@ def build_parser() -> Parser:
     p.add_argument("--data", help="where the training images of --features are (default: as recorded in its .json)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: cuda when present)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"],
-                   help="autocast dtype of the forward pass (default fp32: the same numbers as predict)")
-    p.add_argument("--max-batch", type=int, default=32, help="images per forward pass (default 32; 1: no batching)")
+                   help="number format of the forward pass, the weights converted once (default fp32: the same numbers as predict)")
+    p.add_argument("--max-batch", type=int, default=32, help="requests per forward pass (default 32; 1: no batching; a views=10 request adds 10 crops)")
     p.add_argument("--batch-window-ms", type=float, default=5.0,
                    help="the longest a request waits for others to share its forward pass (default 5)")
     p.add_argument("--queue-size", type=int, default=64,

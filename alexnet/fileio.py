@@ -14,8 +14,10 @@ rename itself survives a power cut.
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
+import secrets
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -48,9 +50,13 @@ def atomic_write(path: str | Path, data: bytes | Callable[[BinaryIO], None], kee
     temporary file is removed then and the target is untouched.
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    # a unique temporary name beside the target: two processes writing the same path (ranks of an
+    # ablation, two runs caching a ceiling) never write into, or rename away, each other's file
+    _remove_stale_temporaries(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    replaced = False
     try:
-        with open(tmp, "wb") as f:
+        with open(tmp, "xb") as f:
             if callable(data):
                 data(f)
             else:
@@ -60,13 +66,35 @@ def atomic_write(path: str | Path, data: bytes | Callable[[BinaryIO], None], kee
                 os.fsync(f.fileno())
         if keep_previous is not None and path.exists():
             os.replace(path, keep_previous)
+            replaced = True
         os.replace(tmp, path)
     except BaseException:
+        if replaced and not path.exists():  # the previous file is moved already: put it back
+            os.replace(keep_previous, path)
         tmp.unlink(missing_ok=True)
         raise
     if durable:
         fsync_dir(path.parent)
     return path
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove what killed writers of `path` left (<name>.<pid>-<hex>.tmp whose process is gone on
+    this machine), so that a kill -9 during a checkpoint save does not leave a copy behind for ever."""
+    for leftover in path.parent.glob(f"{glob.escape(path.name)}.*-*.tmp"):
+        pid = leftover.name[len(path.name) + 1:].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            leftover.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, another user's
+        return True
+    return True
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:

@@ -111,7 +111,7 @@ def from_source(src: weights.Source, device: str | torch.device = "cpu", dtype: 
 
 def load(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Network:
     """A network from one of our checkpoints (last.pt / best.pt), on `device`, computing in `dtype`
-    (autocast; None: fp32). Raises CheckpointError for a missing or damaged file."""
+    (the weights converted to it once; None: fp32). Raises CheckpointError for a missing or damaged file."""
     path = Path(path)
     state = checkpoint.load(path)
     return from_source(weights.from_checkpoint(state, str(path), sha256_file(path)), device, dtype)

@@ -67,6 +67,21 @@ def pick_device(name: str = "auto", rank_on_node: int | None = None) -> torch.de
     return device
 
 
+def check_one_gpu_per_rank(name: str, device: torch.device) -> None:
+    """NCCL needs a GPU of its own for each process of a node ("Duplicate GPU detected" otherwise):
+    refuse, before the process group, `--device cuda:N` with several processes on the node and more
+    processes than GPUs. Raises UserError."""
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or ranks <= 1:
+        return
+    if name != "auto" and torch.device(name).index is not None:
+        raise UserError(f"--device {name} would put all {ranks} processes of this node on one GPU; use --device "
+                        f"cuda or auto (process r of a node gets GPU r)")
+    if ranks > torch.cuda.device_count():
+        raise UserError(f"{ranks} processes on this node but {torch.cuda.device_count()} GPU(s): NCCL needs one GPU "
+                        f"per process; use torchrun --nproc_per_node={torch.cuda.device_count()}")
+
+
 def cpu_has_native_bf16() -> bool:
     """True on CPUs with AVX512-BF16 or AMX, where oneDNN computes bf16 natively (Linux)."""
     try:
@@ -87,7 +102,9 @@ def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         raise UserError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
     if precision == "auto":
         if device.type == "cuda":
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            # including_emulation=False: since torch 2.3 the plain call also says True on T4/V100,
+            # which only emulate bf16 (slowly); there fp16 with a loss scaler is the fast format
+            precision = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
         elif device.type == "cpu" and cpu_has_native_bf16():
             precision = "bf16"
         else:
@@ -157,6 +174,8 @@ def setup(device: str = "auto", precision: str = "fp32", deterministic: bool = F
     """
     dev = pick_device(device)
     if dev.type == "cuda":
+        if distributed_job:
+            check_one_gpu_per_rank(device, dev)
         torch.cuda.set_device(dev)  # before the process group: NCCL and object collectives use it
     ctx = distributed.init(dev.type) if distributed_job else distributed.Context()
     configure(deterministic)
@@ -175,7 +194,13 @@ def once_per_node(fn, *args, **kwargs):
             result = fn(*args, **kwargs)
         except BaseException as e:  # reach the barrier anyway, or the waiting ranks hang until the timeout
             error = e
-    distributed.barrier()
+    # a barrier that also tells every rank whether a node's rank 0 failed: the others must not
+    # then try the same download or generation themselves, all at once
+    reports = distributed.gather(None if error is None else (isinstance(error, UserError), str(error)))
     if error is not None:
         raise error
+    failed = next((r for r in reports if r is not None), None)
+    if failed is not None:
+        user_error, message = failed
+        raise (UserError if user_error else RuntimeError)(message)
     return result if local_rank() == 0 else fn(*args, **kwargs)

@@ -99,9 +99,9 @@ class Run:
     def save(self, epoch: int, step: int, name: str = "last.pt") -> None:
         """Checkpoint the whole state (every rank takes part; rank 0 writes). Raises Diverged, on
         every rank alike, rather than write non-finite weights over a good checkpoint."""
-        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):  # sync point (a save)
-            bad = [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
-            raise Diverged(f"training diverged before epoch {epoch + 1}, step {step}: parameters "
+        bad = non_finite(self.model)  # sync point (a save)
+        if bad:
+            raise Diverged(f"training diverged before epoch {epoch + 1}, step {step}: tensors "
                            f"{', '.join(bad[:5])} hold NaN/inf, so {name} was not written (no checkpoint was "
                            f"written with non-finite weights): lower optim.lr or use schedule.warmup_epochs, "
                            f"then run the same command to resume from the last checkpoint")
@@ -232,6 +232,16 @@ def is_run_folder(out: Path) -> bool:
         return False
 
 
+def non_finite(model: torch.nn.Module) -> list[str]:
+    """Names of the model's floating tensors that hold NaN or inf: parameters and buffers, since
+    under fp16 an overflow can fill batch norm's running statistics with NaN while the loss scaler
+    skips the step and the weights stay finite."""
+    tensors = [(n, t) for n, t in model.state_dict().items() if t.is_floating_point()]
+    if all(bool(torch.isfinite(t).all()) for _, t in tensors):  # one read per tensor; the common case
+        return []
+    return [n for n, t in tensors if not torch.isfinite(t).all()]
+
+
 def claim_run_folder(out: Path, rt: runtime.Runtime) -> FolderLock | None:
     """Rank 0 takes the run folder's exclusive lock (a second run with the same --out is refused:
     "in use by pid N") after checking it is a run folder, not a user's own; every rank gets the
@@ -247,6 +257,8 @@ def claim_run_folder(out: Path, rt: runtime.Runtime) -> FolderLock | None:
             lock = FolderLock(out, "run folder").acquire()
         except UserError as e:
             error = str(e)
+        except OSError as e:  # read-only, no permission, /proc: one line on every rank, not a traceback
+            error = f"cannot use --out {out}: {e.strerror or e}"
     error = distributed.broadcast(error)
     if error:
         raise UserError(error)

@@ -184,6 +184,10 @@ def test_the_report_pairs_seeds_and_times_figure_1(tiny, tmp_path):
     md = (plan.out / "ablation.md").read_text()
     assert "**Warning: 1 run(s) did not learn** (validation top-1 below 1.5x chance): relu-seed2." in md
     assert "| relu-seed2 | done, **at chance** | 90.00 |" in md
+    # a run a short budget ended before its first logged step has no curve: Figure 1 leaves its seed out
+    (plan.out / "relu-seed1" / "metrics.jsonl").write_text("")
+    ablate_report.write(plan)
+    assert json.loads((plan.out / "ablation.json").read_text())["figure1"]["seeds"] == [0, 2]
 
 
 def test_a_child_that_fails_on_its_input_stops_the_ablation(tiny, tmp_path, capsys):
@@ -194,3 +198,30 @@ def test_a_child_that_fails_on_its_input_stops_the_ablation(tiny, tmp_path, caps
     err = capsys.readouterr().err
     assert "baseline-seed0 failed: alexnet train: error: device cuda:7" in err
     assert not (out / "lrn-seed0").exists()  # stopped at the first: the others would fail alike
+    assert "device cuda:7" in json.loads((out / "baseline-seed0" / "failed.json").read_text())["error"]
+
+
+def test_rank_0_waits_while_the_other_ranks_progress(tiny, tmp_path):
+    """Under torchrun rank 0 waits for the other ranks' runs as long as their logs grow, and gives
+    up on a run whose folder has shown no sign of life for the stall time."""
+    import threading
+    import time
+    plan = ablate.make_plan(tiny, tmp_path / "abl", seeds=1, only="lrn", epochs=1, sets=sets(TINY))
+    base, lrn = plan.runs
+    for run in plan.runs:
+        run.folder.mkdir(parents=True)
+        (run.folder / "train.log").write_text("started\n")
+    said = []
+    assert ablate.wait_for(plan.runs, 0.3, said.append, poll_s=0.05) == [base, lrn]  # no sign of life
+
+    def progress():  # lrn logs for 0.6 s (longer than the stall time), then finishes; base has failed
+        (base.folder / "failed.json").write_text("{}")
+        for _ in range(6):
+            time.sleep(0.1)
+            with open(lrn.folder / "train.log", "a") as f:
+                f.write("step\n")
+        (lrn.folder / "summary.json").write_text("{}")
+    worker = threading.Thread(target=progress)
+    worker.start()
+    assert ablate.wait_for(plan.runs, 0.3, said.append, poll_s=0.02) == []
+    worker.join()

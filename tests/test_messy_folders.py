@@ -212,6 +212,13 @@ def test_csv_header_is_detected_and_integer_labels_keep_their_numbers(tmp_path):
     # an unusual header among integer labels: recognised as the one row whose label is not a number
     write(tmp_path / "odd.csv", b"picture,truth\nimg/1.jpg,1\nimg/2.jpg,2\n")
     assert sources.list_source(tmp_path / "odd.csv").found("train") == 2
+    # unusual names over text labels: a header, not a class "breed" (but a missing file's row is data)
+    write(tmp_path / "pets.csv", b"fname,breed\nimg/1.jpg,beagle\nimg/2.jpg,pug\n")
+    pets = sources.list_source(tmp_path / "pets.csv")
+    assert [c.id for c in pets.classes] == ["beagle", "pug"] and pets.found("train") == 2
+    write(tmp_path / "pets2.csv", b"img/gone.jpg,beagle\nimg/1.jpg,beagle\nimg/2.jpg,pug\n")
+    pets2 = sources.list_source(tmp_path / "pets2.csv")
+    assert pets2.found("train") == 3 and pets2.skipped["train"] == [{"path": "img/gone.jpg", "reason": "file not found"}]
 
 
 def test_csv_columns_by_name(tmp_path):
@@ -418,6 +425,11 @@ def test_parquet_shards_are_listed_and_read_in_any_order(tmp_path, monkeypatch):
             assert sources.read_bytes(s) == expected[s.key], s.key
     with pytest.raises(OSError, match="no image bytes"):
         sources.read_bytes(listing.splits["train"][-1])
+    # threads (the server's thumbnails) each read with their own reader: never another row's bytes
+    from concurrent.futures import ThreadPoolExecutor
+    good = [s for s in every if not s.key.endswith("09")] * 20
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(sources.read_bytes, good)) == [expected[s.key] for s in good]
 
 
 def test_prepare_parquet_accounts_for_every_row(tmp_path):
@@ -436,3 +448,6 @@ def test_prepare_parquet_accounts_for_every_row(tmp_path):
     assert manifest["splits"]["val"]["count"] == 4
     labels = store.open_prepared(tmp_path / "out").split("val").labels.tolist()
     assert labels == [2, 0, 1, 1]
+    # Imagenette's labels 0..9 are not ILSVRC's indices: numbered, never given ImageNet's names
+    parquet_shards(tmp_path / "imagenette")
+    assert [c.id for c in sources.list_source(tmp_path / "imagenette", "parquet").classes] == ["0", "1", "2"]

@@ -62,6 +62,18 @@ def test_a_diverging_run_never_writes_nan_weights(tiny, tmp_path):
             assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()), name
 
 
+def test_nan_in_batch_norm_statistics_counts_as_divergence():
+    """fp16: an overflow can put NaN in running_var while the scaler skips the step (weights finite)."""
+    from alexnet.model import build
+    from alexnet.train import non_finite
+    net = build("alexnet2012", 10, norm="batchnorm", width=0.25, hidden=64)
+    assert non_finite(net) == []
+    bn = next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn.running_var[0] = float("nan")
+    assert len(non_finite(net)) == 1 and non_finite(net)[0].endswith("running_var")
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+
+
 # ------------------------------------------------------------------ pre-emption (item 4)
 
 def test_sigterm_to_the_whole_process_group_with_loader_workers_saves_and_exits_0(tiny, tmp_path):

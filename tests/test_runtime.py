@@ -59,6 +59,35 @@ def test_each_rank_is_bound_to_its_gpu_before_the_process_group_starts(monkeypat
         runtime.pick_device("cuda:5")
 
 
+def test_nccl_ranks_sharing_a_gpu_are_refused_before_the_process_group(monkeypatch):
+    """Two processes on one GPU make NCCL fail ("Duplicate GPU detected"): one line instead."""
+    events = []
+    FakeCuda(monkeypatch, events)
+    monkeypatch.setattr(distributed, "init", lambda kind: events.append(("init", kind)) or distributed.Context(1, 2, 1))
+    for key, value in {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(UserError, match="would put all 2 processes of this node on one GPU"):
+        runtime.setup("cuda:0")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(UserError, match="3 processes on this node but 2 GPU"):
+        runtime.setup("auto")
+    assert events == []  # nothing bound, no process group
+    runtime.setup("auto", distributed_job=False)  # a process that works alone (an ablation's child) may share
+
+
+def test_precision_auto_asks_for_native_bf16_on_cuda(monkeypatch):
+    """torch >= 2.3's is_bf16_supported() also says True on GPUs that only emulate bf16 (T4, V100)."""
+    FakeCuda(monkeypatch, [])
+    asked = []
+
+    def t4(including_emulation=True):  # a T4: bf16 only through emulation
+        asked.append(including_emulation)
+        return including_emulation
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", t4)
+    assert runtime.amp_dtype("auto", torch.device("cuda", 0)) == torch.float16 and asked == [False]
+
+
 def test_every_command_gets_its_device_from_the_runtime_module():
     """No module re-implements "auto" or builds its own autocast: the source is checked, so a new
     command that does is caught here (runtime.py is the one place; info and checkpoint only report

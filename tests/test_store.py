@@ -134,3 +134,41 @@ def test_atomic_write_leaves_old_or_new(tmp_path):
     store.atomic_write(path, b"old")
     store.atomic_write(path, b"new")
     assert path.read_bytes() == b"new" and not list(tmp_path.glob("*.tmp"))
+
+
+def test_atomic_write_by_two_writers_at_once_and_after_a_killed_one(tmp_path, monkeypatch):
+    """Two processes writing one path (ranks of an ablation, runs caching the ceiling) each get a
+    whole file, never each other's half or a FileNotFoundError; what a killed writer left is removed
+    by the next write; a failure after the previous file was set aside puts it back."""
+    import os
+    import subprocess
+    import sys
+    path = tmp_path / "shared.json"
+    writer = ("import sys; from alexnet.fileio import atomic_write\n"
+              "for i in range(300): atomic_write(sys.argv[1], sys.argv[2].encode() * 1000, durable=False)")
+    procs = [subprocess.Popen([sys.executable, "-c", writer, str(path), tag]) for tag in "ab"]
+    assert [p.wait() for p in procs] == [0, 0]
+    assert path.read_bytes() in (b"a" * 1000, b"b" * 1000) and not list(tmp_path.glob("*.tmp"))
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    leftover = tmp_path / f"shared.json.{dead.pid}-0123abcd.tmp"
+    leftover.write_bytes(b"half")
+    other = tmp_path / "shared.json.prev.123-0123abcd.tmp"  # another target's: not touched
+    other.write_bytes(b"x")
+    store.atomic_write(path, b"new")
+    assert not leftover.exists() and other.exists() and path.read_bytes() == b"new"
+
+    prev = tmp_path / "shared.prev.json"
+    real, calls = os.replace, []
+
+    def second_rename_fails(a, b):
+        calls.append((a, b))
+        if len(calls) == 2:  # shared.json -> shared.prev.json done; the new file's rename fails
+            raise OSError(28, "No space left on device")
+        return real(a, b)
+    monkeypatch.setattr(os, "replace", second_rename_fails)
+    with pytest.raises(OSError, match="No space left"):
+        store.atomic_write(path, b"newer", keep_previous=prev)
+    monkeypatch.undo()
+    assert path.read_bytes() == b"new" and not prev.exists() and not list(tmp_path.glob("shared.json.*.tmp"))

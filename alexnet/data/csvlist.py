@@ -54,14 +54,23 @@ def _csv_columns(header: list[str], wanted: str | None, src: Path) -> tuple[int,
 
 
 def _is_header(first: list[str], others: list[list[str]], src: Path) -> bool:
-    """A first row is a header when it names columns (path, label, ...) or, among integer labels,
-    is the one row whose label is not a number; never when its first cell is an existing file."""
+    """A first row is a header when it names columns (path, label, ...), or among integer labels is
+    the one row whose label is not a number, or its first cell is neither a file nor has a file
+    extension while most rows after it name existing files; never when its first cell is a file."""
     if (src.parent / first[0]).is_file():
         return False
     if {c.lower() for c in first} & (PATH_NAMES | LABEL_NAMES | SPLIT_NAMES):
         return True
     labels = [row[1] for row in others if len(row) > 1]
-    return len(first) > 1 and not _integer(first[1]) and bool(labels) and all(_integer(v) for v in labels)
+    if len(first) > 1 and not _integer(first[1]) and bool(labels) and all(_integer(v) for v in labels):
+        return True
+    # names nobody uses (fname,breed) over text labels: a first cell that is not a file and has no
+    # file extension, above rows that mostly name existing files (a row naming a missing
+    # img/x.jpg is data, reported as not found, never taken for a header)
+    if Path(first[0]).suffix:
+        return False
+    found = [(src.parent / row[0]).is_file() for row in others if row and row[0]]
+    return bool(found) and sum(found) * 2 > len(found)
 
 
 def list_csv(src: Path, columns: str | None = None) -> Listing:

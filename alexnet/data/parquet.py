@@ -8,8 +8,10 @@ below it (data/), or one file given directly, each with an `image` column (a str
 path: string}, or plain binary) and an integer `label` column. The split comes from the file name
 (train / validation / val / test). Classes: the ClassLabel names the files carry in their schema
 metadata (the 1000 ILSVRC-2012 classes when 1000 names come in ImageNet-named files: Hugging Face
-numbers them in sorted-WNID order too); without names, as for WebDataset: ImageNet-named files
-with labels < 1000 get the ILSVRC-2012 classes, others "0".."max".
+numbers them in sorted-WNID order too); without names, as for WebDataset: ImageNet-1k's files (a
+path naming imagenet-1k, imagenet1k or ilsvrc; not Imagenette, Tiny ImageNet or ImageNetV2, whose
+integer labels are not ILSVRC's indices) with labels < 1000 get the ILSVRC-2012 classes, others
+"0".."max".
 
 Accounting: listing reads the label column only; a row whose label is null or negative (ImageNet's
 test split is labelled -1) is skipped with the reason, a file without the two columns is skipped
@@ -21,6 +23,8 @@ from __future__ import annotations
 
 import bisect
 import json
+import re
+import threading
 from pathlib import Path
 
 from ..errors import UserError
@@ -115,7 +119,9 @@ def list_parquet(src: Path) -> Listing:
                 why = "null" if labels[row].as_py() is None else f"{value} (no label, as in ImageNet's test split)"
                 skips.append({"path": key, "reason": f"label is {why}"})
     top = max((s.label for rows in pending.values() for s in rows), default=-1)
-    imagenet = any("imagenet" in p.as_posix().lower() for p in files)
+    # ImageNet-1k's own files (HF's ILSVRC/imagenet-1k), not Imagenette, Tiny ImageNet or ImageNetV2,
+    # whose integer labels are not ILSVRC's indices
+    imagenet = any(re.search(r"imagenet-?1k|ilsvrc", p.as_posix().lower()) for p in files)
     if names and top < len(names):
         class_ids = [c.id for c in ilsvrc2012()] if imagenet and len(names) == 1000 else names
     elif imagenet and 0 <= top < 1000:
@@ -164,16 +170,18 @@ class _Reader:
         return value
 
 
-_reader: dict[str, _Reader] = {}  # this process's open file (one at a time)
+_local = threading.local()  # each thread's open file (one at a time): a reader moves as it reads
 
 
 def read_row(path: str, row: int) -> bytes:
-    """The image bytes of row `row` of a Parquet file."""
-    reader = _reader.get(path)
+    """The image bytes of row `row` of a Parquet file (thread-safe: one reader per thread, as the
+    server's thumbnail threads need)."""
+    readers = _local.__dict__.setdefault("readers", {})
+    reader = readers.get(path)
     if reader is None:
-        _reader.clear()
+        readers.clear()
         try:
-            reader = _reader[path] = _Reader(path)
+            reader = readers[path] = _Reader(path)
         except Exception as e:  # pyarrow's errors: a file replaced or damaged since the listing
             raise OSError(f"cannot read {path}: {e}") from None
     return reader.get(row)

@@ -51,7 +51,7 @@ DRAIN = 64 << 20  # bytes of an over-limit body still read (and dropped) so the 
 
 @dataclass
 class Settings:
-    max_batch: int = 32  # images per forward pass
+    max_batch: int = 32  # requests per forward pass (a 10-view request is 10 crops of it)
     batch_window_ms: float = 5.0  # the longest the first request of a batch waits for company
     queue_size: int = 64  # requests admitted at once (reading, decoding, waiting, computing); more get 503
     max_upload_mb: float = 20.0  # request body, MiB
