@@ -53,7 +53,7 @@ CASES = [  # (argv with {data} {ckpt} {photo} {root} placeholders, a phrase the 
     # train: values, devices, folders, data
     (["train", "--data", "{data}", "--set", "train.log_every=0"], "train.log_every must be at least 1"),
     (["train", "--data", "{data}", "--seed", "-1"], "train.seed must be >= 0"),
-    (["train", "--data", "{data}", "--out", R + "/run"], "cannot use --out"),
+    (["train", "--data", "{data}", "--preset", "quick", "--out", R + "/run"], "cannot use --out"),
     (["train", "--data", "{data}", "--set", "train.checkpoint_every=-1"], "train.checkpoint_every must be >= 0"),
     (["train", "--data", "{data}", "--preset", "quick", "--set", "model.num_classes=5", "--out", "{root}/o1"],
      "model.num_classes 5 is smaller than the 10 classes"),
