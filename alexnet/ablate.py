@@ -360,6 +360,13 @@ def fmt_time(seconds: float) -> str:
     return f"{m}m{s:02d}s"
 
 
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return path.stat()
+    except FileNotFoundError:
+        return None
+
+
 def wait_for(runs: list[Run], stall_s: float, say, poll_s: float = 5.0) -> list[Run]:
     """Rank 0 under torchrun: wait until every run has a summary or a failure record, for as long as
     the other ranks make progress (a run folder's log or metrics grow); returns the runs still
@@ -369,8 +376,8 @@ def wait_for(runs: list[Run], stall_s: float, say, poll_s: float = 5.0) -> list[
         missing = [r for r in runs if not (r.folder / "summary.json").is_file() and not (r.folder / "failed.json").is_file()]
         if not missing:
             return []
-        now_activity = [(f.stat().st_mtime_ns, f.stat().st_size) for r in missing
-                        for f in (r.folder / "train.log", r.folder / "metrics.jsonl") if f.is_file()]
+        now_activity = [(st.st_mtime_ns, st.st_size) for r in missing
+                        for f in (r.folder / "train.log", r.folder / "metrics.jsonl") if (st := _stat(f))]
         if now_activity != activity:
             activity, last_change = now_activity, time.time()
         elif time.time() - last_change >= stall_s:

@@ -83,7 +83,7 @@ def class_count(data: Path) -> int | None:
 
 def at_chance(top1_error: float, classes: int | None) -> bool:
     """A run that did not learn: validation top-1 accuracy below 1.5x chance (1.5 / classes). Its
-    effects mean nothing (a diverged or dead network, e.g. every ReLU dead after too high an lr)."""
+    effects mean nothing (a diverged or dead network, e.g. after too high a learning rate)."""
     return classes is not None and (1.0 - top1_error) < 1.5 / classes
 
 

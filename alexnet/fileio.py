@@ -18,6 +18,7 @@ import glob
 import hashlib
 import os
 import secrets
+import socket
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -53,7 +54,7 @@ def atomic_write(path: str | Path, data: bytes | Callable[[BinaryIO], None], kee
     # a unique temporary name beside the target: two processes writing the same path (ranks of an
     # ablation, two runs caching a ceiling) never write into, or rename away, each other's file
     _remove_stale_temporaries(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(f"{path.name}.{_HOST}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     replaced = False
     try:
         with open(tmp, "xb") as f:
@@ -78,11 +79,17 @@ def atomic_write(path: str | Path, data: bytes | Callable[[BinaryIO], None], kee
     return path
 
 
+# the machine's name in temporary names: on a file system several machines share (an NFS home
+# holding the ceiling cache), a writer only ever removes its own machine's leftovers
+_HOST = "".join(c if c.isalnum() else "_" for c in socket.gethostname()) or "host"
+
+
 def _remove_stale_temporaries(path: Path) -> None:
-    """Remove what killed writers of `path` left (<name>.<pid>-<hex>.tmp whose process is gone on
-    this machine), so that a kill -9 during a checkpoint save does not leave a copy behind for ever."""
-    for leftover in path.parent.glob(f"{glob.escape(path.name)}.*-*.tmp"):
-        pid = leftover.name[len(path.name) + 1:].split("-", 1)[0]
+    """Remove what killed writers of `path` on this machine left (<name>.<host>.<pid>-<hex>.tmp
+    whose process is gone), so that a kill -9 during a checkpoint save leaves no copy for ever."""
+    prefix = f"{path.name}.{_HOST}."
+    for leftover in path.parent.glob(f"{glob.escape(prefix)}*-*.tmp"):
+        pid = leftover.name[len(prefix):].split("-", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             leftover.unlink(missing_ok=True)
 

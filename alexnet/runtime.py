@@ -67,7 +67,7 @@ def pick_device(name: str = "auto", rank_on_node: int | None = None) -> torch.de
     return device
 
 
-def check_one_gpu_per_rank(name: str, device: torch.device) -> None:
+def check_one_gpu_per_rank(name: str) -> None:
     """NCCL needs a GPU of its own for each process of a node ("Duplicate GPU detected" otherwise):
     refuse, before the process group, `--device cuda:N` with several processes on the node and more
     processes than GPUs. Raises UserError."""
@@ -175,7 +175,7 @@ def setup(device: str = "auto", precision: str = "fp32", deterministic: bool = F
     dev = pick_device(device)
     if dev.type == "cuda":
         if distributed_job:
-            check_one_gpu_per_rank(device, dev)
+            check_one_gpu_per_rank(device)
         torch.cuda.set_device(dev)  # before the process group: NCCL and object collectives use it
     ctx = distributed.init(dev.type) if distributed_job else distributed.Context()
     configure(deterministic)

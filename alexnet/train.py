@@ -236,10 +236,7 @@ def non_finite(model: torch.nn.Module) -> list[str]:
     """Names of the model's floating tensors that hold NaN or inf: parameters and buffers, since
     under fp16 an overflow can fill batch norm's running statistics with NaN while the loss scaler
     skips the step and the weights stay finite."""
-    tensors = [(n, t) for n, t in model.state_dict().items() if t.is_floating_point()]
-    if all(bool(torch.isfinite(t).all()) for _, t in tensors):  # one read per tensor; the common case
-        return []
-    return [n for n, t in tensors if not torch.isfinite(t).all()]
+    return [n for n, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
 
 
 def claim_run_folder(out: Path, rt: runtime.Runtime) -> FolderLock | None:

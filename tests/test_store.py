@@ -152,12 +152,16 @@ def test_atomic_write_by_two_writers_at_once_and_after_a_killed_one(tmp_path, mo
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    leftover = tmp_path / f"shared.json.{dead.pid}-0123abcd.tmp"
+    from alexnet.fileio import _HOST
+    leftover = tmp_path / f"shared.json.{_HOST}.{dead.pid}-0123abcd.tmp"
     leftover.write_bytes(b"half")
     other = tmp_path / "shared.json.prev.123-0123abcd.tmp"  # another target's: not touched
     other.write_bytes(b"x")
+    remote = tmp_path / f"shared.json.{_HOST}x.{dead.pid}-0123abcd.tmp"  # another machine's (shared disk)
+    remote.write_bytes(b"y")
     store.atomic_write(path, b"new")
     assert not leftover.exists() and other.exists() and path.read_bytes() == b"new"
+    assert remote.exists()
 
     prev = tmp_path / "shared.prev.json"
     real, calls = os.replace, []
@@ -172,4 +176,4 @@ def test_atomic_write_by_two_writers_at_once_and_after_a_killed_one(tmp_path, mo
         store.atomic_write(path, b"newer", keep_previous=prev)
     monkeypatch.undo()
     assert path.read_bytes() == b"new" and not prev.exists()
-    assert [p for p in tmp_path.glob("shared.json.*.tmp") if p != other] == []
+    assert [p for p in tmp_path.glob("shared.json.*.tmp") if p not in (other, remote)] == []
