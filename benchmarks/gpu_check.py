@@ -1,6 +1,7 @@
 """The one script that proves the GPU path the first time a GPU is at hand (issue 10).
 
-    python benchmarks/gpu_check.py                         # on a CUDA machine: < 8 minutes on one H100/H200
+    python benchmarks/gpu_check.py                         # on a CUDA machine: ~4 minutes on one H200
+    python benchmarks/gpu_check.py --source COPY --train-minutes 1   # a machine without ../shared
     python benchmarks/gpu_check.py --data prepared/imagenette --out gpu_check/
     python benchmarks/gpu_check.py --smoke --out /tmp/gc   # any machine, tiny sizes, seconds (the test suite)
 
@@ -12,8 +13,9 @@ In order, each stage recorded as ok / failed / skipped with its figures:
    reference on the same GPU (img/s, ratio, share of the measured bf16 ceiling);
 4. a 2-minute `fast` training run on Imagenette with GPU decoding (img/s, data-wait share, MFU, top-1);
 5. a 2-process NCCL training run when the machine has 2 or more GPUs, else skipped with the reason.
-The data: --data PREPARED, else Imagenette prepared once from ../shared/data/imagenette into
-OUT/imagenette (size 144, as benchmarks/imagenette_budget.py). Writes OUT/gpu_check.json and
+The data: --data PREPARED, else --source DIR (default ../shared/data/imagenette) prepared once into
+OUT/imagenette (size 144, as benchmarks/imagenette_budget.py). OUT/gpu_check.json is rewritten after
+every stage, so a run cut short by a time limit keeps what it measured. Writes OUT/gpu_check.json and
 OUT/gpu_check.md (the readable table, also printed). The exit status is 1 when a stage failed.
 
 --smoke runs every stage with tiny sizes on whatever device there is (CPU here): the built-in
@@ -48,6 +50,8 @@ def stage(report: dict, name: str):
             result, status = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-3000:]}, "failed"
             print(result["traceback"], file=sys.stderr)
         report[name] = {"status": status, "seconds": round(time.time() - t, 1), **result}
+        if "out" in report:  # written after every stage: a run cut short by a time limit keeps what it measured
+            Path(report["out"], "gpu_check.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
         return report[name]
     return run
 
@@ -89,16 +93,19 @@ def data_set(args) -> tuple[Path, Path | None]:
             synthetic.write_folder(src, {"train": 40, "val": 10}, size=72, seed=0)
         prepare(src, out / "shapes", size=72, progress=False)
         return out / "shapes", src / "train"
-    if not IMAGENETTE.is_dir():
-        raise SystemExit(f"no --data given and {IMAGENETTE} is absent: prepare a data set first")
-    prepare(IMAGENETTE, out / "imagenette", size=144, progress=True)  # resumes / does nothing when done
-    return out / "imagenette", IMAGENETTE / "train"
+    source = Path(args.source) if args.source else IMAGENETTE
+    if not source.is_dir():
+        raise SystemExit(f"no --data given and {source} is absent: give --source or --data")
+    prepare(source, out / "imagenette", size=144, progress=True)  # resumes / does nothing when done
+    return out / "imagenette", source / "train"
 
 
 def bench_all(device: str, data: Path, source: Path | None, smoke: bool) -> dict:
     from alexnet import bench
     figures = {}
-    d = bench.bench_data(str(data), device=device, batch=16 if smoke else 256, batches=2 if smoke else 20,
+    batch = 16 if smoke else 256
+    batches = 2 if smoke else 60  # a small data set is cycled (bench._rate)
+    d = bench.bench_data(str(data), device=device, batch=batch, batches=batches,
                          workers=2 if smoke else min(16, os.cpu_count() or 1), source=str(source) if source else None,
                          crop=64 if smoke else 128, rounds=1 if smoke else 2)
     figures["data"] = {k: d[k] for k in ("images_per_s", "reference_images_per_s", "ratio",
@@ -117,10 +124,10 @@ def bench_all(device: str, data: Path, source: Path | None, smoke: bool) -> dict
     return figures
 
 
-def train_run(device: str, data: Path, out: Path, smoke: bool, nproc: int = 1) -> dict:
+def train_run(device: str, data: Path, out: Path, smoke: bool, nproc: int = 1, minutes: float = 2) -> dict:
     """`alexnet train --preset fast` for a wall-clock budget, read back from its run folder."""
     sets = ["train.precision=auto", f"train.device={'cuda' if device.startswith('cuda') else device}",
-            "train.epochs=1000", "eval.every=1000", f"train.budget_minutes={0.1 if smoke else 2}",
+            "train.epochs=1000", "eval.every=1000", f"train.budget_minutes={0.1 if smoke else minutes}",
             "data.crop=64" if smoke else "data.crop=128", "train.log_every=5" if smoke else "train.log_every=20"]
     if smoke:
         sets += ["model.width=0.25", "model.hidden=64", "train.batch_size=16", "data.workers=0", "eval.batch_size=32"]
@@ -172,7 +179,10 @@ def table(report: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", help="prepared data set (default: Imagenette, prepared into OUT/imagenette)")
+    p.add_argument("--source", help="ImageFolder tree (train/, val/) to prepare when --data is not given "
+                   "(default ../shared/data/imagenette; a device machine that cannot see it gets a copied subset)")
     p.add_argument("--out", default="gpu_check", help="folder for the report, data and runs (default gpu_check/)")
+    p.add_argument("--train-minutes", type=float, default=2, help="wall-clock budget of the fast training run")
     p.add_argument("--smoke", action="store_true", help="tiny sizes on any device, in seconds")
     args = p.parse_args(argv)
     import torch
@@ -182,15 +192,18 @@ def main(argv=None) -> int:
     if device == "cpu" and not args.smoke:
         print("no CUDA device here: running the smoke mode instead (tiny sizes on the CPU)")
         args.smoke = True
-    report = {"mode": "smoke" if args.smoke else "full", "device": device, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    report = {"mode": "smoke" if args.smoke else "full", "device": device, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+              "out": str(args.out)}
     stage(report, "environment")(environment)
     stage(report, "cuda tests")(cuda_tests, args.smoke)
     data, source = data_set(args)
     stage(report, "bench")(bench_all, device, data, source, args.smoke)
-    stage(report, "train fast")(train_run, device, data, Path(args.out) / "run-fast", args.smoke)
+    stage(report, "train fast")(train_run, device, data, Path(args.out) / "run-fast", args.smoke,
+                                    minutes=args.train_minutes)
     gpus = torch.cuda.device_count()
     if gpus >= 2:
-        stage(report, "train 2 processes")(train_run, device, data, Path(args.out) / "run-nccl", args.smoke, nproc=2)
+        stage(report, "train 2 processes")(train_run, device, data, Path(args.out) / "run-nccl", args.smoke, nproc=2,
+                                           minutes=args.train_minutes)
     else:
         report["train 2 processes"] = {"status": "skipped", "seconds": 0,
                                        "reason": f"{gpus} GPU(s) here: the NCCL run needs 2 or more"}

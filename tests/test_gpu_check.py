@@ -25,3 +25,25 @@ def test_the_gpu_check_runs_every_stage_in_smoke_mode(tmp_path):
     assert 0 <= run["top1"] <= 1 and run["images_per_s"] > 0 and run["data_wait"] is not None
     assert 0 < run["mfu"] < 1 and run["epochs_done"] > 0
     assert "| train fast | ok |" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_data_rate_times_neither_warm_up_nor_prefetched_batches_and_cycles_small_sets(monkeypatch):
+    """bench._rate on a fake loader of 5 batches per epoch and a fake clock that moves one second
+    per batch made: the WARMUP + in-flight batches (made ahead while workers start) are not timed,
+    and a run longer than the data set continues into the next epochs."""
+    sys.path.insert(0, str(ROOT))
+    from alexnet import bench
+    clock, made, epochs_asked = [0.0], [], []
+
+    def epochs(k):
+        epochs_asked.append(k)
+        for i in range(5):
+            made.append((k, i))
+            if len(made) > bench.WARMUP + 4:  # the prefetched ones cost no time when read
+                clock[0] += 1.0
+            yield (None, [0] * 8)  # (images, labels): 8 images
+
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    rate = bench._rate(epochs, batches=9, in_flight=4)
+    assert len(made) == bench.WARMUP + 4 + 9 and epochs_asked == [0, 1, 2, 3]
+    assert rate == 8.0  # 9 batches of 8 images in 9 fake seconds
