@@ -120,7 +120,7 @@ def build_parser() -> Parser:
                    help="keep the whole shorter-side-resized image (up to 4:1; longer ones keep their centre)")
     p.add_argument("--raw", action="store_true", help="store raw uint8 pixels instead of JPEG")
     p.add_argument("--quality", type=at_least(1), default=None, help="JPEG quality of the stored images")
-    p.add_argument("--workers", type=at_least(0), default=None, help="processes (default: all cores; 0: in this process)")
+    p.add_argument("--workers", type=at_least(0), default=None, help="processes (default: all cores; 0 or 1: in this process)")
     p.add_argument("--shard-size", type=at_least(1), default=None,
                    help="samples per shard (default: about 64 shards per split, 16..8192)")
 
