@@ -87,8 +87,14 @@ class Run:
     def set_norm(self, norm: A.Normalize) -> None:
         """Train and validate with the normalisation the initial weights were trained with."""
         self.norm = norm
+        self.close_loaders()
         self.train_loader = self.train_loader_for(self.train_loader.options["crop"])
         self.val_loader = val_loader(self.cfg, self.rt, self.ds, norm)
+
+    def close_loaders(self) -> None:
+        """Stop the loaders' worker processes (kept from one epoch to the next)."""
+        for loader in (self.train_loader, self.val_loader):
+            loader.close()
 
     def flops_per_image(self, crop: int) -> float:
         """Training FLOPs per image at this crop (alexnet.mfu), cached per crop."""
@@ -355,6 +361,7 @@ def fit(run: Run, progress: bool = True) -> dict:
             epoch, t0 = run.epoch, time.time()
             crop = progressive_crop(cfg, epoch, stopper)
             if crop != run.train_loader.options["crop"]:  # progressive resizing: a loader for the new size
+                run.train_loader.close()
                 run.train_loader = run.train_loader_for(crop)
                 say(f"training crops: {crop} px")
             seen, stopped_at = train_epoch(run, epoch, run.step, stopper, progress)
@@ -443,6 +450,7 @@ def train(cfg: config_mod.Config, resume: str | None = None, progress: bool = Tr
         finally:
             run.log.close()
     finally:
+        run.close_loaders()
         if run.lock:
             run.lock.release()
 

@@ -17,7 +17,8 @@ Randomness: the batch at (epoch, step) of rank r is augmented with a generator s
 (seed, epoch, rank, step), so it is the same in a worker process or not, and a run restarted at
 `start_step` yields exactly the batches the uninterrupted run would have.
 
-Where the work happens: on CPU, worker processes decode (libjpeg-turbo through
+Where the work happens: on CPU, worker processes (started at the first epoch and kept for the
+next ones; Loader.close() or the interpreter's exit stops them) decode (libjpeg-turbo through
 torchvision.io.decode_jpeg) and augment whole batches (alexnet.data.augment) straight into a
 small pool of shared-memory batch buffers that the main process owns, and send back only the
 slot number. A fresh 77 MB float batch costs more in page faults than the augmentation itself, so
@@ -29,18 +30,25 @@ image in the workers (random-resized or fixed crops), then flipped and coloured 
 """
 from __future__ import annotations
 
+import atexit
 import signal
 import threading
 import time
 import warnings
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torchvision.io  # noqa: F401  (see below)
 
 from . import augment as A
 from .store import PreparedDataset, PreparedSplit, decode_jpegs
 
+# torchvision.io is imported here, in the main process, so that the workers forked at each epoch's
+# start inherit it: a worker that imports it itself at its first decode (store.decode_jpegs) spent
+# 1.7-2.6 s of a 2.6-3.1 s epoch doing so (5,000 built-in images, 2 workers, CPU-2c, 2026-11-30;
+# 0.08 s with the import inherited). `alexnet train` imported it earlier by chance (run info).
 # torchvision 0.29 deprecates its image codecs in favour of TorchCodec; they remain the batched
 # libjpeg-turbo / nvJPEG decoders this loader is built on until TorchCodec's are a drop-in.
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
@@ -87,22 +95,24 @@ def eval_plan(n: int, batch_size: int, world_size: int, rank: int) -> list[np.nd
 
 
 class BatchSource(torch.utils.data.Dataset):
-    """Item `step` is one whole batch: what a DataLoader worker builds."""
+    """Item (epoch, step, sample indices, pool slot) is one whole batch: what a DataLoader worker
+    builds. The key carries everything that changes between epochs, so the same workers serve
+    every epoch (they are started once; see Loader.epoch)."""
 
-    def __init__(self, split: PreparedSplit, plan: list[np.ndarray], epoch: int, loader: "Loader"):
-        self.split, self.plan, self.epoch = split, plan, epoch
+    def __init__(self, split: PreparedSplit, loader: "Loader"):
+        self.split = split
         self.o = loader.options  # plain, picklable settings
         self.norm_cpu, self.eig = loader.norm_cpu, loader.eig_cpu
         self.pool = loader.pool  # shared-memory output buffers, or None
 
     def __len__(self) -> int:
-        return len(self.plan)
+        return len(self.split)
 
-    def __getitem__(self, step: int):
-        idx = self.plan[step]
+    def __getitem__(self, key):
+        epoch, step, idx, slot = key
         labels, indices = torch.from_numpy(self.split.labels[idx]), torch.from_numpy(idx)
         o = self.o
-        g = torch.Generator().manual_seed(step_seed(o["seed"], self.epoch, o["rank"], step))
+        g = torch.Generator().manual_seed(step_seed(o["seed"], epoch, o["rank"], step))
         if o["gpu_decode"]:  # bytes only: the main process decodes them on the GPU
             return self.split.payloads(idx), labels, indices, g.get_state()
         images = self._per_image_crops(idx, g) if o["keep_aspect"] else self.decode(idx)
@@ -110,7 +120,6 @@ class BatchSource(torch.utils.data.Dataset):
             return torch.stack(images), labels, indices, g.get_state()
         if self.pool is None:
             return make_batch(images, labels, indices, g, o, self.norm_cpu, self.eig, o["train"])
-        slot = step % len(self.pool)
         out = self.pool[slot][:len(idx) * (1 if o["train"] else o["views"])]
         make_batch(images, labels, indices, g, o, self.norm_cpu, self.eig, o["train"], out=out)
         return slot, labels, indices  # the main process owns the buffer: only its number travels
@@ -141,6 +150,34 @@ class BatchSource(torch.utils.data.Dataset):
 
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+class _Keys(torch.utils.data.Sampler):
+    """The sampler: the keys (epoch, step, sample indices, pool slot) of the epoch being read, set
+    by Loader.epoch before each pass and read in the main process, so that persistent workers
+    need nothing else to change between epochs."""
+
+    def __init__(self):
+        self.keys: list = []
+
+    def __iter__(self):
+        return iter(self.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+_LIVE: "weakref.WeakSet[Loader]" = weakref.WeakSet()  # loaders whose workers are running
+_AT_EXIT = []
+
+
+def _stop_all_at_exit() -> None:
+    """Stop every loader's workers at exit, before multiprocessing joins its children: atexit runs
+    hooks last-registered first, and this one is registered after workers exist (so after
+    multiprocessing's own hook)."""
+    if not _AT_EXIT:
+        _AT_EXIT.append(True)
+        atexit.register(lambda: [loader.close() for loader in list(_LIVE)])
 
 
 def _worker_init(_: int) -> None:
@@ -223,6 +260,9 @@ class Loader:
         self.wait_s = 0.0  # time the consumer spent waiting for batches (since the last reset)
         self.batches = 0
         self.pool = None if cuda else self._make_pool(keep, pool_bytes)
+        self._keys = _Keys()  # the current epoch's batch keys, read by the DataLoader in this process
+        self._dl: torch.utils.data.DataLoader | None = None  # started at the first epoch, then kept
+        self._slots = 0  # pool slots handed out so far
 
     def _make_pool(self, keep: int, budget: int) -> list[torch.Tensor] | None:
         """Reused output buffers (CPU path): enough that none is rewritten while in flight in a
@@ -247,17 +287,24 @@ class Loader:
         return len(self.plan(epoch))
 
     def epoch(self, epoch: int, start_step: int = 0):
-        """Iterate the batches of `epoch` from `start_step` on."""
-        source = BatchSource(self.split, self.plan(epoch), epoch, self)
-        steps = range(start_step, len(source))
+        """Iterate the batches of `epoch` from `start_step` on.
+
+        The worker processes are started at the first epoch and kept for the next ones: on an
+        H200 host, starting 8-16 workers and stopping them again cost about a second per epoch,
+        as long as a whole epoch of 4,000 photos (docs/benchmarks.md, "On a GPU"). An epoch left
+        unfinished (a break, an error, a stop signal) stops them (close()); the next epoch starts
+        new ones."""
+        plan = self.plan(epoch)
+        keys = []
+        for step in range(start_step, len(plan)):
+            # pool slots in turn across epochs, so that a new epoch's first batches never land in
+            # the buffers of the `keep` last batches of the previous one
+            keys.append((epoch, step, plan[step], self._slots % len(self.pool) if self.pool else 0))
+            self._slots += 1
+        self._keys.keys = keys
         cuda = self.device.type == "cuda"
-        # its own generator: creating the iterator must not draw from torch's global RNG, which the
-        # training step's dropout uses and checkpoints restore (an exact mid-epoch resume needs that)
-        dl = torch.utils.data.DataLoader(
-            source, batch_size=None, sampler=steps, num_workers=self.workers, pin_memory=cuda,
-            prefetch_factor=self.prefetch if self.workers else None, worker_init_fn=_worker_init,
-            generator=torch.Generator().manual_seed(0))
-        it = start_workers(dl)
+        it = start_workers(self._dataloader())
+        finished = False
         try:
             if cuda:
                 yield from self._timed(_cuda_ahead(it, self))
@@ -265,13 +312,33 @@ class Loader:
                 yield from self._timed(self._from_pool(it))
             else:
                 yield from self._timed(it)
+            finished = True
         finally:
-            # Stop the workers now, whatever ended the epoch (a damaged sample, an error in the
-            # step): they ignore SIGTERM (_worker_init), so a worker left to the garbage collector
-            # would hang the interpreter's exit, where multiprocessing joins its children.
-            shutdown = getattr(it, "_shutdown_workers", None)  # torch's own clean-up, as in its __del__
-            if shutdown is not None:
-                shutdown()
+            if not finished:
+                self.close()
+
+    def _dataloader(self) -> torch.utils.data.DataLoader:
+        if self._dl is None:
+            # its own generator: creating the iterator must not draw from torch's global RNG, which the
+            # training step's dropout uses and checkpoints restore (an exact mid-epoch resume needs that)
+            self._dl = torch.utils.data.DataLoader(
+                BatchSource(self.split, self), batch_size=None, sampler=self._keys, num_workers=self.workers,
+                pin_memory=self.device.type == "cuda", prefetch_factor=self.prefetch if self.workers else None,
+                worker_init_fn=_worker_init, generator=torch.Generator().manual_seed(0),
+                persistent_workers=self.workers > 0)
+            _LIVE.add(self)
+            _stop_all_at_exit()
+        return self._dl
+
+    def close(self) -> None:
+        """Stop the worker processes now (also done at the interpreter's exit). They ignore SIGTERM
+        (_worker_init), so workers left to the garbage collector would hang the exit, where
+        multiprocessing joins its children. The loader stays usable: the next epoch starts new ones."""
+        dl, self._dl = self._dl, None
+        _LIVE.discard(self)
+        shutdown = getattr(getattr(dl, "_iterator", None), "_shutdown_workers", None)  # torch's own clean-up
+        if shutdown is not None:
+            shutdown()
 
     def _from_pool(self, it):
         for slot, labels, indices in it:
