@@ -293,7 +293,7 @@ class Loader:
         H200 host, starting 8-16 workers and stopping them again cost about a second per epoch,
         as long as a whole epoch of 4,000 photos (docs/benchmarks.md, "On a GPU"). An epoch left
         unfinished (a break, an error, a stop signal) stops them (close()); the next epoch starts
-        new ones."""
+        new ones. One epoch at a time per Loader: the workers serve the latest one started."""
         plan = self.plan(epoch)
         keys = []
         for step in range(start_step, len(plan)):
