@@ -36,10 +36,11 @@ WARMUP = 3  # batches not timed: worker start-up
 
 def _rate(epochs, batches: int, in_flight: int = 0, sync=None) -> float:
     """images/s over `batches` batches after WARMUP + `in_flight` untimed ones. `epochs(k)` gives
-    epoch k's batches; a data set smaller than the run is cycled (each new epoch pays its worker
-    start-up, as in training). `in_flight` is what the workers make ahead while they start
-    (workers x the DataLoader's prefetch factor 2): timing those would count queue reads, not
-    work. Seen on an H200 host with 16 workers and 12 timed batches: a 96k img/s "reference"."""
+    epoch k's batches; a data set smaller than the run is cycled (the reference's DataLoader then
+    starts its workers again, ours keeps them, as in training). `in_flight` is what the workers
+    make ahead while they start (workers x the DataLoader's prefetch factor 2): timing those would
+    count queue reads, not work. Seen on an H200 host with 16 workers and 12 timed batches: a 96k
+    img/s "reference"."""
     def stream():
         k = 0
         while True:
@@ -70,13 +71,16 @@ def reference_loader(root: Path, batch: int, workers: int, crop: int = 224):
 
 
 def bench_data(data: str, device: str = "cpu", batch: int = 128, batches: int = 30, workers: int | None = None,
-               source: str | None = None, crop: int = 224, rounds: int = 2) -> dict:
+               source: str | None = None, crop: int | None = None, rounds: int = 2) -> dict:
     from .data.augment import Normalize, sample_params, train_batch
     from .data.loader import Loader
     from .data.store import open_prepared
 
     ds = open_prepared(data)
     split = ds.split("train")
+    crop = min(224, ds.size) if crop is None else crop  # §2's 224, or the whole image of a smaller set
+    if crop > ds.size:
+        raise UserError(f"crop {crop} is larger than {data}'s images ({ds.size} px)")
     workers = os.cpu_count() if workers is None else workers
     if source is None:
         src = ds.manifest["source"]

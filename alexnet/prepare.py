@@ -35,6 +35,7 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -223,6 +224,7 @@ class Job:
     workers: int | None
     progress: bool
     started: float
+    read_now: int = 0  # samples read by this run (not by an earlier, interrupted one)
 
     def task(self, split: str, shard: int) -> Task:
         first, end = self.shards[split][shard]
@@ -328,7 +330,8 @@ def _prepare(job: Job, verify: bool) -> dict:
     state_path.unlink(missing_ok=True)
     (out / "skipped.json").unlink(missing_ok=True)  # of an earlier run that had nothing to decode
     if job.progress:
-        print_summary(manifest, out, time.time() - job.started)
+        listed = sum(len(samples) for samples in job.listing.splits.values())
+        print_summary(manifest, out, time.time() - job.started, job.read_now if job.read_now < listed else None)
     return manifest
 
 
@@ -356,12 +359,33 @@ def piece_done(out: Path, split: str, shard: int, checksums: bool = False) -> bo
 def run_shards(job: Job, keys: list[tuple[str, int]], checksums: bool = False) -> None:
     """Make the shards `keys` [(split, shard)] that are not done yet (their tars and pieces)."""
     tasks = [job.task(split, k) for split, k in keys if not piece_done(job.out, split, k, checksums)]
+    job.read_now += sum(len(t.samples) for t in tasks)
     try:
-        _run(tasks, sum(len(t.samples) for t in tasks), job.workers, job.progress)
+        with _sigterm_as_interrupt():
+            _run(tasks, sum(len(t.samples) for t in tasks), job.workers, job.progress)
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command again to resume from the completed shards",
               file=sys.stderr)
         raise
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (a scheduler's stop, `kill`) ends the run as Ctrl-C does: the shard being written is
+    abandoned (its temporary file removed) and the message says how to resume, instead of dying
+    silently mid-write. Only the main thread can set handlers; elsewhere SIGTERM stays as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def repair(job: Job, manifest: dict, verify: bool) -> dict:
@@ -444,13 +468,23 @@ def _make_writable(out: Path) -> None:
 
 
 class _LocalCounter:
-    """The shared counter's interface, for in-process runs (workers=0)."""
+    """The shared counter's interface, for in-process runs (workers 0 or 1): every image moves the
+    progress display at once (a shard of thousands of images may take minutes)."""
 
-    def __init__(self):
-        self.value = 0
+    def __init__(self, bar=None):
+        self._value, self.bar = 0, bar
+
+    @property
+    def value(self) -> int:
+        return self._value
+
+    @value.setter
+    def value(self, value: int) -> None:
+        if self.bar is not None:
+            self.bar.update(value - self._value)
+        self._value = value
 
     def get_lock(self):
-        import contextlib
         return contextlib.nullcontext()
 
 
@@ -462,11 +496,10 @@ def _run(tasks: list[Task], total: int, workers: int | None, progress: bool) -> 
         # 0 or 1 worker: in this process. A pool of one would add a process start, pickling and a
         # main process that only waits (the straightforward loop's Pool(1) pays that too).
         if workers <= 1 or not tasks:
-            _init_worker_local()
+            _init_worker_local(bar)
             with threadpoolctl.threadpool_limits(1):  # as in a worker: BLAS threads only slow Stats down
                 for task in tasks:
                     run_task(task)
-                    bar.update(_counter.value - bar.n)
             return
         counter = mp.get_context().Value("q", 0)
         with mp.get_context().Pool(min(workers, len(tasks)), _init_worker, (counter,)) as pool:
@@ -512,9 +545,9 @@ class _LogProgress:
         pass
 
 
-def _init_worker_local() -> None:
+def _init_worker_local(bar=None) -> None:
     global _counter
-    _counter = _LocalCounter()
+    _counter = _LocalCounter(bar)
 
 
 def assemble(out: Path, listing: Listing, shards: dict, options: Options, fp: str, stats_split: str,
@@ -605,7 +638,9 @@ def summarise(ignored: list[dict], examples: int = 5) -> list[dict]:
     return list(out.values())
 
 
-def print_summary(manifest: dict, out: Path, elapsed: float) -> None:
+def print_summary(manifest: dict, out: Path, elapsed: float, read_now: int | None = None) -> None:
+    """The table of splits and the closing line; after a resume (`read_now`: the samples this run
+    read, fewer than listed) its speed counts only those, not the shards an earlier run made."""
     written = sum(s["count"] for s in manifest["splits"].values())
     print(f"\n{'split':<8}{'found':>10}{'written':>10}{'skipped':>9}{'shards':>8}{'MB':>10}")
     for name, s in manifest["splits"].items():
@@ -623,7 +658,11 @@ def print_summary(manifest: dict, out: Path, elapsed: float) -> None:
     st = manifest["stats"]
     print(f"{len(manifest['classes'])} classes; {manifest['stats']['split']} mean RGB "
           f"{np.round(st['mean'], 1).tolist()}, PCA sqrt-eigenvalues {np.round(np.sqrt(st['eigval']), 1).tolist()}")
-    print(f"wrote {written:,} images in {elapsed:.0f} s ({written / max(elapsed, 1e-9):.0f} images/s) to {out}")
+    if read_now is None:
+        print(f"wrote {written:,} images in {elapsed:.0f} s ({written / max(elapsed, 1e-9):.0f} images/s) to {out}")
+    else:  # resumed: the earlier run's shards took no time now
+        print(f"wrote {written:,} images to {out}: {read_now:,} read in {elapsed:.0f} s by this run "
+              f"({read_now / max(elapsed, 1e-9):.0f} images/s), the rest done by an earlier run")
 
 
 def main(args) -> int:

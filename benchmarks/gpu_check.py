@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -95,7 +96,7 @@ def data_set(args) -> tuple[Path, Path | None]:
         return out / "shapes", src / "train"
     source = Path(args.source) if args.source else IMAGENETTE
     if not source.is_dir():
-        raise SystemExit(f"no --data given and {source} is absent: give --source or --data")
+        raise FileNotFoundError(f"no --data given and {source} is absent: give --source or --data")
     prepare(source, out / "imagenette", size=144, progress=True)  # resumes / does nothing when done
     return out / "imagenette", source / "train"
 
@@ -125,7 +126,11 @@ def bench_all(device: str, data: Path, source: Path | None, smoke: bool) -> dict
 
 
 def train_run(device: str, data: Path, out: Path, smoke: bool, nproc: int = 1, minutes: float = 2) -> dict:
-    """`alexnet train --preset fast` for a wall-clock budget, read back from its run folder."""
+    """`alexnet train --preset fast` for a wall-clock budget, read back from its run folder (a new
+    one: the run of an earlier check in the same OUT would otherwise be resumed, finished, and
+    reported at 0 img/s)."""
+    if out.exists():
+        shutil.rmtree(out)
     sets = ["train.precision=auto", f"train.device={'cuda' if device.startswith('cuda') else device}",
             "train.epochs=1000", "eval.every=1000", f"train.budget_minutes={0.1 if smoke else minutes}",
             "data.crop=64" if smoke else "data.crop=128", "train.log_every=5" if smoke else "train.log_every=20"]
@@ -176,13 +181,20 @@ def table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", help="prepared data set (default: Imagenette, prepared into OUT/imagenette)")
     p.add_argument("--source", help="ImageFolder tree (train/, val/) to prepare when --data is not given "
                    "(default ../shared/data/imagenette; a device machine that cannot see it gets a copied subset)")
     p.add_argument("--out", default="gpu_check", help="folder for the report, data and runs (default gpu_check/)")
-    p.add_argument("--train-minutes", type=float, default=2, help="wall-clock budget of the fast training run")
+    p.add_argument("--train-minutes", type=positive, default=2, help="wall-clock budget of the fast training run")
     p.add_argument("--smoke", action="store_true", help="tiny sizes on any device, in seconds")
     args = p.parse_args(argv)
     import torch
@@ -196,7 +208,11 @@ def main(argv=None) -> int:
               "out": str(args.out)}
     stage(report, "environment")(environment)
     stage(report, "cuda tests")(cuda_tests, args.smoke)
-    data, source = data_set(args)
+    prepared = stage(report, "data")(lambda: dict(zip(("data", "source"), map(str, data_set(args)))))
+    if prepared["status"] != "ok":  # nothing to measure without data: the report says why
+        print(table(report))
+        return 1
+    data, source = Path(prepared["data"]), (Path(prepared["source"]) if prepared["source"] != "None" else None)
     stage(report, "bench")(bench_all, device, data, source, args.smoke)
     stage(report, "train fast")(train_run, device, data, Path(args.out) / "run-fast", args.smoke,
                                     minutes=args.train_minutes)

@@ -16,7 +16,8 @@ def test_the_gpu_check_runs_every_stage_in_smoke_mode(tmp_path):
     assert report["mode"] == "smoke"
     stages = {k: v["status"] for k, v in report.items() if isinstance(v, dict) and "status" in v}
     assert stages["environment"] == stages["bench"] == stages["train fast"] == "ok", stages
-    assert set(stages) == {"environment", "cuda tests", "bench", "train fast", "train 2 processes"}
+    assert set(stages) == {"environment", "cuda tests", "data", "bench", "train fast", "train 2 processes"}
+    assert stages["data"] == "ok"
     bench = report["bench"]
     assert bench["data"]["images_per_s"] > 0 and bench["data"]["reference_images_per_s"] > 0
     assert set(bench["train"]["ratios"]) >= {"torchvision fp32 NCHW", "ours fp32 channels_last"}
@@ -25,6 +26,11 @@ def test_the_gpu_check_runs_every_stage_in_smoke_mode(tmp_path):
     assert 0 <= run["top1"] <= 1 and run["images_per_s"] > 0 and run["data_wait"] is not None
     assert 0 < run["mfu"] < 1 and run["epochs_done"] > 0
     assert "| train fast | ok |" in (tmp_path / "gpu_check.md").read_text()
+    # a second check into the same OUT trains anew (it resumed the finished run and said 0 img/s)
+    again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke", "--out", str(tmp_path)],
+                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert json.loads((tmp_path / "gpu_check.json").read_text())["train fast"]["images_per_s"] > 0
 
 
 def test_data_rate_times_neither_warm_up_nor_prefetched_batches_and_cycles_small_sets(monkeypatch):
@@ -47,3 +53,27 @@ def test_data_rate_times_neither_warm_up_nor_prefetched_batches_and_cycles_small
     rate = bench._rate(epochs, batches=9, in_flight=4)
     assert len(made) == bench.WARMUP + 4 + 9 and epochs_asked == [0, 1, 2, 3]
     assert rate == 8.0  # 9 batches of 8 images in 9 fake seconds
+
+
+def test_bench_data_on_a_set_smaller_than_224_px_crops_the_whole_image(tmp_path):
+    """`alexnet bench data` has no crop option: on a set prepared with --size below 224 it ended in
+    a ValueError traceback (exit 1); it now takes the whole image, and an explicit larger crop is
+    one UserError line."""
+    sys.path.insert(0, str(ROOT))
+    import numpy as np
+    import pytest
+    from PIL import Image
+
+    from alexnet import bench
+    from alexnet.errors import UserError
+    from alexnet.prepare import prepare
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / "src" / "train" / c).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 256, (50, 60, 3), dtype=np.uint8)).save(tmp_path / "src" / "train" / c / f"{i}.png")
+    prepare(tmp_path / "src", tmp_path / "p", size=40, workers=0, progress=False)
+    r = bench.bench_data(str(tmp_path / "p"), batch=2, batches=1, workers=0, rounds=1)
+    assert r["crop"] == 40 and r["images_per_s"] > 0 and r["reference_images_per_s"] > 0
+    with pytest.raises(UserError, match="crop 64 is larger than"):
+        bench.bench_data(str(tmp_path / "p"), batch=2, batches=1, workers=0, rounds=1, crop=64)

@@ -285,3 +285,20 @@ def test_a_process_with_kept_workers_exits_promptly():
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=root)
     assert proc.returncode == 0 and proc.stdout.split() == ["8", "True"], proc.stderr[-2000:]
+
+
+def test_a_second_epoch_while_one_is_open_is_refused_not_mixed(data):
+    """Kept workers serve one epoch at a time: a second epoch started while another is still open
+    (zip over two epochs, or an abandoned iterator still referenced) would reset the shared workers
+    and silently mix or cut both short; it is refused, and works once the first is closed."""
+    ds = open_prepared(data / "jpeg")
+    for workers in (0, 2):
+        loader = Loader(ds.split("train"), ds, 2, train=True, crop=32, workers=workers, pca_std=0.1)
+        first = loader.epoch(0)
+        next(first)
+        with pytest.raises(RuntimeError, match="epoch 0 of this Loader is still being read"):
+            next(loader.epoch(1))
+        first.close()
+        alone = Loader(ds.split("train"), ds, 2, train=True, crop=32, workers=0, pca_std=0.1)
+        assert same(batches(loader, 1), batches(alone, 1))
+        loader.close()

@@ -159,6 +159,58 @@ def test_kill_9_mid_run_then_resume(tmp_path):
     assert not list((tmp_path / "killed").rglob("*.tmp")) and not list((tmp_path / "killed").rglob("*.piece.npz"))
 
 
+def test_sigterm_mid_run_says_how_to_resume_and_the_rerun_counts_only_its_own_images(tmp_path):
+    """SIGTERM (a scheduler's stop) to `prepare --workers 1`, which works in its own process: it
+    killed the run silently mid-shard; now it ends as Ctrl-C does, with the resume hint, no
+    temporary file left, and the rerun's speed line counts only what the rerun read."""
+    rng = np.random.default_rng(2)
+    for c in ("a", "b"):
+        (tmp_path / "src" / "train" / c).mkdir(parents=True)
+        for i in range(60):
+            (tmp_path / "src" / "train" / c / f"{i}.jpg").write_bytes(
+                jpeg(rng.integers(0, 256, (600, 800, 3), dtype=np.uint8)))
+
+    def cmd(out):
+        return [sys.executable, "-m", "alexnet", "prepare", str(tmp_path / "src"), str(tmp_path / out),
+                "--size", "64", "--workers", "1", "--shard-size", "8"]
+
+    proc = subprocess.Popen(cmd("stopped"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while len(list((tmp_path / "stopped").glob("train/*.piece.npz"))) < 2 and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "run the same command again to resume" in err, err[-2000:]
+    assert not (tmp_path / "stopped" / "manifest.json").exists()
+    assert not list((tmp_path / "stopped").rglob("*.tmp"))
+    again = subprocess.run(cmd("stopped"), check=True, capture_output=True, text=True)
+    assert "resuming:" in again.stdout + again.stderr
+    assert "read in" in again.stdout and "the rest done by an earlier run" in again.stdout
+    subprocess.run(cmd("clean"), check=True, capture_output=True)
+    assert fingerprint_of(tmp_path / "stopped") == fingerprint_of(tmp_path / "clean")
+
+
+def test_one_worker_moves_the_progress_display_at_every_image(tmp_path, monkeypatch):
+    """In-process (workers 0 or 1) the display was updated only when a shard ended: with shards of
+    thousands of images, minutes apart."""
+    odd = odd_folder(tmp_path / "src")
+    updates = []
+
+    class Recorder:
+        n = 0
+
+        def update(self, k):
+            updates.append(k)
+            self.n += k
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(prep, "_progress_bar", lambda total, progress: Recorder())
+    prep.prepare(tmp_path / "src", tmp_path / "out", size=64, workers=1, shard_size=1000, progress=False)
+    assert updates and set(updates) == {1} and len(updates) == odd["train_found"] + odd["val"]
+
+
 def test_disk_full_is_a_clear_error_and_resumable(tmp_path, monkeypatch):
     odd_folder(tmp_path / "src")
     real_add = store.ShardWriter.add

@@ -263,6 +263,7 @@ class Loader:
         self._keys = _Keys()  # the current epoch's batch keys, read by the DataLoader in this process
         self._dl: torch.utils.data.DataLoader | None = None  # started at the first epoch, then kept
         self._slots = 0  # pool slots handed out so far
+        self._reading: int | None = None  # the epoch being read, while its iterator is open
 
     def _make_pool(self, keep: int, budget: int) -> list[torch.Tensor] | None:
         """Reused output buffers (CPU path): enough that none is rewritten while in flight in a
@@ -293,7 +294,18 @@ class Loader:
         H200 host, starting 8-16 workers and stopping them again cost about a second per epoch,
         as long as a whole epoch of 4,000 photos (docs/benchmarks.md, "On a GPU"). An epoch left
         unfinished (a break, an error, a stop signal) stops them (close()); the next epoch starts
-        new ones. One epoch at a time per Loader: the workers serve the latest one started."""
+        new ones. One epoch at a time per Loader (the workers serve one): starting another while
+        one is still open (not exhausted, not closed) raises RuntimeError instead of mixing them."""
+        if self._reading is not None:
+            raise RuntimeError(f"epoch {self._reading} of this Loader is still being read: exhaust it or close() "
+                               f"its iterator before starting epoch {epoch} (one epoch at a time per Loader)")
+        self._reading = epoch
+        try:
+            yield from self._epoch(epoch, start_step)
+        finally:
+            self._reading = None
+
+    def _epoch(self, epoch: int, start_step: int):
         plan = self.plan(epoch)
         keys = []
         for step in range(start_step, len(plan)):
