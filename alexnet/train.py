@@ -443,7 +443,12 @@ def train(cfg: config_mod.Config, resume: str | None = None, progress: bool = Tr
             "world_size": rt.ctx.world_size, "device": str(rt.device), "precision": rt.precision,
             "ceiling": {k: run.ceiling[k] for k in ("flops_per_s", "best", "dtype", "device", "threads")}})
         try:
-            result = fit(run, progress)
+            try:
+                result = fit(run, progress)
+            except RuntimeError as e:  # torch's DataLoader: a worker died (raised from its SIGCHLD handler)
+                if "DataLoader worker" not in str(e):
+                    raise
+                raise UserError(worker_died(run, e)) from None
             if result["stopped"]:
                 return {"stopped": result["stopped"], "checkpoint": str(run.out / "last.pt"), "run": str(run.out)}
             return finish(run, result, progress)
@@ -453,6 +458,18 @@ def train(cfg: config_mod.Config, resume: str | None = None, progress: bool = Tr
         run.close_loaders()
         if run.lock:
             run.lock.release()
+
+
+def worker_died(run: Run, error: RuntimeError) -> str:
+    """The one line for a data-loading worker that died mid-run. No checkpoint is written then:
+    torch reports the death from a signal handler, possibly in the middle of an optimizer step,
+    so the weights in memory may be half-updated; the last checkpoint written stands."""
+    last = run.out / "last.pt"
+    resume = (f"run the same command again to resume from {last} (the last checkpoint written)" if last.is_file()
+              else "no checkpoint was written yet: the same command starts again")
+    return (f"a data-loading worker process died in epoch {run.epoch + 1} ({str(error).splitlines()[0].strip()} "
+            f"A worker killed by signal Killed is often the out-of-memory killer's work: give fewer --workers or a "
+            f"smaller batch). {resume}")
 
 
 def data_summary(ds, cfg, loader, from_weights: bool = False) -> dict:

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -91,6 +92,30 @@ def test_sigterm_to_the_whole_process_group_with_loader_workers_saves_and_exits_
     assert proc.returncode == 0, output[-3000:]
     assert "stopped by SIGTERM" in output and "DataLoader worker" not in output
     assert checkpoint.load(out / "last.pt")["epoch"] < 100
+
+
+def test_a_loader_worker_killed_mid_run_is_one_line_and_the_run_resumes(tiny, tmp_path):
+    """The out-of-memory killer takes a loader worker: a traceback and exit 1 before; now one line
+    that names the cause and says how to resume, and the same command continues from last.pt."""
+    out = tmp_path / "oom"
+    cmd = [sys.executable, "-m", "alexnet", *args(tiny, out, "train.epochs=100", "train.batch_size=8",
+                                                  "data.workers=2", "train.checkpoint_every=1")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                            start_new_session=True)
+    try:
+        assert wait_for(lambda: (out / "last.pt").exists())
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert children, "no worker processes found"
+        os.kill(int(children[0]), signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    lines = err.strip().splitlines()
+    assert proc.returncode == 2 and "Traceback" not in err, err[-3000:]
+    assert "a data-loading worker process died" in lines[-1] and "run the same command again" in lines[-1]
+    done = train(cfg(tiny, out, "train.epochs=1"), progress=False)  # the run goes on from its checkpoint
+    assert done["epochs_done"] >= 1
 
 
 # ------------------------------------------------------------------ one writer, the user's folder (items 6, 7)
