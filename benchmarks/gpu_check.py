@@ -135,7 +135,7 @@ def train_run(device: str, data: Path, out: Path, smoke: bool, nproc: int = 1, m
             "train.epochs=1000", "eval.every=1000", f"train.budget_minutes={0.1 if smoke else minutes}",
             "data.crop=64" if smoke else "data.crop=128", "train.log_every=5" if smoke else "train.log_every=20"]
     if smoke:
-        sets += ["model.width=0.25", "model.hidden=64", "train.batch_size=16", "data.workers=0", "eval.batch_size=32"]
+        sets += ["model.width=0.25", "model.hidden=64", "train.batch_size=16", "data.workers=2", "eval.batch_size=32"]
     else:
         sets += ["train.batch_size=512", "data.workers=8"]
     cmd = ["-m", "alexnet", "train", "--preset", "fast", "--data", str(data), "--out", str(out),
