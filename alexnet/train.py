@@ -445,10 +445,11 @@ def train(cfg: config_mod.Config, resume: str | None = None, progress: bool = Tr
         try:
             try:
                 result = fit(run, progress)
-            except RuntimeError as e:  # torch's DataLoader: a worker died (raised from its SIGCHLD handler)
-                if "DataLoader worker" not in str(e):
+            except Exception as e:  # torch's DataLoader: a worker died (raised from its SIGCHLD handler)
+                death = worker_death(e)
+                if death is None:
                     raise
-                raise UserError(worker_died(run, e)) from None
+                raise UserError(worker_died(run, death)) from None
             if result["stopped"]:
                 return {"stopped": result["stopped"], "checkpoint": str(run.out / "last.pt"), "run": str(run.out)}
             return finish(run, result, progress)
@@ -458,6 +459,19 @@ def train(cfg: config_mod.Config, resume: str | None = None, progress: bool = Tr
         run.close_loaders()
         if run.lock:
             run.lock.release()
+
+
+def worker_death(error: BaseException) -> RuntimeError | None:
+    """torch's "DataLoader worker ... killed by signal" error, if `error` is it or was raised while
+    handling it: the SIGCHLD handler raises it wherever the main process is, and inside a checkpoint
+    write torch's zip writer then fails on its own ("unexpected pos"; atomic_write keeps the old file)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, RuntimeError) and "DataLoader worker" in str(error):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def worker_died(run: Run, error: RuntimeError) -> str:

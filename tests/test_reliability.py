@@ -180,3 +180,18 @@ def test_one_class_and_too_few_outputs_are_refused(tiny, tmp_path):
     with pytest.raises(UserError, match="model.num_classes 5 is smaller than the 10 classes"):
         train(cfg(tiny, tmp_path / "r2", "model.num_classes=5"), progress=False)
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
+
+
+def test_a_worker_death_raised_inside_a_checkpoint_write_is_still_recognised():
+    """Seen in CI-like runs: the SIGCHLD handler raised the worker's death inside torch.save, whose
+    zip writer then failed with its own error; the death is found in the exception's chain."""
+    from alexnet.train import worker_death
+    death = RuntimeError("DataLoader worker (pid 5600) is killed by signal: Killed. ")
+    try:
+        try:
+            raise death
+        except RuntimeError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1354880 vs 1354768")
+    except RuntimeError as outer:
+        assert worker_death(outer) is death
+    assert worker_death(RuntimeError("CUDA out of memory")) is None and worker_death(ValueError("x")) is None
