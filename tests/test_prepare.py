@@ -134,16 +134,24 @@ def test_interrupted_run_resumes_to_identical_output(tmp_path, monkeypatch):
     assert fingerprint_of(tmp_path / "out") == fingerprint_of(tmp_path / "clean")
 
 
-def test_kill_9_mid_run_then_resume(tmp_path):
-    rng = np.random.default_rng(1)
+def slow_source(tmp_path: Path, seed: int):
+    """120 noise photos of 800x600 (slow enough to stop mid-run) and the prepare command for them:
+    (out name) -> argv, one worker, shards of 8."""
+    rng = np.random.default_rng(seed)
     for c in ("a", "b"):
         (tmp_path / "src" / "train" / c).mkdir(parents=True)
         for i in range(60):
             (tmp_path / "src" / "train" / c / f"{i}.jpg").write_bytes(
                 jpeg(rng.integers(0, 256, (600, 800, 3), dtype=np.uint8)))
+
     def cmd(out):
         return [sys.executable, "-m", "alexnet", "prepare", str(tmp_path / "src"), str(tmp_path / out),
                 "--size", "64", "--workers", "1", "--shard-size", "8"]
+    return cmd
+
+
+def test_kill_9_mid_run_then_resume(tmp_path):
+    cmd = slow_source(tmp_path, 1)
 
     proc = subprocess.Popen(cmd("killed"), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -163,17 +171,7 @@ def test_sigterm_mid_run_says_how_to_resume_and_the_rerun_counts_only_its_own_im
     """SIGTERM (a scheduler's stop) to `prepare --workers 1`, which works in its own process: it
     killed the run silently mid-shard; now it ends as Ctrl-C does, with the resume hint, no
     temporary file left, and the rerun's speed line counts only what the rerun read."""
-    rng = np.random.default_rng(2)
-    for c in ("a", "b"):
-        (tmp_path / "src" / "train" / c).mkdir(parents=True)
-        for i in range(60):
-            (tmp_path / "src" / "train" / c / f"{i}.jpg").write_bytes(
-                jpeg(rng.integers(0, 256, (600, 800, 3), dtype=np.uint8)))
-
-    def cmd(out):
-        return [sys.executable, "-m", "alexnet", "prepare", str(tmp_path / "src"), str(tmp_path / out),
-                "--size", "64", "--workers", "1", "--shard-size", "8"]
-
+    cmd = slow_source(tmp_path, 2)
     proc = subprocess.Popen(cmd("stopped"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while len(list((tmp_path / "stopped").glob("train/*.piece.npz"))) < 2 and time.time() < deadline:
