@@ -150,6 +150,9 @@ def _init_worker(counter) -> None:
     global _counter
     _counter = counter
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
+    # and SIGTERM ends a worker quietly, as the pool's own terminate() expects: the parent's
+    # handler (_sigterm_as_interrupt), inherited through fork, would print a traceback per worker
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # One BLAS thread per worker: the workers already fill the cores, and OpenBLAS threads
     # inherited across fork() spin against each other (measured: 2-5x slower with 2 workers).
     threadpoolctl.threadpool_limits(1)
