@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -443,6 +444,8 @@ def train(cfg: config_mod.Config, resume: str | None = None, progress: bool = Tr
             "world_size": rt.ctx.world_size, "device": str(rt.device), "precision": rt.precision,
             "ceiling": {k: run.ceiling[k] for k in ("flops_per_s", "best", "dtype", "device", "threads")}})
         try:
+            previous_hook = sys.unraisablehook
+            sys.unraisablehook = quiet_worker_deaths(previous_hook)
             try:
                 result = fit(run, progress)
             except Exception as e:  # torch's DataLoader: a worker died (raised from its SIGCHLD handler)
@@ -450,6 +453,11 @@ def train(cfg: config_mod.Config, resume: str | None = None, progress: bool = Tr
                 if death is None:
                     raise
                 raise UserError(worker_died(run, death)) from None
+            finally:
+                # the SIGCHLD handler's error can also land where Python can only print it ("Exception
+                # ignored in ..." with a traceback, e.g. inside logging's lock release); the loader
+                # reports the death itself at its next read, so that print is only noise
+                sys.unraisablehook = previous_hook
             if result["stopped"]:
                 return {"stopped": result["stopped"], "checkpoint": str(run.out / "last.pt"), "run": str(run.out)}
             return finish(run, result, progress)
@@ -472,6 +480,12 @@ def worker_death(error: BaseException) -> RuntimeError | None:
             return error
         error = error.__cause__ or error.__context__
     return None
+
+
+def quiet_worker_deaths(hook: Callable) -> Callable:
+    """sys.unraisablehook that drops a worker's death (the loader reports it at its next read) and
+    passes anything else to `hook`."""
+    return lambda unraisable: None if worker_death(unraisable.exc_value) else hook(unraisable)
 
 
 def worker_died(run: Run, error: RuntimeError) -> str:
