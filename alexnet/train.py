@@ -495,9 +495,9 @@ def worker_died(run: Run, error: RuntimeError) -> str:
     last = run.out / "last.pt"
     resume = (f"run the same command again to resume from {last} (the last checkpoint written)" if last.is_file()
               else "no checkpoint was written yet: the same command starts again")
-    return (f"a data-loading worker process died in epoch {run.epoch + 1} ({str(error).splitlines()[0].strip()} "
-            f"A worker killed by signal Killed is often the out-of-memory killer's work: give fewer --workers or a "
-            f"smaller batch). {resume}")
+    cause = str(error).splitlines()[0].strip().rstrip(".")
+    return (f"a data-loading worker process died in epoch {run.epoch + 1} ({cause}; a worker killed by signal "
+            f"Killed is often the out-of-memory killer's work: give fewer --workers or a smaller batch). {resume}")
 
 
 def data_summary(ds, cfg, loader, from_weights: bool = False) -> dict:

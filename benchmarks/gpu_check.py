@@ -208,11 +208,12 @@ def main(argv=None) -> int:
               "out": str(args.out)}
     stage(report, "environment")(environment)
     stage(report, "cuda tests")(cuda_tests, args.smoke)
-    prepared = stage(report, "data")(lambda: dict(zip(("data", "source"), map(str, data_set(args)))))
+    found = {}
+    prepared = stage(report, "data")(lambda: found.update(zip(("data", "source"), data_set(args))))
     if prepared["status"] != "ok":  # nothing to measure without data: the report says why
         print(table(report))
         return 1
-    data, source = Path(prepared["data"]), (Path(prepared["source"]) if prepared["source"] != "None" else None)
+    data, source = found["data"], found["source"]
     stage(report, "bench")(bench_all, device, data, source, args.smoke)
     stage(report, "train fast")(train_run, device, data, Path(args.out) / "run-fast", args.smoke,
                                     minutes=args.train_minutes)
