@@ -2,6 +2,7 @@
 
     alexnet bench data --data prepared/imagenette [--device cuda] [--json out.json]
     alexnet bench train [--device cuda] [--batches 5] [--json out.json]
+    alexnet bench feed --data prepared/imagenette [--device cuda] [--crop 128]   # alexnet.feed
 
 train: images/s of a training step (forward, backward, SGD) of the same architecture at 224 px:
 torchvision's AlexNet the plain way (fp32, NCHW) against ours (channels_last, and bf16 autocast),
@@ -363,6 +364,9 @@ def print_infer(r: dict) -> None:
 def main(args) -> int:
     if args.json:
         writable_output(args.json, "JSON report")
+    if args.what == "feed":  # the resident path against streaming, and the step fed against the step alone
+        from .feed import main as feed
+        return feed(args)
     device = runtime.setup(args.device, distributed_job=False).device
     if args.what == "train":
         r = bench_train(device, batch=args.batch_size, steps=args.batches)

@@ -217,8 +217,10 @@ def build_parser() -> Parser:
     p.add_argument("--access-log", action="store_true", help="log every request")
 
     p = command("bench", "Side by side in one run, against torchvision's reference on the same machine.")
-    p.add_argument("what", choices=["data", "train", "infer"])
-    p.add_argument("--data", help="prepared data set (bench data)")
+    p.add_argument("what", choices=["data", "train", "infer", "feed"],
+                   help="feed: the resident data path against streaming, and the step fed against the step alone")
+    p.add_argument("--data", help="prepared data set (bench data, bench feed)")
+    p.add_argument("--crop", type=at_least(1), default=None, help="crop side in px (bench feed; default min(224, size))")
     p.add_argument("--source", metavar="DIR", help="ImageFolder of the same images for the reference "
                                                     "(default: the folder the data set was prepared from)")
     p.add_argument("--device", default="auto", help="cpu | cuda (default: cuda when present)")

@@ -74,6 +74,10 @@ class DataConfig:
     scale: tuple[float, float] = (1.0, 1.0)  # area fraction of random-resized crops; (1, 1): §4.1 crops
     ratio: tuple[float, float] = (1.0, 1.0)  # aspect-ratio range of random-resized crops
     workers: int | None = None  # loader processes; None: 1 per 4 cores when training on CPU, else 8
+    resident: Literal["auto", "true", "false"] = "auto"  # hold the decoded splits in the training device's
+    # memory and make batches there, no workers (alexnet.data.resident); auto: when they fit its share
+    resident_cache: Literal["auto", "true", "false"] = "auto"  # keep the decoded split beside the prepared
+    # set (<split>/decoded-<decoder>.npy, N x S x S x 3 bytes) for the next run; auto: when decoded on the CPU
     builtin_per_class: int = 1000  # training images per class of the built-in shapes (when path is None)
 
 
@@ -274,6 +278,8 @@ def coerce(value: Any, hint: Any, key: str, source: str = "config") -> Any:
         return coerce(value, inner, key, source)
     if origin is Literal:
         kind = type(args[0])
+        if isinstance(value, bool) and kind is str and {"true", "false"} <= set(args):  # TOML/YAML true
+            value = "true" if value else "false"
         v = coerce(value, kind, key, source)
         if v not in args:
             raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, args))}")

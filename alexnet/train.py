@@ -80,17 +80,18 @@ class Run:
     frozen_norms: list = field(default_factory=list)  # batch-norm layers of frozen parts: kept in eval mode
     norm: A.Normalize | None = None  # the initial weights' normalisation (None: the data set's statistics)
     lock: FolderLock | None = None  # rank 0's exclusive lock on the run folder
+    resident: dict = field(default_factory=dict)  # split name -> data.resident.Resident (empty: streamed)
     _flops: dict = field(default_factory=dict)
 
     def train_loader_for(self, crop: int) -> Loader:
-        return train_loader(self.cfg, self.rt, self.ds, self.per_device, crop, self.norm)
+        return train_loader(self.cfg, self.rt, self.ds, self.per_device, crop, self.norm, self.resident)
 
     def set_norm(self, norm: A.Normalize) -> None:
         """Train and validate with the normalisation the initial weights were trained with."""
         self.norm = norm
         self.close_loaders()
         self.train_loader = self.train_loader_for(self.train_loader.options["crop"])
-        self.val_loader = val_loader(self.cfg, self.rt, self.ds, norm)
+        self.val_loader = val_loader(self.cfg, self.rt, self.ds, norm, self.resident)
 
     def close_loaders(self) -> None:
         """Stop the loaders' worker processes (kept from one epoch to the next)."""
@@ -133,17 +134,50 @@ def loader_options(c: config_mod.Config, rt: runtime.Runtime, crop: int) -> dict
 
 
 def train_loader(c: config_mod.Config, rt: runtime.Runtime, ds: PreparedDataset, per_device: int, crop: int,
-                 norm: A.Normalize | None = None) -> Loader:
-    """This rank's training batches (§4.1 augmentation) at `crop` px."""
+                 norm: A.Normalize | None = None, resident: dict | None = None) -> Loader:
+    """This rank's training batches (§4.1 augmentation) at `crop` px, from the resident split
+    when `resident` holds it, else streamed by worker processes."""
     return Loader(ds.split(c.data.train_split), ds, per_device * c.train.accumulation, train=True, flip=c.data.flip,
                   pca_std=c.data.pca_std, scale=c.data.scale, ratio=c.data.ratio, norm=norm,
-                  **loader_options(c, rt, crop))
+                  resident=(resident or {}).get(c.data.train_split), **loader_options(c, rt, crop))
 
 
-def val_loader(c: config_mod.Config, rt: runtime.Runtime, ds: PreparedDataset, norm: A.Normalize | None = None) -> Loader:
+def val_loader(c: config_mod.Config, rt: runtime.Runtime, ds: PreparedDataset, norm: A.Normalize | None = None,
+               resident: dict | None = None) -> Loader:
     """This rank's share of the validation images (centre crop or the 10 views), each counted once."""
     return Loader(ds.split(c.data.val_split), ds, c.eval.batch_size, train=False, views=c.eval.views, norm=norm,
-                  **loader_options(c, rt, c.data.crop))
+                  resident=(resident or {}).get(c.data.val_split), **loader_options(c, rt, c.data.crop))
+
+
+def resident_splits(c: config_mod.Config, rt: runtime.Runtime, ds: PreparedDataset, say, progress: bool) -> dict:
+    """The training and validation splits decoded into the device's memory when data.resident
+    allows (alexnet.data.resident): {split name: Resident}, or {} when they stream. Every rank
+    makes the same choice (the smallest free memory decides); where the decoded split is cached,
+    local rank 0 writes the cache and the node's other ranks map it."""
+    from .data import resident
+    splits = list({s: ds.split(s) for s in (c.data.train_split, c.data.val_split)}.values())
+    try:
+        fits, why, error = *resident.decide(ds, splits, c.data.resident, rt.device,
+                                            int(os.environ.get("LOCAL_WORLD_SIZE", "1"))), None
+    except UserError as e:
+        fits, why, error = False, "", str(e)
+    answers = distributed.gather((fits, why, error))
+    error = next((a[2] for a in answers if a[2]), None)
+    if error:
+        raise UserError(error)
+    if not all(a[0] for a in answers):
+        say(f"data: streamed by worker processes ({next(a[1] for a in answers if not a[0])})")
+        return {}
+    say(f"data: resident in {rt.device.type} memory, batches made there without workers ({why})")
+    cached = c.data.resident_cache == "true" or (c.data.resident_cache == "auto" and rt.device.type == "cpu")
+    out = {}
+    for split in splits:
+        def load(split=split):
+            return resident.load(split, ds.size, rt.device, c.data.resident_cache, progress=rt.main and progress,
+                                 say=say)
+        out[split.name] = res = runtime.once_per_node(load) if cached and not split.raw else load()
+        say(f"  {split.name}: {len(split):,} images of {ds.size}x{ds.size}, {resident.gib(res.nbytes)}, {res.source}")
+    return out
 
 
 def builtin_data(cfg: config_mod.Config, progress: bool) -> Path:
@@ -208,16 +242,17 @@ def setup(cfg: config_mod.Config, resume: str | None = None, progress: bool = Tr
         distributed.compress_gradients(ddp, c.train.grad_compression)
     if c.train.compile:
         net = torch.compile(net)
-    loader = train_loader(c, rt, ds, per_device, c.data.crop)
+    resident = resident_splits(c, rt, ds, say, progress)
+    loader = train_loader(c, rt, ds, per_device, c.data.crop, resident=resident)
     steps = loader.steps(0)
     if steps == 0:
         raise UserError(f"the training split has {len(train_split)} images: too few for one global batch "
                         f"of {c.train.batch_size}")
     lock = claim_run_folder(out, rt)  # last: a failed setup leaves no lock behind
     return Run(c, rt, out, data_path, ds, num_classes, per_device, model, net, ddp, optimizer,
-               Schedule(c, lr, steps), scaler, loader, val_loader(c, rt, ds), steps,
+               Schedule(c, lr, steps), scaler, loader, val_loader(c, rt, ds, resident=resident), steps,
                runtime.once_per_node(mfu.ceiling, rt.device, rt.dtype), say=say,  # probed once per node
-               frozen_norms=frozen_norms, lock=lock)
+               frozen_norms=frozen_norms, lock=lock, resident=resident)
 
 
 def is_run_folder(out: Path) -> bool:

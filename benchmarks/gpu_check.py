@@ -11,10 +11,16 @@ In order, each stage recorded as ok / failed / skipped with its figures:
    training run, NCCL over 2 GPUs (pytest, the tests that skip without CUDA);
 3. `alexnet bench data`, `bench train`, `bench infer` on the device, each against torchvision's
    reference on the same GPU (img/s, ratio, share of the measured bf16 ceiling);
-4. a 2-minute `fast` training run on Imagenette with GPU decoding (img/s, data-wait share, MFU, top-1);
-5. a 2-process NCCL training run when the machine has 2 or more GPUs, else skipped with the reason.
+4. nvJPEG's stream hazard: the same batches decoded twice behind queued work, compared bit for bit;
+5. the resident data path (issue 20): an ImageNet-shaped resident set (1,281,167 random images at
+   128 px, 63 GB, made on the GPU) and the photos resident at 256 px with 224 crops, the fast
+   recipe's step fed by it against the step alone (target: data under 5% of the time);
+6. a 2-minute `fast` training run on Imagenette (resident where it fits: img/s, data-wait share,
+   MFU, top-1);
+7. a 2-process NCCL training run when the machine has 2 or more GPUs, else skipped with the reason.
 The data: --data PREPARED, else --source DIR (default ../shared/data/imagenette) prepared once into
-OUT/imagenette (size 144, as benchmarks/imagenette_budget.py). OUT/gpu_check.json is rewritten after
+OUT/imagenette (size 144, as benchmarks/imagenette_budget.py) and OUT/imagenette256 (the
+resident stage's 224 crops). OUT/gpu_check.json is rewritten after
 every stage, so a run cut short by a time limit keeps what it measured. Writes OUT/gpu_check.json and
 OUT/gpu_check.md (the readable table, also printed). The exit status is 1 when a stage failed.
 
@@ -73,7 +79,7 @@ def environment() -> dict:
 def cuda_tests(smoke: bool) -> dict:
     if smoke:
         return {"status": "skipped", "reason": "smoke mode runs no nested pytest"}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "tests/test_loader.py", "tests/test_runtime.py",
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "tests/test_loader.py", "tests/test_runtime.py", "tests/test_resident.py",
            "-k", "cuda or gpu or nccl"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-300:]
@@ -81,11 +87,12 @@ def cuda_tests(smoke: bool) -> dict:
             "output_tail": proc.stdout[-1500:]}
 
 
-def data_set(args) -> tuple[Path, Path | None]:
-    """(prepared data set, its source ImageFolder for the reference pipeline)."""
+def data_set(args) -> tuple[Path, Path | None, Path]:
+    """(prepared data set, its source ImageFolder for the reference pipeline, the same photos
+    prepared at 256 px for the resident stage's 224 crops)."""
     from alexnet.prepare import prepare
     if args.data:
-        return Path(args.data), None
+        return Path(args.data), None, Path(args.data)
     out = Path(args.out)
     if args.smoke:
         from alexnet.data import synthetic
@@ -93,12 +100,13 @@ def data_set(args) -> tuple[Path, Path | None]:
         if not (src / "train").is_dir():
             synthetic.write_folder(src, {"train": 40, "val": 10}, size=72, seed=0)
         prepare(src, out / "shapes", size=72, progress=False)
-        return out / "shapes", src / "train"
+        return out / "shapes", src / "train", out / "shapes"
     source = Path(args.source) if args.source else IMAGENETTE
     if not source.is_dir():
         raise FileNotFoundError(f"no --data given and {source} is absent: give --source or --data")
     prepare(source, out / "imagenette", size=144, progress=True)  # resumes / does nothing when done
-    return out / "imagenette", source / "train"
+    prepare(source, out / "imagenette256", size=256, progress=True)
+    return out / "imagenette", source / "train", out / "imagenette256"
 
 
 def bench_all(device: str, data: Path, source: Path | None, smoke: bool) -> dict:
@@ -155,6 +163,83 @@ def train_run(device: str, data: Path, out: Path, smoke: bool, nproc: int = 1, m
             "ceiling": s.get("ceiling")}
 
 
+RESIDENT_TARGET = 0.05  # issue 20: data under 5% of step time on an H200, at every crop size
+
+
+def resident_stage(device: str, data: Path, data_224: Path, smoke: bool) -> dict:
+    """The resident data path against the step alone (alexnet.feed), at ImageNet's scale and on real photos:
+    (a) an ImageNet-shaped resident set, 1,281,167 random 128 px images made on the GPU (63 GB), the
+        fast recipe's step at 112 and 128 px crops, fed against alone;
+    (b) the prepared photos resident at 256 px, 224 crops, fed against alone, and the loader alone
+        resident against streaming (`alexnet bench feed`).
+    Status "failed" when data takes 5% of the time or more anywhere (the target), on a GPU."""
+    import torch
+
+    from alexnet import feed
+    dev = torch.device(device)
+    small = ("model.width=0.25", "model.hidden=64") if smoke else ()
+    batch, steps = (16, 4) if smoke else (256, 200)
+    n, size, crops = (2_000, 72, (64, 72)) if smoke else (1_281_167, 128, (112, 128))
+    out = {}
+    t = time.time()
+    split, ds, res = feed.synthetic(n, size, 1000, dev)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    out["synthetic"] = {"images": n, "size": size, "gib": res.nbytes / 2 ** 30, "made_s": round(time.time() - t, 1)}
+    for crop in crops:
+        loader = feed.train_loader(split, ds, res, dev, batch, crop, 0)
+        out[f"imagenet-shaped, crop {crop}"] = feed.end_to_end(loader, steps, dev, 1000, sets=small)
+    del res, split, ds
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    r = feed.bench_feed(str(data_224), device=device, batch=batch, workers=2 if smoke else min(16, os.cpu_count() or 1),
+                        epochs=1 if smoke else 2, steps=steps, sets=small)
+    out["photos, crop %d" % r["crop"]] = {**r["end_to_end"], "loader_alone": r["loader_alone"],
+                                           "resident_vs_streamed": r["ratio"], "resident_load": r["resident_load"],
+                                           "data": r["data"], "images": r["images"], "size": r["size"]}
+    shares = {k: v["data_share"] for k, v in out.items() if isinstance(v, dict) and "data_share" in v}
+    out["worst_data_share"] = max(shares.values())
+    out["target"] = f"data < {RESIDENT_TARGET:.0%} of step time"
+    if dev.type == "cuda" and out["worst_data_share"] >= RESIDENT_TARGET:
+        out["status"] = "failed"
+    return out
+
+
+def nvjpeg_twice(device: str, data: Path, batches: int = 8, batch: int = 128) -> dict:
+    """The nvJPEG hazard (pytorch/vision PR 9606): decode the same batches twice on a side stream,
+    each time right after freeing tensors that kernels queued on that stream still read (behind a
+    long matrix product), and compare the decodes bit for bit and the reductions with their values.
+    store.decode_jpegs drains the stream first; without that, nvJPEG's hardware decoder can write
+    into the freed blocks before the queued reductions have read them."""
+    import torch
+
+    from alexnet.data.store import decode_jpegs, open_prepared
+    if not device.startswith("cuda"):
+        return {"status": "skipped", "reason": "needs a CUDA device"}
+    split = open_prepared(data).split("train")
+    payloads = [split.payloads(range(i, min(i + batch, len(split)))) for i in range(0, len(split), batch)][:batches]
+    side = torch.cuda.Stream()
+    big = torch.randn(8192, 8192, device=device)
+    wrong, results = 0, []
+    for _ in range(2):
+        decoded = []
+        with torch.cuda.stream(side):
+            for p in payloads:
+                filled = [torch.full((1 << 20,), float(k), device=device) for k in range(16)]
+                torch.cuda.current_stream().synchronize()
+                _ = big @ big  # a long kernel, so that what follows is still queued when the decoder runs
+                sums = [t.sum() for t in filled]  # queued reads of the blocks freed next
+                del filled
+                decoded.append([im.clone() for im in decode_jpegs(p, device)])
+                torch.cuda.current_stream().synchronize()
+                wrong += sum(float(s) != k * (1 << 20) for k, s in enumerate(sums))
+        results.append(decoded)
+    differ = sum(not torch.equal(a, b) for x, y in zip(*results) for a, b in zip(x, y))
+    images = sum(len(x) for x in results[0])
+    return {"status": "ok" if differ == 0 and wrong == 0 else "failed", "images": images, "decodes_differing": differ,
+            "reductions_corrupted": wrong}
+
+
 def table(report: dict) -> str:
     lines = [f"# GPU check: {report['environment'].get('gpu', 'no GPU')} ({report['mode']})", "",
              "| stage | status | s | figures |", "|---|---|---|---|"]
@@ -168,6 +253,13 @@ def table(report: dict) -> str:
             figures = (f"data {d.get('images_per_s', 0):.0f} img/s = {d.get('ratio', 0):.2f}x reference; "
                        f"train best {best} {t['images_per_s'][best]:.0f} img/s = {t['ratios'][best]:.2f}x, "
                        f"{100 * t['fraction_of_ceiling'][best]:.0f}% of ceiling; infer {i.get('ratio', 0):.2f}x")
+        elif name == "resident" and "worst_data_share" in r:
+            parts = [f"{k}: {v['end_to_end_images_per_s']:.0f} img/s fed = {100 * v['ratio']:.1f}% of the step alone"
+                     for k, v in r.items() if isinstance(v, dict) and "data_share" in v]
+            figures = "; ".join(parts) + f"; worst data share {100 * r['worst_data_share']:.1f}% (target < 5%)"
+        elif name == "nvjpeg twice" and "images" in r:
+            figures = (f"{r['images']} images decoded twice behind queued work: {r['decodes_differing']} differ, "
+                       f"{r['reductions_corrupted']} reductions corrupted")
         elif name.startswith("train") and "top1" in r:
             figures = (f"top-1 {100 * r['top1']:.1f}% after {r['epochs_done']} epochs, {r['images_per_s']:.0f} img/s, "
                        f"data wait {100 * (r['data_wait'] or 0):.0f}%, MFU {100 * (r['mfu'] or 0):.1f}%, {r['precision']}")
@@ -209,12 +301,14 @@ def main(argv=None) -> int:
     stage(report, "environment")(environment)
     stage(report, "cuda tests")(cuda_tests, args.smoke)
     found = {}
-    prepared = stage(report, "data")(lambda: found.update(zip(("data", "source"), data_set(args))))
+    prepared = stage(report, "data")(lambda: found.update(zip(("data", "source", "data_224"), data_set(args))))
     if prepared["status"] != "ok":  # nothing to measure without data: the report says why
         print(table(report))
         return 1
     data, source = found["data"], found["source"]
+    stage(report, "nvjpeg twice")(nvjpeg_twice, device, data)
     stage(report, "bench")(bench_all, device, data, source, args.smoke)
+    stage(report, "resident")(resident_stage, device, data, found["data_224"], args.smoke)
     stage(report, "train fast")(train_run, device, data, Path(args.out) / "run-fast", args.smoke,
                                     minutes=args.train_minutes)
     gpus = torch.cuda.device_count()

@@ -16,8 +16,16 @@ def test_the_gpu_check_runs_every_stage_in_smoke_mode(tmp_path):
     assert report["mode"] == "smoke"
     stages = {k: v["status"] for k, v in report.items() if isinstance(v, dict) and "status" in v}
     assert stages["environment"] == stages["bench"] == stages["train fast"] == "ok", stages
-    assert set(stages) == {"environment", "cuda tests", "data", "bench", "train fast", "train 2 processes"}
-    assert stages["data"] == "ok"
+    assert set(stages) == {"environment", "cuda tests", "data", "nvjpeg twice", "bench", "resident", "train fast",
+                           "train 2 processes"}
+    assert stages["data"] == stages["resident"] == "ok" and stages["nvjpeg twice"] == "skipped"
+    resident = report["resident"]  # the resident path's step fed against the step alone, at two crops and on photos
+    fed = {k: v for k, v in resident.items() if isinstance(v, dict) and "data_share" in v}
+    assert len(fed) == 3 and all(v["step_alone_images_per_s"] > 0 and v["end_to_end_images_per_s"] > 0
+                                 for v in fed.values())
+    assert resident["worst_data_share"] == max(v["data_share"] for v in fed.values())
+    photos = next(v for k, v in fed.items() if k.startswith("photos"))
+    assert set(photos["loader_alone"]) == {"streamed", "resident"}
     bench = report["bench"]
     assert bench["data"]["images_per_s"] > 0 and bench["data"]["reference_images_per_s"] > 0
     assert set(bench["train"]["ratios"]) >= {"torchvision fp32 NCHW", "ours fp32 channels_last"}

@@ -79,7 +79,8 @@ def test_nan_in_batch_norm_statistics_counts_as_divergence():
 
 def test_sigterm_to_the_whole_process_group_with_loader_workers_saves_and_exits_0(tiny, tmp_path):
     out = tmp_path / "term"
-    cmd = [sys.executable, "-m", "alexnet", *args(tiny, out, "train.epochs=100", "train.batch_size=8", "data.workers=2")]
+    cmd = [sys.executable, "-m", "alexnet", *args(tiny, out, "train.epochs=100", "train.batch_size=8", "data.workers=2",
+                                                     "data.resident=false")]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
                             start_new_session=True)
     try:
@@ -99,7 +100,8 @@ def test_a_loader_worker_killed_mid_run_is_one_line_and_the_run_resumes(tiny, tm
     that names the cause and says how to resume, and the same command continues from last.pt."""
     out = tmp_path / "oom"
     cmd = [sys.executable, "-m", "alexnet", *args(tiny, out, "train.epochs=100", "train.batch_size=8",
-                                                  "data.workers=2", "train.checkpoint_every=1")]
+                                                  "data.workers=2", "data.resident=false",
+                                                  "train.checkpoint_every=1")]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
                             start_new_session=True)
     try:

@@ -59,9 +59,10 @@ class Normalize:
     def mean_crop_hwc(self, top: int, left: int, crop: int, flip: bool) -> torch.Tensor:
         """The mean image's (C, C, 3) crop at (top, left), reflected when `flip` (a view of a cached
         HWC copy: images decode to HWC memory, so the CPU path works in that layout)."""
-        if getattr(self, "_hwc", None) is None:
-            self._hwc = self.mean_image.permute(1, 2, 0).contiguous()
-            self._hwc_flipped = self._hwc.flip(1).contiguous()
+        if getattr(self, "_hwc", None) is None:  # _hwc set last: threads that see it see both (resident path)
+            hwc = self.mean_image.permute(1, 2, 0).contiguous()
+            self._hwc_flipped = hwc.flip(1).contiguous()
+            self._hwc = hwc
         if not flip:
             return self._hwc[top:top + crop, left:left + crop]
         w = self._hwc.shape[1]
@@ -220,19 +221,22 @@ def train_batch(images, p: Params, norm: Normalize, eigval=None, eigvec=None, pc
     if impl == "loop":
         out = _output((b, 3, c, c), dtype, channels_last, _in_worker()) if out is None else out
         tmp = None if dtype == torch.float32 else torch.empty(c, c, 3)
-        for i in range(b):
-            t, l, f = int(p.top[i]), int(p.left[i]), bool(p.flip[i])
-            if fixed:
+        if fixed:
+            for i, (t, l, f) in enumerate(zip(p.top.tolist(), p.left.tolist(), p.flip.tolist())):
                 _fill(out[i], images[i], norm, t, l, c, f, None if shift is None else shift[i], tmp)
-            else:  # scale/aspect jitter: resample the box to C x C, then normalise
-                h, w = images[i].shape[-2:]
-                grid = _box_grid(p.top[i:i + 1], p.left[i:i + 1], p.height[i:i + 1], p.width[i:i + 1],
-                                 p.flip[i:i + 1], h, w, c)
-                x = F.grid_sample(images[i][None].float(), grid, mode="bilinear", padding_mode="border",
-                                  align_corners=False)
-                m = None if norm.mean_image is None else F.grid_sample(
-                    norm.mean_image[None], grid, mode="bilinear", padding_mode="border", align_corners=False)
-                out[i] = _normalize(x, norm, m, None if shift is None else shift[i:i + 1])[0]
+            return out
+        # scale/aspect jitter: resample each box to C x C, then normalise. The boxes were drawn for
+        # one image size, so the grids are made in one go (elementwise: each row is the one a
+        # single-image call gives); per image only the resampling is left, which keeps the Python
+        # per image small (the resident path's threads share one interpreter lock)
+        grids = _box_grid(p.top, p.left, p.height, p.width, p.flip, *images[0].shape[-2:], c)
+        for i in range(b):
+            grid = grids[i:i + 1]
+            x = F.grid_sample(images[i][None].float(), grid, mode="bilinear", padding_mode="border",
+                              align_corners=False)
+            m = None if norm.mean_image is None else F.grid_sample(
+                norm.mean_image[None], grid, mode="bilinear", padding_mode="border", align_corners=False)
+            out[i] = _normalize(x, norm, m, None if shift is None else shift[i:i + 1])[0]
         return out
     images = images if isinstance(images, torch.Tensor) else torch.stack(list(images))
     _, _, h, w = images.shape

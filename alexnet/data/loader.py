@@ -31,11 +31,15 @@ image in the workers (random-resized or fixed crops), then flipped and coloured 
 from __future__ import annotations
 
 import atexit
+import itertools
+import os
 import signal
 import threading
 import time
 import warnings
 import weakref
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +47,7 @@ import torch
 import torchvision.io  # noqa: F401  (see below)
 
 from . import augment as A
+from .resident import Resident
 from .store import PreparedDataset, PreparedSplit, decode_jpegs
 
 # torchvision.io is imported here, in the main process, so that the workers forked at each epoch's
@@ -229,8 +234,10 @@ class Loader:
                  flip: bool = True, pca_std: float = 0.1, pca_scale: str = "authors",
                  mean: str = "pixel", scale=(1.0, 1.0), ratio=(1.0, 1.0), views: int = 1,
                  dtype: str = "float32", channels_last: bool = False, gpu_decode: bool | None = None,
-                 prefetch: int = 2, keep: int = 2, pool_bytes: int = 2 << 30, norm: A.Normalize | None = None):
+                 prefetch: int = 2, keep: int = 2, pool_bytes: int = 2 << 30, norm: A.Normalize | None = None,
+                 resident: Resident | None = None):
         self.split, self.batch_size, self.train = split, batch_size, train
+        self.resident = resident
         self.rank, self.world_size, self.workers, self.prefetch = rank, world_size, workers, prefetch
         self.drop_last = train if drop_last is None else drop_last
         self.device = torch.device(device)
@@ -240,6 +247,13 @@ class Loader:
             gpu_decode = cuda and not split.raw and not keep_aspect
         if crop > dataset.size:
             raise ValueError(f"crop {crop} is larger than the prepared images ({dataset.size} px)")
+        if resident is not None:
+            if keep_aspect or tuple(resident.images.shape) != (len(split), dataset.size, dataset.size, 3):
+                raise ValueError(f"the resident images {tuple(resident.images.shape)} are not this split's "
+                                 f"({len(split)}, {dataset.size}, {dataset.size}, 3)")
+            if resident.device.type != self.device.type:
+                raise ValueError(f"the resident split is on {resident.device}, the batches are wanted on {self.device}")
+            gpu_decode = False
         if mean == "pixel" and keep_aspect:
             mean = "channel"  # the mean image is of the centre SxS; whole images use channel means
         stats = dataset.stats
@@ -256,23 +270,28 @@ class Loader:
         self.options = dict(train=train, crop=crop, size=dataset.size, seed=seed, rank=rank, flip=flip,
                             pca_std=pca_std, pca_scale=pca_scale, scale=tuple(scale), ratio=tuple(ratio),
                             views=views, dtype=dtype, channels_last=channels_last,
-                            keep_aspect=keep_aspect, gpu_decode=gpu_decode, gpu_augment=cuda)
+                            keep_aspect=keep_aspect, gpu_decode=gpu_decode, gpu_augment=cuda,
+                            resident=resident is not None)
         self.wait_s = 0.0  # time the consumer spent waiting for batches (since the last reset)
         self.batches = 0
-        self.pool = None if cuda else self._make_pool(keep, pool_bytes)
+        # resident on a CPU: threads (one per core) make up to `prefetch` batches each ahead
+        self.threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        in_flight = prefetch * self.threads if resident is not None else workers * prefetch
+        self.pool = None if cuda else self._make_pool(keep, pool_bytes, in_flight)
         self._keys = _Keys()  # the current epoch's batch keys, read by the DataLoader in this process
         self._dl: torch.utils.data.DataLoader | None = None  # started at the first epoch, then kept
         self._slots = 0  # pool slots handed out so far
         self._reading: int | None = None  # the epoch being read, while its iterator is open
 
-    def _make_pool(self, keep: int, budget: int) -> list[torch.Tensor] | None:
-        """Reused output buffers (CPU path): enough that none is rewritten while in flight in a
-        worker or among the `keep` batches the consumer may still hold. None above `budget` bytes."""
+    def _make_pool(self, keep: int, budget: int, in_flight: int) -> list[torch.Tensor] | None:
+        """Reused output buffers (CPU path): enough that none is rewritten while one of the
+        `in_flight` batches is being made (in a worker or the resident path's thread) or among the
+        `keep` batches the consumer may still hold. None above `budget` bytes."""
         o = self.options
         rows = self.batch_size * (1 if self.train else o["views"])
         shape = (rows, 3, o["crop"], o["crop"])
         dtype = getattr(torch, o["dtype"])
-        slots = self.workers * self.prefetch + keep + 1
+        slots = in_flight + keep + 1
         if slots * rows * 3 * o["crop"] ** 2 * torch.empty(0, dtype=dtype).element_size() > budget:
             return None
         fmt = torch.channels_last if o["channels_last"] else torch.contiguous_format
@@ -313,13 +332,18 @@ class Loader:
             # the buffers of the `keep` last batches of the previous one
             keys.append((epoch, step, plan[step], self._slots % len(self.pool) if self.pool else 0))
             self._slots += 1
-        self._keys.keys = keys
         cuda = self.device.type == "cuda"
+        if self.resident is not None:  # no workers: batches gathered from memory, made one step ahead
+            make = self._resident_batch
+            yield from self._timed(_cuda_ahead(keys, self, make) if cuda else
+                                   _threads_ahead(keys, make, self.prefetch * self.threads, self.threads))
+            return
+        self._keys.keys = keys
         it = start_workers(self._dataloader())
         finished = False
         try:
             if cuda:
-                yield from self._timed(_cuda_ahead(it, self))
+                yield from self._timed(_cuda_ahead(it, self, self._streamed_batch))
             elif self.pool is not None:
                 yield from self._timed(self._from_pool(it))
             else:
@@ -352,6 +376,35 @@ class Loader:
         if shutdown is not None:
             shutdown()
 
+    def _streamed_batch(self, item, norm: A.Normalize, eig) -> Batch:
+        """A worker's batch on CUDA (uint8 pixels or JPEG bytes and the batch's generator state) ->
+        the Batch, decoded with nvJPEG when asked and augmented on the current (side) stream."""
+        data, labels, idx, state = item
+        dev, o = self.device, self.options
+        g = torch.Generator()
+        g.set_state(state)
+        images = torch.stack(decode_jpegs(data, dev)) if o["gpu_decode"] else data.to(dev, non_blocking=True)
+        return make_batch(images, labels.to(dev, non_blocking=True), idx, g, o, norm, eig, o["train"])
+
+    def _resident_batch(self, key, norm: A.Normalize | None, eig) -> Batch:
+        """The batch at key (epoch, step, sample indices, pool slot) from the resident split: one
+        index gather, then make_batch, with the generator a worker would have seeded for the same
+        key (BatchSource), so the batches are those of the streaming path."""
+        epoch, step, idx, slot = key
+        o, res = self.options, self.resident
+        g = torch.Generator().manual_seed(step_seed(o["seed"], epoch, o["rank"], step))
+        index = torch.from_numpy(idx)
+        if self.device.type == "cuda":
+            index = index.pin_memory().to(self.device, non_blocking=True)
+        images = res.images.index_select(0, index).permute(0, 3, 1, 2)  # (B, 3, S, S), HWC in memory
+        labels = res.labels.index_select(0, index)
+        if norm is None:  # the CPU path: into the pool's buffers, like a worker
+            norm, eig = self.norm_cpu, self.eig_cpu
+            if self.pool is not None:
+                out = self.pool[slot][:len(idx) * (1 if o["train"] else o["views"])]
+                return make_batch(images, labels, torch.from_numpy(idx), g, o, norm, eig, o["train"], out=out)
+        return make_batch(images, labels, torch.from_numpy(idx), g, o, norm, eig, o["train"])
+
     def _from_pool(self, it):
         for slot, labels, indices in it:
             rows = len(indices) * (1 if self.train else self.options["views"])
@@ -375,24 +428,18 @@ class Loader:
         self.wait_s, self.batches = 0.0, 0
 
 
-def _cuda_ahead(it, loader: Loader):
-    """Decode (nvJPEG) and augment batch k+1 on a side stream while the consumer uses batch k."""
+def _cuda_ahead(items, loader: Loader, make):
+    """Make batch k+1 on a side stream while the consumer uses batch k: make(item, norm, eig) ->
+    Batch is called with the side stream current (the streaming path: nvJPEG decode and
+    augmentation; the resident path: gather and augmentation)."""
     dev = loader.device
     stream = torch.cuda.Stream(dev)
     norm = loader.norm_cpu.to(dev)
     eig = None if loader.eig_cpu is None else tuple(t.to(dev) for t in loader.eig_cpu)
-    o = loader.options
 
     def stage(item):
-        data, labels, idx, state = item
-        g = torch.Generator()
-        g.set_state(state)
         with torch.cuda.stream(stream):
-            if o["gpu_decode"]:  # batched nvJPEG
-                images = torch.stack(decode_jpegs(data, dev))
-            else:
-                images = data.to(dev, non_blocking=True)
-            return make_batch(images, labels.to(dev, non_blocking=True), idx, g, o, norm, eig, o["train"])
+            return make(item, norm, eig)
 
     def hand_over(batch: Batch) -> Batch:
         consumer = torch.cuda.current_stream(dev)
@@ -401,6 +448,7 @@ def _cuda_ahead(it, loader: Loader):
             t.record_stream(consumer)
         return batch
 
+    it = iter(items)
     try:
         ahead = stage(next(it))
     except StopIteration:
@@ -410,3 +458,26 @@ def _cuda_ahead(it, loader: Loader):
         ahead = stage(item)
         yield current
     yield hand_over(ahead)
+
+
+def _threads_ahead(keys: list, make, depth: int, threads: int):
+    """Batches make(key, None, None) in key order, made by `threads` threads up to `depth` batches
+    ahead of the consumer (the resident path on a CPU: the main thread trains on batch k while the
+    threads augment the next ones; torch's ops release the GIL). Each thread runs torch ops on one
+    core, as a DataLoader worker does: intra-op parallelism on such small per-image ops cost more CPU
+    than it saved (CPU-2c). Each batch depends only on its key, so thread timing changes nothing.
+    An epoch left early (break, error, signal) cancels what is queued and waits for what runs."""
+    pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="alexnet-resident",
+                              initializer=torch.set_num_threads, initargs=(1,))
+    pending: deque = deque()
+    keys = iter(keys)
+    try:
+        for key in itertools.islice(keys, max(1, depth)):
+            pending.append(pool.submit(make, key, None, None))
+        while pending:
+            batch = pending.popleft().result()
+            for key in itertools.islice(keys, 1):
+                pending.append(pool.submit(make, key, None, None))
+            yield batch
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -314,10 +314,19 @@ class PreparedSplit:
 def decode_jpegs(payloads: list, device=None) -> list:
     """[1-D uint8 tensor of JPEG bytes] -> [(3, H, W) uint8 RGB], greyscale and CMYK converted:
     one batched call, on the CPU (libjpeg-turbo) or a CUDA device (nvJPEG). torchvision's decoder,
-    whose deprecation in favour of TorchCodec alexnet.data.loader explains."""
+    whose deprecation in favour of TorchCodec alexnet.data.loader explains.
+
+    On CUDA the current stream is drained first: nvJPEG's hardware decoder (Hopper, A100) writes
+    its outputs before work already queued on the stream has run, and the caching allocator hands
+    it blocks freed on that stream that queued kernels may still read, so without the wait it can
+    overwrite live memory (pytorch/vision PR 9606, meta-pytorch/torchcodec PR 1634). The loader
+    decodes on a side stream, so the wait is for that stream's work only, never the training step's.
+    benchmarks/gpu_check.py decodes the same batches twice behind queued work and compares them."""
     import torchvision
     from torchvision.io import ImageReadMode
     if device is not None and str(device).startswith("cuda"):
+        import torch
+        torch.cuda.current_stream(torch.device(device)).synchronize()
         return torchvision.io.decode_jpeg(payloads, mode=ImageReadMode.RGB, device=device)
     return torchvision.io.decode_jpeg(payloads, mode=ImageReadMode.RGB)
 
