@@ -169,15 +169,16 @@ def synthetic(n: int, size: int, classes: int, device: torch.device, seed: int =
 
 
 def train_loader(split, ds, res: Resident | None, device, batch: int, crop: int, workers: int, scale=(0.35, 1.0)):
-    """The fast recipe's augmentation: random-resized crops, reflections, PCA colour, channel means,
-    bf16 channels_last on a GPU (float32 on a CPU without native bf16)."""
+    """The fast recipe's augmentation: random-resized crops (scale=(1, 1): §4.1's fixed-size crops),
+    reflections, PCA colour, channel means, bf16 channels_last where bf16 is native (else float32)."""
     dtype = "bfloat16" if runtime.amp_dtype("auto", torch.device(device)) == torch.bfloat16 else "float32"
+    ratio = (1.0, 1.0) if tuple(scale) == (1.0, 1.0) else (3 / 4, 4 / 3)
     return Loader(split, ds, batch, train=True, crop=crop, workers=workers, device=device, pca_std=0.1,
-                  scale=scale, ratio=(3 / 4, 4 / 3), mean="channel", dtype=dtype, channels_last=True, resident=res)
+                  scale=scale, ratio=ratio, mean="channel", dtype=dtype, channels_last=True, resident=res)
 
 
 def bench_feed(data: str, device: str = "cpu", batch: int = 128, crop: int | None = None, workers: int | None = None,
-               epochs: int = 2, steps: int = 20, sets: tuple = ()) -> dict:
+               epochs: int = 2, steps: int = 20, sets: tuple = (), scale=(0.35, 1.0)) -> dict:
     """Both measurements of the module docstring on a prepared data set's training split (`sets`:
     config overrides of the fast recipe's network, as in fast_model)."""
     dev = torch.device(device)
@@ -196,12 +197,13 @@ def bench_feed(data: str, device: str = "cpu", batch: int = 128, crop: int | Non
     t, cpu0 = time.perf_counter(), cpu_seconds()
     res = load(split, ds.size, dev, cache="false", progress=False, say=None)
     loaded = {"seconds": time.perf_counter() - t, "cpu_s": cpu_seconds() - cpu0, "bytes": res.nbytes, "how": res.source}
-    rows = {"streamed": loader_alone(train_loader(split, ds, None, dev, batch, crop, workers), epochs, sync),
-            "resident": loader_alone(train_loader(split, ds, res, dev, batch, crop, workers), epochs, sync)}
-    e2e = end_to_end(train_loader(split, ds, res, dev, batch, crop, 0), steps, dev, len(ds.classes), sets=sets)
+    rows = {"streamed": loader_alone(train_loader(split, ds, None, dev, batch, crop, workers, scale), epochs, sync),
+            "resident": loader_alone(train_loader(split, ds, res, dev, batch, crop, workers, scale), epochs, sync)}
+    e2e = end_to_end(train_loader(split, ds, res, dev, batch, crop, 0, scale), steps, dev, len(ds.classes), sets=sets)
     return {"device": str(dev), "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
             "cores": os.cpu_count(), "data": str(Path(data).resolve()), "images": len(split), "size": ds.size,
             "crop": crop, "batch": batch, "workers": workers, "epochs": epochs, "encoding": ds.manifest["options"]["encoding"],
+            "scale": list(scale),
             "resident_load": loaded, "loader_alone": rows,
             "ratio": rows["resident"]["images_per_s"] / rows["streamed"]["images_per_s"],
             "cpu_ratio": rows["streamed"]["cpu_s_per_1000"] / rows["resident"]["cpu_s_per_1000"], "end_to_end": e2e}
@@ -210,7 +212,8 @@ def bench_feed(data: str, device: str = "cpu", batch: int = 128, crop: int | Non
 def print_feed(r: dict) -> None:
     where = r["device"] + (f" ({r['gpu']})" if r.get("gpu") else "")
     ld = r["resident_load"]
-    print(f"loader alone, {where}, {r['images']:,} images of {r['size']} px ({r['encoding']}), crop {r['crop']}, "
+    crops = "§4.1 crops" if r["scale"] == [1.0, 1.0] else f"random-resized crops (scale {r['scale']})"
+    print(f"loader alone, {where}, {r['images']:,} images of {r['size']} px ({r['encoding']}), {crops} of {r['crop']}, "
           f"batch {r['batch']}, {r['epochs']} epochs; streaming with {r['workers']} workers\n")
     print(f"  resident split: {gib(ld['bytes'])}, {ld['how']} ({ld['cpu_s']:.1f} CPU s)")
     for name, row in r["loader_alone"].items():

@@ -13,6 +13,7 @@ torchvision's reference and ffcv's trainer chain theirs:
     run = setup(cfg, resume)   # device, data, global batch, model, optimizer, schedule, run folder
     restore(run, resume)       # continue from a checkpoint: weights, optimizer, schedule, RNG, position
     initialise(run)            # or start from other weights (--init: fine-tuning), with a load table
+    run.hold_resident()        # the splits decoded into the device's memory, where they fit
     fit(run)                   # the epochs (alexnet.loop: the steps), validation, checkpoints
     finish(run)                # final validation, plots, summary.json
 
@@ -92,6 +93,17 @@ class Run:
         self.close_loaders()
         self.train_loader = self.train_loader_for(self.train_loader.options["crop"])
         self.val_loader = val_loader(self.cfg, self.rt, self.ds, norm, self.resident)
+
+    def hold_resident(self, progress: bool = True) -> None:
+        """Decode the splits into the device's memory when data.resident allows (resident_splits),
+        and make batches from there from now on (the same batches: alexnet.data.resident). Done
+        after the checks that can refuse a run (the run folder's lock, resume, --init), which
+        must not wait for a data set to be decoded."""
+        self.resident = resident_splits(self.cfg, self.rt, self.ds, self.say, progress)
+        if self.resident:
+            self.close_loaders()
+            self.train_loader = self.train_loader_for(self.train_loader.options["crop"])
+            self.val_loader = val_loader(self.cfg, self.rt, self.ds, self.norm, self.resident)
 
     def close_loaders(self) -> None:
         """Stop the loaders' worker processes (kept from one epoch to the next)."""
@@ -242,17 +254,16 @@ def setup(cfg: config_mod.Config, resume: str | None = None, progress: bool = Tr
         distributed.compress_gradients(ddp, c.train.grad_compression)
     if c.train.compile:
         net = torch.compile(net)
-    resident = resident_splits(c, rt, ds, say, progress)
-    loader = train_loader(c, rt, ds, per_device, c.data.crop, resident=resident)
+    loader = train_loader(c, rt, ds, per_device, c.data.crop)
     steps = loader.steps(0)
     if steps == 0:
         raise UserError(f"the training split has {len(train_split)} images: too few for one global batch "
                         f"of {c.train.batch_size}")
     lock = claim_run_folder(out, rt)  # last: a failed setup leaves no lock behind
     return Run(c, rt, out, data_path, ds, num_classes, per_device, model, net, ddp, optimizer,
-               Schedule(c, lr, steps), scaler, loader, val_loader(c, rt, ds, resident=resident), steps,
+               Schedule(c, lr, steps), scaler, loader, val_loader(c, rt, ds), steps,
                runtime.once_per_node(mfu.ceiling, rt.device, rt.dtype), say=say,  # probed once per node
-               frozen_norms=frozen_norms, lock=lock, resident=resident)
+               frozen_norms=frozen_norms, lock=lock)
 
 
 def is_run_folder(out: Path) -> bool:
@@ -474,6 +485,7 @@ def train(cfg: config_mod.Config, resume: str | None = None, progress: bool = Tr
     try:
         if not restore(run, resume) and cfg.train.init:
             initialise(run)
+        run.hold_resident(progress)
         rt = run.rt
         run.log = RunLog(run.out, cfg, active=rt.main, extra_env={
             "world_size": rt.ctx.world_size, "device": str(rt.device), "precision": rt.precision,

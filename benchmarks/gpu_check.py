@@ -216,23 +216,26 @@ def nvjpeg_twice(device: str, data: Path, batches: int = 8, batch: int = 128) ->
     from alexnet.data.store import decode_jpegs, open_prepared
     if not device.startswith("cuda"):
         return {"status": "skipped", "reason": "needs a CUDA device"}
-    split = open_prepared(data).split("train")
+    ds = open_prepared(data)
+    split = ds.split("train")
     payloads = [split.payloads(range(i, min(i + batch, len(split)))) for i in range(0, len(split), batch)][:batches]
     side = torch.cuda.Stream()
     big = torch.randn(8192, 8192, device=device)
+    pixels = 3 * ds.size * ds.size  # blocks of a decoded image's size: what the allocator hands the decoder
     wrong, results = 0, []
     for _ in range(2):
         decoded = []
         with torch.cuda.stream(side):
             for p in payloads:
-                filled = [torch.full((1 << 20,), float(k), device=device) for k in range(16)]
+                values = [k % 250 + 1 for k in range(len(p))]
+                filled = [torch.full((pixels,), v, dtype=torch.uint8, device=device) for v in values]
                 torch.cuda.current_stream().synchronize()
                 _ = big @ big  # a long kernel, so that what follows is still queued when the decoder runs
                 sums = [t.sum() for t in filled]  # queued reads of the blocks freed next
                 del filled
                 decoded.append([im.clone() for im in decode_jpegs(p, device)])
                 torch.cuda.current_stream().synchronize()
-                wrong += sum(float(s) != k * (1 << 20) for k, s in enumerate(sums))
+                wrong += sum(int(s) != v * pixels for v, s in zip(values, sums))
         results.append(decoded)
     differ = sum(not torch.equal(a, b) for x, y in zip(*results) for a, b in zip(x, y))
     images = sum(len(x) for x in results[0])

@@ -144,6 +144,10 @@ def test_the_cache_is_mapped_next_time_and_rebuilt_when_damaged_or_stale(data, t
     meta.write_text(json.dumps({**m, "split_sha256": "0" * 64}))  # the split was prepared again since
     resident.load(ds.split("train"), ds.size, "cpu", progress=False, say=said.append)
     assert "another version of the split" in said[-1]
+    shard = ds.split("train").shard_files[0]
+    os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 10 ** 9))  # rewritten since
+    resident.load(ds.split("train"), ds.size, "cpu", progress=False, say=said.append)
+    assert "its shards changed since it was made" in said[-1]
     assert resident.load(ds.split("train"), ds.size, "cpu", cache="false", progress=False, say=None).source \
         .startswith("decoded by")
 

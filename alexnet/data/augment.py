@@ -222,7 +222,7 @@ def train_batch(images, p: Params, norm: Normalize, eigval=None, eigvec=None, pc
         out = _output((b, 3, c, c), dtype, channels_last, _in_worker()) if out is None else out
         tmp = None if dtype == torch.float32 else torch.empty(c, c, 3)
         if fixed:
-            for i, (t, l, f) in enumerate(zip(p.top.tolist(), p.left.tolist(), p.flip.tolist())):
+            for i, (t, l, f) in enumerate(zip(p.top.numpy().tolist(), p.left.numpy().tolist(), p.flip.numpy().tolist())):
                 _fill(out[i], images[i], norm, t, l, c, f, None if shift is None else shift[i], tmp)
             return out
         # scale/aspect jitter: resample each box to C x C, then normalise. The boxes were drawn for

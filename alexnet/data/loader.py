@@ -17,7 +17,15 @@ Randomness: the batch at (epoch, step) of rank r is augmented with a generator s
 (seed, epoch, rank, step), so it is the same in a worker process or not, and a run restarted at
 `start_step` yields exactly the batches the uninterrupted run would have.
 
-Where the work happens: on CPU, worker processes (started at the first epoch and kept for the
+Resident splits (alexnet.data.resident; `resident=` here, data.resident in training): the split is
+already decoded in the device's memory as one (N, S, S, 3) uint8 tensor, so there are no worker
+processes: each batch is an index gather from it and then the same make_batch as below, with the
+generator seeded from the same key, so its batches are those of the streaming path bit for bit
+(tests/test_resident.py). On CUDA they are made one step ahead on a side stream (no per-sample
+Python: the gather implementation of alexnet.data.augment); on a CPU by one thread per core
+(each on one core, as a worker would be) into the same reused buffers, a few batches ahead.
+
+Where the work happens when streaming: on CPU, worker processes (started at the first epoch and kept for the
 next ones; Loader.close() or the interpreter's exit stops them) decode (libjpeg-turbo through
 torchvision.io.decode_jpeg) and augment whole batches (alexnet.data.augment) straight into a
 small pool of shared-memory batch buffers that the main process owns, and send back only the
@@ -436,6 +444,9 @@ def _cuda_ahead(items, loader: Loader, make):
     stream = torch.cuda.Stream(dev)
     norm = loader.norm_cpu.to(dev)
     eig = None if loader.eig_cpu is None else tuple(t.to(dev) for t in loader.eig_cpu)
+    # what the side stream reads was written on the current stream: these copies, and the resident
+    # split's last decoded batch (resident.load), possibly still queued
+    stream.wait_stream(torch.cuda.current_stream(dev))
 
     def stage(item):
         with torch.cuda.stream(stream):

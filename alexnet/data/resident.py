@@ -28,8 +28,10 @@ The cache (decoding on the CPU, `data.resident_cache=auto`, or always with `true
 split is written beside the prepared set as <split>/decoded-<decoder>.npy (a plain .npy: N x S x S
 x 3 bytes, i.e. exactly the resident size: 589 MB for Imagenette's training split at 144 px, 63 GB
 for ImageNet's at 128 px) with decoded-<decoder>.json (the split's SHA-256, the decoder, the
-XXH3-64 of every 4,096 images). The next run maps it instead of decoding and checks those
-checksums as it reads; a cache that does not match is decoded again and rewritten. Under torchrun
+XXH3-64 of every 4,096 images, each shard's size and modification time). The next run maps it
+instead of decoding and checks those checksums as it reads; a cache that does not match, or whose
+shards have changed since, is decoded again (which finds and reports any damaged sample) and
+rewritten. Under torchrun
 local rank 0 writes it and the node's other ranks map the same pages. Not written when the folder
 is read-only or the disk lacks the room (said in one line); never needed for raw sets.
 
@@ -46,7 +48,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,9 +147,13 @@ def cache_paths(split: PreparedSplit, decoder: str) -> tuple[Path, Path]:
 
 
 def _identity(split: PreparedSplit, size: int, decoder: str) -> dict:
+    """What the cache was made from: the split's SHA-256 (its index and shards as prepared), and
+    each shard's size and modification time, so that shards changed since (damaged, or copied over)
+    are decoded again, and their damage reported, rather than read from an older cache."""
     info = json.loads((split.root / "manifest.json").read_text())["splits"][split.name]
+    files = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in split.shard_files]
     return {"format": "alexnet-decoded", "split": split.name, "split_sha256": info["sha256"], "count": len(split),
-            "size": size, "decoder": decoder, "chunk": CHUNK}
+            "size": size, "decoder": decoder, "chunk": CHUNK, "shards": [list(f) for f in files]}
 
 
 def _chunk_digests(array, n: int, bar=None) -> list[int]:
@@ -161,8 +169,10 @@ def _chunk_digests(array, n: int, bar=None) -> list[int]:
 
 
 def _progress(total: int, desc: str, show: bool):
+    """A progress bar on a terminal only: in a log, the one line `load`'s caller prints says it all."""
     from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit="img", disable=not show, dynamic_ncols=True, leave=False)
+    return tqdm(total=total, desc=desc, unit="img", disable=not (show and sys.stderr.isatty()), dynamic_ncols=True,
+                leave=False)
 
 
 def _decode_into(out: torch.Tensor, split: PreparedSplit, size: int, device: torch.device, bar) -> int:
@@ -206,8 +216,11 @@ def _map_cache(split: PreparedSplit, size: int, decoder: str, say, progress: boo
         return None
     try:
         meta = json.loads(meta_path.read_text())
-        if {k: meta.get(k) for k in _identity(split, size, decoder)} != _identity(split, size, decoder):
-            say(f"data: {path} is of another version of the split: decoding again")
+        identity = _identity(split, size, decoder)
+        if {k: meta.get(k) for k in identity} != identity:
+            what = "its shards changed since it was made" if meta.get("split_sha256") == identity["split_sha256"] \
+                else "it is of another version of the split"
+            say(f"data: not using {path}: {what}; decoding again")
             return None
         array = np.load(path, mmap_mode="r")
     except (OSError, ValueError, UnicodeDecodeError) as e:
@@ -253,7 +266,9 @@ def load(split: PreparedSplit, size: int, device: str | torch.device = "cpu", ca
     if use_cache:
         array = _map_cache(split, size, decoder, say, progress)
         if array is not None:
-            images = torch.from_numpy(array)  # read-only map: the loader only reads it
+            with warnings.catch_warnings():  # a read-only map: the loader only reads it
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                images = torch.from_numpy(array)
             if device.type != "cpu":
                 images = images.to(device)
             return Resident(images, labels, f"mapped from {path} in {time.perf_counter() - t0:.1f} s")
