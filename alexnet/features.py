@@ -41,6 +41,25 @@ def _loader(images, start: int, batch_size: int, workers: int):
     return torch.utils.data.DataLoader(images, batch_sampler=order, num_workers=workers, collate_fn=_collate)
 
 
+def _ours(out: Path, meta_path: Path) -> dict | None:
+    """The metadata of an earlier `features` run at OUT (to resume it), or None when neither file
+    exists. Raises UserError when OUT or OUT.json exists but is not a `features` output: a user's file
+    of that name is never overwritten (issue 21, item 7)."""
+    if not meta_path.exists():
+        if out.exists():
+            raise UserError(f"{out} exists and was not written by alexnet features (no {meta_path.name} beside it); "
+                            f"choose another --out, or remove {out} yourself")
+        return None
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        meta = None
+    if not isinstance(meta, dict) or not {"checkpoint_sha256", "count", "done", "ids"} <= set(meta):
+        raise UserError(f"{meta_path} exists and was not written by alexnet features; choose another --out, or "
+                        f"remove {meta_path} yourself")
+    return meta
+
+
 def write_features(net: Network, data: str, split: str, out: str | Path, batch_size: int = 128,
                    dtype: str = "float32", workers: int = 2, progress: bool = True) -> dict:
     """fc7 codes of every image of the split -> OUT (.npy, memory-mapped) + OUT.json; resumable."""
@@ -57,8 +76,8 @@ def write_features(net: Network, data: str, split: str, out: str | Path, batch_s
     identity = {"checkpoint": net.source, "checkpoint_sha256": net.sha256, "data_checksum": images.checksum,
                 "split": split, "count": n, "dim": dim, "dtype": dtype}
     done = 0
-    if meta_path.is_file() and out.is_file():
-        meta = json.loads(meta_path.read_text())
+    meta = _ours(out, meta_path)  # raises for files features did not write: they are never overwritten
+    if meta is not None and out.is_file():
         if {k: meta.get(k) for k in identity} != identity:
             raise UserError(f"{out} holds features of another checkpoint or data set; choose another --out")
         done = meta["done"]
@@ -133,6 +152,9 @@ def neighbours(net: Network, data: str, split: str, queries: list[Path], k: int 
         chunks = ((codes(net, batch).cpu(), idx) for batch, idx, _ in
                   tqdm(loader, disable=not progress, desc="neighbours", unit="batch") if batch is not None)
     dist, index = knn(query_codes, chunks, k)
+    if index.shape[1] == 0:  # zero images searched is an error, never an empty answer (issue 21, item 6)
+        raise UserError(f"none of the {len(images):,} images of {data} ({split}) could be read: there are no "
+                        f"neighbours to show; check the folder's images (alexnet prepare lists what it skips)")
     return {"queries": [str(q) for q in queries], "distances": dist.tolist(), "indices": index.tolist(),
             "keys": [[images.keys[i] for i in row] for row in index.tolist()],
             "labels": [[images.classes[int(images.labels[i])]["name"] for i in row] for row in index.tolist()],

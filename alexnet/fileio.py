@@ -121,10 +121,32 @@ def cache_dir() -> Path:
     return Path(base)
 
 
+def die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux's PR_SET_PDEATHSIG; a
+    no-op elsewhere). For worker processes (the loader's, prepare's pool): after a kill -9 of the
+    job they would otherwise live on, still mapping its files and using its memory, until they
+    next look for their parent."""
+    import ctypes
+    import signal
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        parent = os.getppid()
+        libc.prctl(1, int(signal.SIGKILL))  # 1: PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os._exit(1)
+    except (OSError, AttributeError):
+        pass
+
+
 class FolderLock:
-    """An exclusive lock on a folder that one job writes (a run folder, a prepare's output):
-    `fcntl.flock` on FOLDER/.lock, which holds the owner's pid. The kernel drops the lock when the
-    process ends, however it ends (kill -9 included), so a stale lock never blocks a rerun.
+    """An exclusive lock on a folder that one job writes (a run folder, a prepare's output): a POSIX
+    record lock (`fcntl.lockf`) on FOLDER/.lock, which holds the owner's pid. The kernel drops the
+    lock when the process ends, however it ends (kill -9 included), so a stale lock never blocks a
+    rerun; and unlike flock(), a record lock is not inherited by forked children (loader workers,
+    prepare's pool), so a job killed with kill -9 frees its folder at once even while its workers
+    are still exiting (tests/test_reliability.py). A record lock belongs to the process: a second
+    FolderLock on the same folder in the same process does not exclude the first, and must not be
+    taken (closing any descriptor of the file would drop the lock).
 
         with FolderLock(out, "run folder"):   # raises FolderBusy: "... in use by pid N"
             ...
@@ -146,7 +168,7 @@ class FolderLock:
             except FileNotFoundError:
                 return self
             try:
-                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                fcntl.lockf(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except OSError:
                 self._busy(f)
             self.file = f
@@ -155,7 +177,7 @@ class FolderLock:
         self.folder.mkdir(parents=True, exist_ok=True)
         f = open(self.folder / ".lock", "a+")
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             self._busy(f)
         f.seek(0)
@@ -166,11 +188,28 @@ class FolderLock:
         return self
 
     def _busy(self, f) -> None:
+        """Name the holder: the kernel's answer (F_GETLK) where it gives one, else the pid the
+        holder wrote; never a process that is no longer alive."""
         f.seek(0)
-        owner = f.read().strip() or "unknown"
+        written = f.read().strip()
+        owner = self._holder(f) or (int(written) if written.isdigit() and _alive(int(written)) else None)
         f.close()
-        raise FolderBusy(f"{self.what} {self.folder} is in use by pid {owner} (another alexnet job); "
+        who = f"pid {owner}" if owner else "another process"
+        raise FolderBusy(f"{self.what} {self.folder} is in use by {who} (another alexnet job); "
                          f"wait for it to finish, or use another folder") from None
+
+    @staticmethod
+    def _holder(f) -> int | None:
+        """The pid holding a conflicting lock on `f`, from fcntl(F_GETLK) (Linux's struct flock)."""
+        import fcntl
+        import struct
+        try:
+            fmt = "hhqqi"  # l_type, l_whence, l_start, l_len, l_pid (x86-64 and aarch64 Linux)
+            probe = struct.pack(fmt, fcntl.F_WRLCK, 0, 0, 0, 0)
+            l_type, _, _, _, pid = struct.unpack(fmt, fcntl.fcntl(f, fcntl.F_GETLK, probe))
+            return pid if l_type != fcntl.F_UNLCK and pid > 0 else None
+        except (OSError, struct.error):
+            return None
 
     def release(self) -> None:
         """Drop the lock; a folder this lock created and nothing else wrote to is removed again
@@ -180,7 +219,7 @@ class FolderLock:
         if self.created and {p.name for p in self.folder.iterdir()} == {".lock"}:
             (self.folder / ".lock").unlink()
             self.folder.rmdir()
-        self.file.close()  # closing drops the flock
+        self.file.close()  # closing drops the lock
         self.file = None
 
     def __enter__(self) -> "FolderLock":
@@ -188,6 +227,16 @@ class FolderLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def writable_output(path: str | Path, what: str = "output") -> Path:

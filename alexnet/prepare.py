@@ -49,7 +49,7 @@ from .data import store
 from .data.decode import MAX_ASPECT, RESAMPLE, BadImage, encode_jpeg, max_pixels, open_rgb, resize_crop_image
 from .data.sources import Listing, Sample, list_source, read_bytes
 from .errors import UserError
-from .fileio import FolderLock
+from .fileio import FolderLock, die_with_parent
 
 DEFAULT_QUALITY = 90  # see docs/benchmarks.md: ~40 dB PSNR at about 1/3 of quality-100's bytes
 MAX_SIZE = 8192  # px: --keep-aspect stores sides up to MAX_ASPECT x this, within the index's 65535
@@ -153,6 +153,7 @@ def _init_worker(counter) -> None:
     # and SIGTERM ends a worker quietly, as the pool's own terminate() expects: the parent's
     # handler (_sigterm_as_interrupt), inherited through fork, would print a traceback per worker
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    die_with_parent()  # a kill -9 of prepare takes its pool along at once
     # One BLAS thread per worker: the workers already fill the cores, and OpenBLAS threads
     # inherited across fork() spin against each other (measured: 2-5x slower with 2 workers).
     threadpoolctl.threadpool_limits(1)
@@ -254,6 +255,7 @@ def prepare(src: str | Path, out: str | Path, kind: str = "auto", size: int = 25
     if shard_size is not None and shard_size < 1:
         raise UserError(f"--shard-size must be at least 1, got {shard_size}")
     refuse_prepared_source(src)
+    refuse_foreign_out(src, out)
     started = time.time()
     options = Options(size, keep_aspect, "raw" if raw else "jpeg",
                       0 if raw else (quality or DEFAULT_QUALITY))
@@ -273,6 +275,24 @@ def prepare(src: str | Path, out: str | Path, kind: str = "auto", size: int = 25
             return _prepare(job, verify)
     finally:
         lock.release()
+
+
+def refuse_foreign_out(src: str | Path, out: str | Path) -> None:
+    """OUT must be a folder prepare owns: new, empty, or holding a (possibly interrupted) prepare's
+    output; never SRC itself, a folder inside SRC (shards among the user's images, read back as
+    images by the next prepare), or one holding anything else (issue 21, item 2). Raises UserError."""
+    src_r, out_r = Path(src).resolve(), Path(out).resolve()
+    if out_r == src_r or src_r in out_r.parents:
+        raise UserError(f"OUT {out} is {'SRC itself' if out_r == src_r else 'inside SRC ' + str(src)}: prepare "
+                        f"would write its shards among your images; give a folder outside it, e.g. "
+                        f"{src_r.parent / (src_r.name + '-prepared')}")
+    if not out_r.is_dir():
+        return
+    names = {p.name for p in out_r.iterdir() if not p.name.startswith(".")}
+    if not names or names & {"manifest.json", "prepare-state.json"}:
+        return  # ours: empty, prepared, or an interrupted prepare (its state is written first)
+    raise UserError(f"OUT {out} is not empty and holds no alexnet prepare output (e.g. {sorted(names)[0]}); "
+                    f"give a new or empty folder, so that nothing of yours is overwritten or mixed with shards")
 
 
 def refuse_prepared_source(src: str | Path) -> None:

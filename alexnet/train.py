@@ -220,6 +220,10 @@ def setup(cfg: config_mod.Config, resume: str | None = None, progress: bool = Tr
     if rest:
         raise UserError(f"train.batch_size {c.train.batch_size} is not divisible by world size "
                         f"{rt.ctx.world_size} x accumulation {c.train.accumulation}")
+    if len(val_split) == 0:  # a validation top-1 over zero images would read 0.00% (issue 21, item 6)
+        raise UserError(f"split {c.data.val_split!r} of {data_path} holds no images, so there is nothing to "
+                        f"validate on: prepare a source with a val/ folder (or labelled validation files), or "
+                        f"set data.val_split to a split that has images ({', '.join(ds.split_names)})")
     if c.train.batch_size > len(train_split):
         raise UserError(f"train.batch_size {c.train.batch_size} is larger than the training split "
                         f"({len(train_split)} images)")

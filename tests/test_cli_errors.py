@@ -35,6 +35,7 @@ def world(tmp_path_factory):
     (root / "mine").mkdir()
     (root / "mine" / "config.yaml").write_text("mine: true\n")
     np.save(root / "random.npy", np.zeros((3, 4), np.float32))
+    (root / "notes.json").write_text("{}")  # a user's file where features would put its metadata
     damaged = Path(shutil.copytree(data, root / "damaged"))  # one byte of one validation image changed
     row = np.load(damaged / "val" / "index.npy")[0]
     shard = damaged / "val" / "val-00000.tar"
@@ -113,6 +114,15 @@ CASES = [  # (argv with {data} {ckpt} {photo} {root} placeholders, a phrase the 
     (["evaluate", "{ckpt}", "--data", "{root}/damaged"], "val/val-00000.tar is damaged"),
     (["serve", "--checkpoint", "{ckpt}", "--max-batch", "0"], "--max-batch and --queue-size must be at least 1"),
     (["serve", "--checkpoint", "{ckpt}", "--device", "nonsense"], "unknown device"),
+    # issue 21: folders and files that are not ours are never written into, nor advised to be
+    (["train", "--data", "{root}/mine"], "prepare them into a new folder with `alexnet prepare"),
+    (["prepare", "{root}/broken", "{root}/broken"], "is SRC itself"),
+    (["prepare", "{root}/broken", "{root}/broken/train/out"], "is inside SRC"),
+    (["prepare", "{root}/broken", "{root}/mine"], "is not empty and holds no alexnet prepare output"),
+    (["features", "{ckpt}", "--data", "{data}", "--out", "{root}/random.npy"], "was not written by alexnet features"),
+    (["features", "{ckpt}", "--data", "{data}", "--out", "{root}/notes.npy"], "notes.json exists and was not written"),
+    # issue 21: zero images is an error wherever a figure would be reported
+    (["neighbors", "{ckpt}", "--data", "{root}/broken", "--query", "{photo}"], "could be read"),
 ]
 if NO_GPU:
     CASES += [(["evaluate", "{ckpt}", "--data", "{data}", "--device", "cuda"], "CUDA is not available"),
@@ -147,3 +157,19 @@ def test_an_output_folder_that_does_not_exist_yet_is_made(world, tmp_path):
     sheet = tmp_path / "sheets" / "s.png"
     assert cli.main(["predict", str(world["photo"]), "--checkpoint", str(world["ckpt"]), "--sheet", str(sheet)]) == 0
     assert sheet.is_file()
+
+
+def test_a_validation_split_with_no_images_is_refused(tmp_path, capsys):
+    """Its val files all undecodable, a set was prepared with 0 validation images; training then
+    reported "val top-1 0.00%" and exit 0 (issue 21, item 6)."""
+    from alexnet.prepare import prepare
+    src = tmp_path / "src"
+    synthetic.write_folder(src, {"train": 4}, size=72, seed=0, workers=1)
+    for c in [p.name for p in (src / "train").iterdir()]:
+        (src / "val" / c).mkdir(parents=True)
+        (src / "val" / c / "x.jpg").write_bytes(b"not a jpeg")
+    prepare(src, tmp_path / "p", size=72, workers=0, progress=False)
+    assert cli.main(["train", "--preset", "quick", "--data", str(tmp_path / "p"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "split 'val'" in err and "holds no images" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()

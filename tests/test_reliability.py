@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -118,6 +119,55 @@ def test_a_loader_worker_killed_mid_run_is_one_line_and_the_run_resumes(tiny, tm
     assert "a data-loading worker process died" in lines[-1] and "run the same command again" in lines[-1]
     done = train(cfg(tiny, out, "train.epochs=1"), progress=False)  # the run goes on from its checkpoint
     assert done["epochs_done"] >= 1
+
+
+def test_kill_9_of_train_frees_its_folder_at_once_and_its_workers_die_with_it(tiny, tmp_path):
+    """kill -9 of the main process alone (its loader workers alive): the same command restarted
+    within a second was refused for ~20 s as "in use by pid N", N the dead process, while the
+    workers, which had inherited the lock, lived on (issue 21, item 1)."""
+    out = tmp_path / "k9"
+    cmd = [sys.executable, "-m", "alexnet", *args(tiny, out, "train.epochs=100", "train.batch_size=8", "data.workers=2",
+                                                  "data.resident=false")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, start_new_session=True)
+    try:
+        assert wait_for(lambda: (out / "last.pt").exists())
+        workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert workers, "no worker processes found"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        again = subprocess.run([sys.executable, "-m", "alexnet", *args(tiny, out, "train.epochs=1")],
+                               capture_output=True, text=True, env=ENV, timeout=120)
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert "in use" not in again.stderr
+        assert wait_for(lambda: not any(Path(f"/proc/{w}").exists() for w in workers), timeout=10)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_a_lock_is_not_inherited_by_children_and_never_names_a_dead_process(tmp_path):
+    from alexnet.fileio import FolderLock
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "metrics.jsonl").write_text("")  # a folder with work in it: release() keeps its .lock
+    lock = FolderLock(tmp_path / "f", "run folder").acquire()
+    child = os.fork()
+    if child == 0:  # a forked child holds the parent's descriptor, not its lock
+        time.sleep(5)
+        os._exit(0)
+    try:
+        code = ("import sys; from alexnet.fileio import FolderLock, FolderBusy\n"
+                "try: FolderLock(sys.argv[1]).acquire()\n"
+                "except FolderBusy as e: print(e)")
+        busy = subprocess.run([sys.executable, "-c", code, str(tmp_path / "f")], capture_output=True, text=True)
+        assert f"in use by pid {os.getpid()}" in busy.stdout  # the kernel names the holder
+        lock.release()
+        free = subprocess.run([sys.executable, "-c", code, str(tmp_path / "f")], capture_output=True, text=True)
+        assert free.stdout == "" and free.returncode == 0  # the child still lives: it held nothing
+        (tmp_path / "f" / ".lock").write_text("999999999\n")  # a stale pid in the file, no holder
+        FolderLock(tmp_path / "f").acquire().release()
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
 
 
 # ------------------------------------------------------------------ one writer, the user's folder (items 6, 7)

@@ -54,6 +54,7 @@ import numpy as np
 import torch
 import torchvision.io  # noqa: F401  (see below)
 
+from ..fileio import die_with_parent
 from . import augment as A
 from .resident import Resident
 from .store import PreparedDataset, PreparedSplit, decode_jpegs
@@ -197,10 +198,12 @@ def _worker_init(_: int) -> None:
     """Ctrl-C, and the SIGTERM that SLURM's scancel, Kubernetes and systemd send to the whole
     process group, reach the workers too: they leave both to the main process, which stops
     cleanly (finishes the step, saves) instead of seeing its workers die. Workers still end when
-    the main process does (the DataLoader's shutdown sentinel, or its parent-death watchdog)."""
+    the main process does: the DataLoader's shutdown sentinel, or, when it is killed outright, the
+    kernel (PR_SET_PDEATHSIG) at once rather than torch's watchdog some seconds later."""
     for s in STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by start_workers until now
+    die_with_parent()  # a kill -9 of the job takes its workers along at once
 
 
 def start_workers(dl: torch.utils.data.DataLoader):

@@ -164,8 +164,11 @@ def _check_manifest(root: Path) -> dict:
     if not path.is_file():
         hint = (" (an interrupted `alexnet prepare`: re-run it to finish)"
                 if any(root.glob("*/*.tar*")) else "")
-        raise UserError(f"{root} is not a prepared data set: it has no manifest.json{hint}; "
-                        f"create one with `alexnet prepare SRC {root}`")
+        if hint:
+            raise UserError(f"{root} is not a prepared data set: it has no manifest.json{hint}")
+        # never advise writing into a folder that is not ours (it may be the user's photos)
+        raise UserError(f"{root} is not a prepared data set (it has no manifest.json); if it holds images, "
+                        f"prepare them into a new folder with `alexnet prepare {root} {_beside(root)}` and use that")
     try:
         manifest = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
@@ -176,6 +179,11 @@ def _check_manifest(root: Path) -> dict:
         raise UserError(f"{root} has format version {manifest.get('format_version')}, this alexnet reads "
                         f"versions {', '.join(map(str, INDEX_DTYPES))}: re-run alexnet prepare, or use the matching alexnet")
     return manifest
+
+
+def _beside(root: Path) -> str:
+    """A new folder next to `root` for its prepared copy: <root>-prepared."""
+    return str(root.parent / f"{root.resolve().name or 'data'}-prepared")
 
 
 def shard_problem(file: Path, shard: dict) -> str | None:
