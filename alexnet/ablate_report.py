@@ -24,6 +24,8 @@ import statistics
 import time
 from pathlib import Path
 
+from .evaluate import at_chance  # noqa: F401 (the rule lives with the figures it judges)
+
 THRESHOLD = 0.25  # §3.1 Figure 1: the training error the paper times ReLU and tanh to
 
 
@@ -79,12 +81,6 @@ def class_count(data: Path) -> int | None:
     """The number of classes of a prepared data set (its manifest), None when it has none."""
     manifest = read_json(Path(data) / "manifest.json")
     return len(manifest["classes"]) if manifest and manifest.get("classes") else None
-
-
-def at_chance(top1_error: float, classes: int | None) -> bool:
-    """A run that did not learn: validation top-1 accuracy below 1.5x chance (1.5 / classes). Its
-    effects mean nothing (a diverged or dead network, e.g. after too high a learning rate)."""
-    return classes is not None and (1.0 - top1_error) < 1.5 / classes
 
 
 def run_results(plan) -> list[dict]:

@@ -31,6 +31,25 @@ from .errors import UserError
 from .fileio import writable_output
 
 
+def at_chance(top1_error: float, classes: int | None) -> bool:
+    """A run that did not learn: validation top-1 accuracy below 1.5x chance (1.5 / classes). Its
+    figures mean nothing (a diverged or dead network, e.g. after too high a learning rate)."""
+    return classes is not None and (1.0 - top1_error) < 1.5 / classes
+
+
+def result_notes(top1_error: float, classes: int) -> list[str]:
+    """What a reader must know before trusting the figures (issue 21, item 15): a top-1 at chance,
+    and a top-5 that is 100% by construction with 5 classes or fewer."""
+    notes = []
+    if at_chance(top1_error, classes):
+        notes.append(f"warning: top-1 {100 * (1 - top1_error):.2f}% is chance level for {classes} classes "
+                     f"({100 / classes:.1f}%): the network did not learn (too high a learning rate, a dead "
+                     f"network, or labels that do not match the images)")
+    if classes <= 5:
+        notes.append(f"note: with {classes} classes top-5 counts every image right; read top-1 only")
+    return notes
+
+
 def topk_correct(probs: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
     """(B, C) scores, (B,) labels -> (B,) bool: fewer than k other classes score >= the true one."""
     true = probs.gather(1, labels[:, None])
@@ -291,6 +310,8 @@ def main(args) -> int:
     print(f"{r['n_images']:,} images, {args.views} view(s), {len(networks)} network(s): top-1 error "
           f"{100 * r['top1_error']:.2f}%, top-5 error {100 * r['top5_error']:.2f}% (top-1 {100 * r['top1']:.3f}%, "
           f"top-5 {100 * r['top5']:.3f}%), loss {r['loss']:.4f}")
+    for note in result_notes(r["top1_error"], len(classes)):
+        print(note)
     for p in r["most_confused"][:5]:
         print(f"  {p['count']:>5} x {p['true']} taken for {p['predicted']}")
     if r["skipped"]:

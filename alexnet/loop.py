@@ -74,7 +74,7 @@ def train_epoch(run, epoch: int, start_step: int, stopper: "Stopper", progress: 
                 wait = loader.wait_s / max(elapsed, 1e-9)
                 utilisation = rate * flops / (run.ceiling["flops_per_s"] * rt.ctx.world_size)
                 bar.set_postfix(loss=f"{loss_sum / n:.3f}", top1=f"{100 * right / n:.1f}%", lr=f"{lr:.3g}",
-                                img_s=f"{rate:.0f}", wait=f"{100 * wait:.0f}%", mfu=f"{100 * utilisation:.0f}%",
+                                img_s=f"{rate:.0f}", wait=f"{100 * wait:.0f}%", mfu=_share(utilisation),
                                 refresh=False)
                 if log_now:
                     run.log.log("train", epoch * steps + done, epoch=epoch + done / steps, loss=loss_sum / n,
@@ -91,6 +91,13 @@ def train_epoch(run, epoch: int, start_step: int, stopper: "Stopper", progress: 
     finally:
         bar.close()
     return seen, stopped_at
+
+
+def _share(x: float) -> str:
+    """A share for the progress bar with the digits that carry information: 0.4%, 7.3%, 24%
+    (a tiny network on a CPU reads "mfu=0%", as if broken, at whole percents)."""
+    pct = 100 * x
+    return f"{pct:.0f}%" if pct >= 10 else f"{pct:.1f}%" if pct >= 0.1 else f"{pct:.2g}%"
 
 
 def forward_backward(run, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

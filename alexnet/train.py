@@ -39,7 +39,7 @@ from .data import augment as A
 from .data.loader import Loader
 from .data.store import PreparedDataset, open_prepared
 from .errors import UserError
-from .evaluate import evaluate
+from .evaluate import at_chance, evaluate, result_notes
 from .fileio import FolderLock
 from .loop import Diverged, Stopper, train_epoch
 from .inference import norm_of
@@ -473,7 +473,8 @@ def finish(run: Run, result: dict, progress: bool = True) -> dict:
                "best_checkpoint": str(out / "best.pt"), "plots": [str(curves), str(filters)],
                "metrics": str(out / "metrics.jsonl"), "run": str(out), "data": str(run.data_path),
                "device": str(rt.device), "world_size": rt.ctx.world_size, "ranks_in_sync": in_sync,
-               "preset": cfg.preset, "precision": rt.precision,
+               "preset": cfg.preset, "precision": rt.precision, "classes": len(run.ds.classes),
+               "at_chance": at_chance(val["top1_error"], len(run.ds.classes)),
                "ceiling": {k: run.ceiling[k] for k in ("flops_per_s", "best", "dtype", "device", "threads")},
                **mfu.peak_memory(rt.device)}
     run.log.write_json("summary.json", summary)
@@ -578,6 +579,8 @@ def finish_message(s: dict, out: Path, data: Path) -> None:
     minutes, seconds = divmod(int(s["wall_time_s"]), 60)
     print(f"\ndone in {minutes}m{seconds:02d}s: validation top-1 {100 * s['top1']:.2f}%, top-5 {100 * s['top5']:.2f}% "
           f"({s['images_per_s']:.0f} training images/s)")
+    for note in result_notes(s["top1_error"], s["classes"]):
+        print(note)
     print(f"  run folder   {out}")
     print(f"  checkpoint   {s['checkpoint']}  (best: {s['best_checkpoint']})")
     print(f"  metrics      {s['metrics']}  (tensorboard --logdir {out})")

@@ -154,3 +154,19 @@ def test_progressive_resizing(tiny, tmp_path, capsys):
     assert "training crops: 64 px" in out and "training crops: 72 px" in out and summary["epochs"] == 4
     with pytest.raises(UserError, match="needs crops of at least 64 px"):
         train(tiny_cfg(tiny, tmp_path / "small", "data.progressive_from=48"), progress=False)
+
+
+def test_a_run_at_chance_and_a_top5_that_means_nothing_are_said(capsys, tmp_path):
+    """A run that ended at chance finished with "done ... top-1 33.33%" and no word; with 5 classes
+    or fewer top-5 is 100% by construction (issue 21, item 15)."""
+    from alexnet.loop import _share
+    from alexnet.train import finish_message
+    s = {"wall_time_s": 5, "top1": 1 / 3, "top5": 1.0, "top1_error": 2 / 3, "images_per_s": 10.0, "classes": 3,
+         "checkpoint": "c", "best_checkpoint": "b", "metrics": "m", "plots": ["p"]}
+    finish_message(s, tmp_path, tmp_path)
+    out = capsys.readouterr().out
+    assert "chance level for 3 classes" in out and "with 3 classes top-5 counts every image right" in out
+    finish_message({**s, "top1": 0.9, "top1_error": 0.1, "classes": 10}, tmp_path, tmp_path)
+    out = capsys.readouterr().out
+    assert "chance level" not in out and "top-5 counts" not in out
+    assert [_share(x) for x in (0.24, 0.073, 0.004, 0.0004)] == ["24%", "7.3%", "0.4%", "0.04%"]
