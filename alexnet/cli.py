@@ -46,7 +46,7 @@ CONFIG_FLAGS = {
     "--batch-size": ("train.batch_size", "global batch: per device x world size x accumulation"),
     "--lr": ("optim.lr", "learning rate per optim.lr_batch images"),
     "--device": ("train.device", "auto | cpu | cuda | cuda:N | mps"),
-    "--precision": ("train.precision", "fp32 | bf16 | fp16 (autocast)"),
+    "--precision": ("train.precision", "fp32 | bf16 | fp16 (autocast) | auto (bf16 where native, else fp32)"),
     "--seed": ("train.seed", "seed of every random stream"),
     "--workers": ("data.workers", "loader processes (default: one per core)"),
     "--init": ("train.init", "start from weights: torchvision | CKPT | a state-dict .pth (fine-tuning)"),
@@ -85,21 +85,32 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
                        help=f"{text} [{key}]")
 
 
+QUICK_START = """The 2012 ImageNet network (Krizhevsky, Sutskever, Hinton), end to end.
+
+quick start:
+  alexnet train                                      # the built-in data: a trained network in minutes on a CPU
+  alexnet prepare PHOTOS prepared/mine               # your images (PHOTOS/train/<class>/..., PHOTOS/val/...)
+  alexnet train --data prepared/mine --preset fast   # or --init torchvision --preset finetune
+  alexnet predict photo.jpg --checkpoint runs/<run>/best.pt
+  alexnet COMMAND --help                             # every command's options"""
+
+
 def build_parser() -> Parser:
     debug = Parser(add_help=False)
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show the full traceback of an error")
-    parser = Parser(prog="alexnet", parents=[debug], description=__doc__.split("\n\n")[0],
+    parser = Parser(prog="alexnet", parents=[debug], description=QUICK_START,
                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"alexnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(name: str, description: str = "") -> Parser:
+    def command(name: str, description: str = "", usage: str | None = None) -> Parser:
         text = COMMANDS[name][2]
         return sub.add_parser(name, parents=[debug], help=text, description=f"{text}.\n\n{description}".strip(),
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+                              usage=usage, formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    p = command("prepare", "Per §2: shorter side to --size, centre crop, stored in shards with an index,\n"
+    p = command("prepare", usage="alexnet prepare SRC OUT [options]\n       alexnet prepare --verify OUT",
+                description="Per §2: shorter side to --size, centre crop, stored in shards with an index,\n"
                            "a manifest and training-set statistics (mean image, RGB covariance).\n\n"
                            "  alexnet prepare SRC OUT            # again over a finished OUT: re-check, rebuild damage\n"
                            "  alexnet prepare --verify OUT       # check every file, name the damage (exit 2)")

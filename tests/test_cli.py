@@ -123,3 +123,16 @@ def test_console_script_and_module_agree():
     for exe in ([sys.executable, "-m", "alexnet"], [str(script)]):
         proc = subprocess.run([*exe, "--version"], capture_output=True, text=True, check=True)
         assert proc.stdout.strip() == f"alexnet {__version__}"
+
+
+def test_help_starts_a_newcomer_and_shows_every_choice(capsys):
+    """issue 21, item 17: `alexnet --help` spoke of internals ("dispatched lazily"); `prepare --help`
+    showed OUT as optional; `train --help` left `auto` out of --precision."""
+    for argv, phrases in ((["--help"], ["quick start:", "alexnet train  ", "alexnet prepare PHOTOS"]),
+                          (["prepare", "--help"], ["usage: alexnet prepare SRC OUT [options]", "alexnet prepare --verify OUT"]),
+                          (["train", "--help"], ["auto (bf16 where"])):
+        with pytest.raises(SystemExit):
+            cli.main(argv)
+        out = " ".join(capsys.readouterr().out.split())
+        assert all(" ".join(p.split()) in out for p in phrases), (argv, out[:600])
+        assert "lazily" not in out
