@@ -106,10 +106,13 @@ def export(net: Network, fmt: str, out: str | Path) -> Path:
     example = torch.rand(2, 3, net.crop, net.crop) * 255
     meta = metadata(net)
     if fmt == "torchscript":
+        # TorchScript is in maintenance: torch's FutureWarnings about it say nothing a user of this
+        # command can act on (issue 21, item 17); the file is what it always was
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", FutureWarning)
             traced = torch.jit.trace(module, example)
-        torch.jit.save(traced, str(out), _extra_files={"alexnet.json": json.dumps(meta)})
+            torch.jit.save(traced, str(out), _extra_files={"alexnet.json": json.dumps(meta)})
         return out
     if fmt != "onnx":
         raise UserError(f"unknown export format {fmt!r}; use onnx or torchscript")

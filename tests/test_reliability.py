@@ -263,3 +263,20 @@ def test_a_worker_death_that_python_can_only_print_is_kept_quiet_during_training
     hook(death)
     hook(other)
     assert passed == [other]
+
+
+def test_ctrl_c_while_the_built_in_data_is_generated_is_one_line(tmp_path):
+    """Ctrl-C reaches the whole process group: each generating worker printed "Process
+    ForkPoolWorker-1:" and a traceback before the command's own line (issue 21, item 17)."""
+    env = {**ENV, "ALEXNET_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen([sys.executable, "-m", "alexnet", "train", "--out", str(tmp_path / "run")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        assert wait_for(lambda: any((tmp_path / "cache").rglob("*.png")), timeout=60)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130 and "ForkPoolWorker" not in err and "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines() == ["alexnet train: interrupted"]

@@ -172,8 +172,15 @@ def write_folder(root: Path, per_class: dict[str, int], size: int = 72, seed: in
         for job in jobs:
             _write_class(job)
         return
-    with mp.get_context().Pool(workers) as pool:
+    with mp.get_context().Pool(workers, _quiet_worker) as pool:
         pool.map(_write_class, jobs)
+
+
+def _quiet_worker() -> None:
+    """Ctrl-C is the parent's to handle (it stops the pool): a worker that took it too printed
+    "Process ForkPoolWorker-1:" and a traceback each (issue 21, item 17)."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def ensure(train_per_class: int = 500, val_per_class: int = 100, size: int = 72, seed: int = 0,
