@@ -678,6 +678,11 @@ def print_summary(manifest: dict, out: Path, elapsed: float, read_now: int | Non
         print(f"  ignored {entry['count']:,} {entry['reason']}, e.g. {', '.join(entry['examples'][:3])}")
     for warning in manifest.get("warnings", []):
         print(f"  warning: {warning}")
+    empty = [name for name, s in manifest["splits"].items() if s["count"] == 0]
+    if "val" not in manifest["splits"] or "val" in empty:  # what `alexnet train` validates on by default
+        print(f"  note: no validation images (no {'images in the ' if 'val' in empty else ''}val split): `alexnet "
+              f"train` validates on one and will refuse; add SRC/val/<class>/ and run this again into a new OUT, or "
+              f"train with --set data.val_split=<a split with images>")
     st = manifest["stats"]
     print(f"{len(manifest['classes'])} classes; {manifest['stats']['split']} mean RGB "
           f"{np.round(st['mean'], 1).tolist()}, PCA sqrt-eigenvalues {np.round(np.sqrt(st['eigval']), 1).tolist()}")

@@ -173,3 +173,11 @@ def test_a_validation_split_with_no_images_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "split 'val'" in err and "holds no images" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_prepare_of_a_train_only_folder_says_training_will_want_validation_images(tmp_path, capsys):
+    """issue 21, item 17: it did not, and training then failed on the missing split."""
+    from alexnet.prepare import prepare
+    synthetic.write_folder(tmp_path / "src", {"train": 2}, size=72, seed=0, workers=1)
+    prepare(tmp_path / "src", tmp_path / "p", size=72, workers=0, progress=True)
+    assert "note: no validation images (no val split)" in capsys.readouterr().out
