@@ -171,14 +171,21 @@ def open_features(path: str, net: Network, images, split: str) -> np.ndarray:
     the same checkpoint (SHA-256), split and data (checksum), complete. Raises UserError naming
     the difference."""
     path, meta_path = Path(path), Path(path).with_suffix(".json")
+    if path.suffix == ".json":  # the metadata given for the codes
+        raise UserError(f"{path} is the metadata of a features file; give the codes beside it: "
+                        f"{path.with_suffix('.npy')}")
     if not path.is_file() or not meta_path.is_file():
         raise UserError(f"features file {path} (with {meta_path.name} beside it) not found; make it with "
                         f"alexnet features CKPT --data DATA --split {split} --out {path}")
     try:
-        meta = json.loads(meta_path.read_text())
-        store = np.load(path, mmap_mode="r")
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path} is not a features file of alexnet features ({e})") from None
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        raise UserError(f"{meta_path} is not the metadata alexnet features writes (not JSON text)") from None
+    try:
+        store = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError):  # numpy's own text speaks of pickles and trust: not ours to show
+        raise UserError(f"{path} is not a features file of alexnet features (not a NumPy .npy array); make it "
+                        f"with alexnet features CKPT --data DATA --split {split} --out {path}") from None
     if not isinstance(meta, dict) or not {"checkpoint_sha256", "split", "data_checksum", "count", "done"} <= set(meta):
         raise UserError(f"{meta_path} was not written by alexnet features")
     differences = [f"{what} ({str(meta[key])[:16]!r} there, {str(want)[:16]!r} here)" for what, key, want in (

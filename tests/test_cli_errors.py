@@ -36,6 +36,8 @@ def world(tmp_path_factory):
     (root / "mine" / "config.yaml").write_text("mine: true\n")
     np.save(root / "random.npy", np.zeros((3, 4), np.float32))
     (root / "notes.json").write_text("{}")  # a user's file where features would put its metadata
+    (root / "garbage.npy").write_bytes(b"\x93NUMPY garbage")
+    (root / "garbage.json").write_bytes(b"\xff\xfe\x00\x01 not text")
     damaged = Path(shutil.copytree(data, root / "damaged"))  # one byte of one validation image changed
     row = np.load(damaged / "val" / "index.npy")[0]
     shard = damaged / "val" / "val-00000.tar"
@@ -91,6 +93,12 @@ CASES = [  # (argv with {data} {ckpt} {photo} {root} placeholders, a phrase the 
      "features file"),
     (["neighbors", "{ckpt}", "--data", "{data}", "--query", "{photo}", "--features", "{root}/random.npy"],
      "features file"),
+    (["neighbors", "{ckpt}", "--data", "{data}", "--query", "{photo}", "--features", "{root}/notes.json"],
+     "is the metadata of a features file"),  # issue 21, item 3: numpy's advice to load pickles unsafely
+    (["neighbors", "{ckpt}", "--data", "{data}", "--query", "{photo}", "--features", "{root}/garbage.npy"],
+     "is not the metadata alexnet features writes"),
+    (["serve", "--checkpoint", "{ckpt}", "--data", "{data}", "--features", "{root}/notes.json"],
+     "is the metadata of a features file"),
     (["neighbors", "{ckpt}", "--data", "{data}", "--query", "{photo}", "--k", "0"], "must be at least 1"),
     (["neighbors", "{ckpt}", "--data", "{data}", "--query", "{photo}", "--sheet", R + "/n.png"], "cannot create the folder"),
     (["neighbors", "{ckpt}", "--data", "{data}", "--query", "{root}/no.jpg"], "query image not found"),
