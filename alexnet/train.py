@@ -356,6 +356,11 @@ def restore(run: Run, resume: str | None) -> bool:
     if state["data"].get("normalisation") == "weights":  # a fine-tuning run: its initial weights' normalisation
         run.set_norm(norm_of(state["data"]))
     run.say(f"resuming {path} at epoch {run.epoch + 1}, step {run.step}")
+    written_by = len(rng) if isinstance(rng, list) else 1
+    if written_by != ctx.world_size:  # issue 21, item 10: say it; the position is exact either way
+        run.say(f"  the checkpoint was written by {written_by} process(es), this run has {ctx.world_size}: the "
+                f"global batch and the order of the images are unchanged, so the run continues at the same image; "
+                f"only the ranks' dropout streams start from rank 0's saved state")
     return True
 
 

@@ -170,3 +170,17 @@ def test_a_run_at_chance_and_a_top5_that_means_nothing_are_said(capsys, tmp_path
     out = capsys.readouterr().out
     assert "chance level" not in out and "top-5 counts" not in out
     assert [_share(x) for x in (0.24, 0.073, 0.004, 0.0004)] == ["24%", "7.3%", "0.4%", "0.04%"]
+
+
+def test_a_resume_on_another_world_size_says_so(tiny, tmp_path, capsys):
+    """issue 21, item 10: the run resumed correctly with another number of processes but said nothing."""
+    out = tmp_path / "run"
+    train(tiny_cfg(tiny, out, "train.epochs=1"), progress=False)
+    state = checkpoint.load(out / "last.pt")
+    state["rng"] = state["rng"] * 2  # as written by 2 processes
+    checkpoint.save(out / "last.pt", state)
+    train(tiny_cfg(tiny, out, "train.epochs=2"), progress=True)
+    said = capsys.readouterr().out
+    assert "the checkpoint was written by 2 process(es), this run has 1" in said
+    train(tiny_cfg(tiny, out, "train.epochs=3"), progress=True)  # written by 1, resumed by 1: nothing to say
+    assert "written by" not in capsys.readouterr().out
