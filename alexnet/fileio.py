@@ -14,11 +14,14 @@ rename itself survives a power cut.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import os
 import secrets
+import signal
 import socket
+import threading
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -51,10 +54,7 @@ def atomic_write(path: str | Path, data: bytes | Callable[[BinaryIO], None], kee
     temporary file is removed then and the target is untouched.
     """
     path = Path(path)
-    # a unique temporary name beside the target: two processes writing the same path (ranks of an
-    # ablation, two runs caching a ceiling) never write into, or rename away, each other's file
-    _remove_stale_temporaries(path)
-    tmp = path.with_name(f"{path.name}.{_HOST}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    tmp = temporary_path(path)
     replaced = False
     try:
         with open(tmp, "xb") as f:
@@ -82,6 +82,35 @@ def atomic_write(path: str | Path, data: bytes | Callable[[BinaryIO], None], kee
 # the machine's name in temporary names: on a file system several machines share (an NFS home
 # holding the ceiling cache), a writer only ever removes its own machine's leftovers
 _HOST = "".join(c if c.isalnum() else "_" for c in socket.gethostname()) or "host"
+
+
+def temporary_path(path: str | Path) -> Path:
+    """A unique temporary name beside `path` (<name>.<host>.<pid>-<hex>.tmp), after removing what
+    killed writers of `path` on this machine left: two processes writing the same path (ranks of an
+    ablation, two runs caching a ceiling or a decoded split) never write into, or rename away, each
+    other's file, and a writer killed mid-write (kill -9, the OOM killer) leaves no copy for ever."""
+    path = Path(path)
+    _remove_stale_temporaries(path)
+    return path.with_name(f"{path.name}.{_HOST}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (a scheduler's stop, `kill`) ends the work inside as Ctrl-C does: KeyboardInterrupt,
+    so that `finally` clauses remove temporary files and the command prints its one line, instead of
+    dying silently mid-write. Only the main thread can set handlers; elsewhere SIGTERM stays as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _remove_stale_temporaries(path: Path) -> None:
@@ -227,16 +256,6 @@ class FolderLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def writable_output(path: str | Path, what: str = "output") -> Path:

@@ -35,7 +35,6 @@ import multiprocessing as mp
 import os
 import signal
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -49,7 +48,7 @@ from .data import store
 from .data.decode import MAX_ASPECT, RESAMPLE, BadImage, encode_jpeg, max_pixels, open_rgb, resize_crop_image
 from .data.sources import Listing, Sample, list_source, read_bytes
 from .errors import UserError
-from .fileio import FolderLock, die_with_parent
+from .fileio import FolderLock, die_with_parent, sigterm_as_interrupt
 
 DEFAULT_QUALITY = 90  # see docs/benchmarks.md: ~40 dB PSNR at about 1/3 of quality-100's bytes
 MAX_SIZE = 8192  # px: --keep-aspect stores sides up to MAX_ASPECT x this, within the index's 65535
@@ -151,7 +150,7 @@ def _init_worker(counter) -> None:
     _counter = counter
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
     # and SIGTERM ends a worker quietly, as the pool's own terminate() expects: the parent's
-    # handler (_sigterm_as_interrupt), inherited through fork, would print a traceback per worker
+    # handler (fileio.sigterm_as_interrupt), inherited through fork, would print a traceback per worker
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     die_with_parent()  # a kill -9 of prepare takes its pool along at once
     # One BLAS thread per worker: the workers already fill the cores, and OpenBLAS threads
@@ -384,31 +383,12 @@ def run_shards(job: Job, keys: list[tuple[str, int]], checksums: bool = False) -
     tasks = [job.task(split, k) for split, k in keys if not piece_done(job.out, split, k, checksums)]
     job.read_now += sum(len(t.samples) for t in tasks)
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             _run(tasks, sum(len(t.samples) for t in tasks), job.workers, job.progress)
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command again to resume from the completed shards",
               file=sys.stderr)
         raise
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM (a scheduler's stop, `kill`) ends the run as Ctrl-C does: the shard being written is
-    abandoned (its temporary file removed) and the message says how to resume, instead of dying
-    silently mid-write. Only the main thread can set handlers; elsewhere SIGTERM stays as it is."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def repair(job: Job, manifest: dict, verify: bool) -> dict:

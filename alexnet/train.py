@@ -506,6 +506,10 @@ def train(cfg: config_mod.Config, resume: str | None = None, progress: bool = Tr
             try:
                 result = fit(run, progress)
             except Exception as e:  # torch's DataLoader: a worker died (raised from its SIGCHLD handler)
+                if in_chain(e, lambda x: isinstance(x, KeyboardInterrupt)):
+                    # a second Ctrl-C ("stop at once") inside a checkpoint write: torch's zip writer
+                    # then fails on its own ("unexpected pos"); atomic_write kept the old file
+                    raise KeyboardInterrupt from None
                 death = worker_death(e)
                 if death is None:
                     raise
@@ -526,17 +530,23 @@ def train(cfg: config_mod.Config, resume: str | None = None, progress: bool = Tr
             run.lock.release()
 
 
+def in_chain(error: BaseException | None, test: Callable) -> BaseException | None:
+    """The first exception in `error`'s chain (itself, then what it was raised from or while
+    handling) for which test(exception) holds, or None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if test(error):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def worker_death(error: BaseException) -> RuntimeError | None:
     """torch's "DataLoader worker ... killed by signal" error, if `error` is it or was raised while
     handling it: the SIGCHLD handler raises it wherever the main process is, and inside a checkpoint
     write torch's zip writer then fails on its own ("unexpected pos"; atomic_write keeps the old file)."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, RuntimeError) and "DataLoader worker" in str(error):
-            return error
-        error = error.__cause__ or error.__context__
-    return None
+    return in_chain(error, lambda e: isinstance(e, RuntimeError) and "DataLoader worker" in str(e))
 
 
 def quiet_worker_deaths(hook: Callable) -> Callable:

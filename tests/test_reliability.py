@@ -280,3 +280,31 @@ def test_ctrl_c_while_the_built_in_data_is_generated_is_one_line(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130 and "ForkPoolWorker" not in err and "Traceback" not in err, err[-2000:]
     assert err.strip().splitlines() == ["alexnet train: interrupted"]
+
+
+def test_a_second_ctrl_c_inside_a_checkpoint_write_is_an_interrupt_not_a_traceback():
+    """Seen by a break-it review: the second Ctrl-C ("stop at once") landed inside torch.save, whose
+    zip writer then raised RuntimeError("unexpected pos ..."), and the run ended in a traceback."""
+    from alexnet.train import in_chain
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 2395520 vs 2395416")
+    except RuntimeError as e:
+        assert isinstance(in_chain(e, lambda x: isinstance(x, KeyboardInterrupt)), KeyboardInterrupt)
+        assert in_chain(e, lambda x: isinstance(x, ValueError)) is None
+
+
+def test_train_ends_as_interrupted_when_the_interrupt_broke_a_checkpoint_write(tiny, tmp_path, monkeypatch, capsys):
+    from alexnet import train as train_module
+
+    def broken_save(*a, **k):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("unexpected pos 2395520 vs 2395416")
+    monkeypatch.setattr(train_module.checkpoint, "save", broken_save)
+    assert cli.main(args(tiny, tmp_path / "run", "train.epochs=1")) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "alexnet train: interrupted"

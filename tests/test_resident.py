@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -262,3 +263,52 @@ def test_bench_feed_without_data_is_one_line(capsys):
     from alexnet import cli
     assert cli.main(["bench", "feed"]) == 2
     assert "bench feed needs --data" in capsys.readouterr().err
+
+
+def test_a_cache_json_that_is_not_ours_or_missing_is_said_and_rebuilt(data, tmp_path):
+    ds_path = tmp_path / "j"
+    copy_set(data / "jpeg", ds_path)
+    split = open_prepared(ds_path).split("train")
+    first = resident.load(split, 40, "cpu", progress=False, say=None).images.clone()
+    npy, meta = resident.cache_paths(split, "libjpeg-turbo")
+    for content, phrase in ((b"[1, 2]", "is not what alexnet writes"), (b"null", "is not what alexnet writes"),
+                            (b"{not json", "is not what alexnet writes"), (b"\xff\xfe bytes", "is not what alexnet writes"),
+                            (None, "has no decoded-libjpeg-turbo.json beside it")):
+        if content is None:
+            meta.unlink()
+        else:
+            meta.write_bytes(content)
+        said = []
+        r = resident.load(open_prepared(ds_path).split("train"), 40, "cpu", progress=False, say=said.append)
+        assert phrase in said[0] and "cached in" in r.source and torch.equal(r.images, first), (content, said)
+        assert (str(meta) in said[0]) == (content is not None)  # the file at fault is the one named
+
+
+def test_a_decode_stopped_midway_leaves_no_temporary_and_a_killed_ones_leftover_goes(data, tmp_path, monkeypatch):
+    """SIGTERM (a scheduler's stop) while the cache was written left a full-size temporary file
+    for ever (63 GB at ImageNet's size): it is now an interrupt, and what a kill -9 left is removed
+    by the next writer on this machine."""
+    import signal as sig
+    from alexnet.fileio import sigterm_as_interrupt, temporary_path
+    ds_path = tmp_path / "t"
+    copy_set(data / "jpeg", ds_path)
+    split = open_prepared(ds_path).split("train")
+    npy, _ = resident.cache_paths(split, "libjpeg-turbo")
+    real = resident._decode_into
+
+    def stopped(out, *a):
+        os.kill(os.getpid(), sig.SIGTERM)  # arrives while the cache file is being filled
+        return real(out, *a)
+    monkeypatch.setattr(resident, "_decode_into", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        resident.load(split, 40, "cpu", progress=False, say=None)
+    assert not list(npy.parent.glob("decoded-*"))
+    monkeypatch.setattr(resident, "_decode_into", real)
+    dead = temporary_path(npy).name.split(".")  # <name>.<host>.<pid>-<hex>.tmp of a process that is gone
+    leftover = npy.parent / ".".join(dead[:-2] + [f"999999999-{dead[-2].split('-')[1]}", "tmp"])
+    leftover.write_bytes(b"x" * 100)
+    resident.load(split, 40, "cpu", progress=False, say=None)
+    assert not leftover.exists() and npy.is_file()
+    with pytest.raises(KeyboardInterrupt), sigterm_as_interrupt():
+        os.kill(os.getpid(), sig.SIGTERM)
+        time.sleep(1)

@@ -60,7 +60,7 @@ import torch
 import xxhash
 
 from ..errors import UserError
-from ..fileio import atomic_write
+from ..fileio import atomic_write, sigterm_as_interrupt, temporary_path
 from .store import PreparedDataset, PreparedSplit, decode_jpegs
 
 MODES = ("auto", "true", "false")
@@ -212,10 +212,19 @@ def _decode_into(out: torch.Tensor, split: PreparedSplit, size: int, device: tor
 def _map_cache(split: PreparedSplit, size: int, decoder: str, say, progress: bool) -> np.ndarray | None:
     """The cache's array (a read-only memory map), its checksums checked, or None when absent or stale."""
     path, meta_path = cache_paths(split, decoder)
-    if not (path.is_file() and meta_path.is_file()):
+    if not path.is_file():
+        return None
+    if not meta_path.is_file():
+        say(f"data: {path} has no {meta_path.name} beside it (its identity and checksums): decoding again")
         return None
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        meta = f"{type(e).__name__}: {e}"
+    if not isinstance(meta, dict):
+        say(f"data: {meta_path} is not what alexnet writes ({str(meta)[:80]}): decoding again")
+        return None
+    try:
         identity = _identity(split, size, decoder)
         if {k: meta.get(k) for k in identity} != identity:
             what = "its shards changed since it was made" if meta.get("split_sha256") == identity["split_sha256"] \
@@ -277,9 +286,9 @@ def load(split: PreparedSplit, size: int, device: str | torch.device = "cpu", ca
             say(f"data: not caching the decoded {split.name} split: {why_not}")
             use_cache = False
     shape = (n, size, size, 3)
-    with _progress(n, f"decoding {split.name} ({decoder})", progress) as bar:
+    with sigterm_as_interrupt(), _progress(n, f"decoding {split.name} ({decoder})", progress) as bar:
         if use_cache and device.type == "cpu":  # decode straight into the cache file: no second copy
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            tmp = temporary_path(path)  # what a killed decoder left (kill -9: minutes of work, N x S x S x 3 bytes) goes
             try:
                 array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
                 images = torch.from_numpy(array)
@@ -296,7 +305,7 @@ def load(split: PreparedSplit, size: int, device: str | torch.device = "cpu", ca
         threads = _decode_into(images, split, size, device, bar)
     if use_cache:  # decoded on the GPU: copied back to the host for the next run
         host = images.cpu()
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp = temporary_path(path)
         try:
             with tmp.open("wb") as f:
                 np.save(f, host.numpy())
