@@ -167,7 +167,7 @@ def _check_manifest(root: Path) -> dict:
         if hint:
             raise UserError(f"{root} is not a prepared data set: it has no manifest.json{hint}")
         # never advise writing into a folder that is not ours (it may be the user's photos)
-        raise UserError(f"{root} is not a prepared data set (it has no manifest.json); if it holds images, "
+        raise UserError(f"{root} is not a prepared data set: it has no manifest.json; if it holds images, "
                         f"prepare them into a new folder with `alexnet prepare {root} {_beside(root)}` and use that")
     try:
         manifest = json.loads(path.read_text())
