@@ -288,7 +288,7 @@ def load(split: PreparedSplit, size: int, device: str | torch.device = "cpu", ca
     shape = (n, size, size, 3)
     with sigterm_as_interrupt(), _progress(n, f"decoding {split.name} ({decoder})", progress) as bar:
         if use_cache and device.type == "cpu":  # decode straight into the cache file: no second copy
-            tmp = temporary_path(path)  # what a killed decoder left (kill -9: minutes of work, N x S x S x 3 bytes) goes
+            tmp = temporary_path(path)  # and what a killed decoder left (N x S x S x 3 bytes) goes
             try:
                 array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
                 images = torch.from_numpy(array)
