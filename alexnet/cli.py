@@ -195,11 +195,13 @@ def build_parser() -> Parser:
     p.add_argument("checkpoint", metavar="CKPT")
     p.add_argument("--out", default="conv1.png", metavar="PNG")
 
-    p = command("export")
-    p.add_argument("checkpoint", metavar="CKPT", nargs="?", help="checkpoint file (or --weights)")
+    p = command("export", "  alexnet export runs/x/best.pt model.onnx            # the format from the extension\n"
+                          "  alexnet export --weights torchvision alexnet.pt   # .pt: TorchScript",
+                usage="alexnet export CKPT OUT [--format onnx|torchscript]\n       alexnet export --weights W OUT")
+    p.add_argument("paths", metavar="CKPT OUT", nargs="+", help="checkpoint file (or --weights) and the file to write")
     p.add_argument("--weights", help="'torchvision' (published AlexNet weights) or a .pth file, instead of CKPT")
-    p.add_argument("out", metavar="OUT")
-    p.add_argument("--format", required=True, choices=["onnx", "torchscript"])
+    p.add_argument("--format", choices=["onnx", "torchscript"],
+                   help="default: from OUT's extension (.onnx: onnx; .pt, .pts, .torchscript: torchscript)")
 
     p = command("serve", "Examples:\n  alexnet serve --checkpoint runs/x/best.pt      # then open http://127.0.0.1:8000/\n"
                          "  alexnet serve --checkpoint best.pt --features train_fc7.npy   # + nearest training images\n"
@@ -307,7 +309,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, extra = build_parser().parse_known_args(argv)
+    if extra:  # positionals typed after options (`export CKPT --format onnx OUT`), else a usage error
+        if hasattr(args, "paths") and not any(a.startswith("-") for a in extra):
+            args.paths += extra
+        else:  # named after the subcommand, with its help (issue 21, item 13)
+            print(f"alexnet {args.command}: error: unrecognized arguments: {' '.join(extra)} "
+                  f"(see alexnet {args.command} --help)", file=sys.stderr)
+            raise SystemExit(2)
     try:
         return run(args)
     except UserError as e:

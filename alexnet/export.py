@@ -135,7 +135,31 @@ def export(net: Network, fmt: str, out: str | Path) -> Path:
     return out
 
 
+EXTENSIONS = {".onnx": "onnx", ".pt": "torchscript", ".pts": "torchscript", ".torchscript": "torchscript"}
+
+
+def paths_and_format(paths: list[str], weights: str | None, fmt: str | None) -> tuple[str | None, str, str]:
+    """(checkpoint or None, OUT, format) from `export`'s positionals (CKPT OUT, or OUT with
+    --weights) and --format, the format taken from OUT's extension when not given. Raises UserError
+    for the wrong number of paths, an extension that contradicts --format (a .pt holding ONNX), or
+    neither telling the format (issue 21, item 12)."""
+    if len(paths) not in (1, 2) or (len(paths) == 1) != bool(weights):
+        raise UserError("give exactly one of a checkpoint or --weights, and the file to write: CKPT OUT, or "
+                        f"--weights W OUT (got {len(paths)} path(s){' and --weights' if weights else ''})")
+    checkpoint, out = (None, paths[0]) if len(paths) == 1 else paths
+    implied = EXTENSIONS.get(Path(out).suffix.lower())
+    if fmt is None and implied is None:
+        raise UserError(f"cannot tell the format from {out}'s extension: name it .onnx or .pt, or give "
+                        f"--format onnx|torchscript")
+    if fmt is not None and implied is not None and fmt != implied:
+        raise UserError(f"{out} has the extension of a{'n ONNX' if implied == 'onnx' else ' TorchScript'} file but "
+                        f"--format is {fmt}: name it {Path(out).with_suffix('.onnx' if fmt == 'onnx' else '.pt')} "
+                        f"or leave --format out")
+    return checkpoint, out, fmt or implied
+
+
 def main(args) -> int:
+    args.checkpoint, args.out, args.format = paths_and_format(args.paths, args.weights, args.format)
     writable_output(args.out, "export")
     # traced on the CPU in fp32 whatever the machine has: the exported graph must run anywhere
     rt = runtime.setup("cpu", "fp32", distributed_job=False)

@@ -107,6 +107,11 @@ CASES = [  # (argv with {data} {ckpt} {photo} {root} placeholders, a phrase the 
     (["filters", "{root}/none.pt"], "checkpoint not found"),
     (["export", "{ckpt}", R + "/m.onnx", "--format", "onnx"], "cannot create the folder"),
     (["export", "{root}/m.onnx", "--format", "onnx"], "give exactly one of a checkpoint or --weights"),
+    # issue 21, items 12-13: the format and the file name agree; usage errors name the subcommand
+    (["export", "{ckpt}", "{root}/m.pt", "--format", "onnx"], "has the extension of a TorchScript file"),
+    (["export", "{ckpt}", "{root}/m.bin"], "cannot tell the format from"),
+    (["export", "{ckpt}", "{root}/a.onnx", "{root}/b.onnx"], "give exactly one of a checkpoint or --weights"),
+    (["evaluate", "{ckpt}", "--data", "{data}", "--frobnicate"], "alexnet evaluate: error: unrecognized arguments"),
     (["info", "--json", R + "/i.json"], "cannot create the folder"),
     (["info", "--num-classes", "1"], "must be at least 2"),
     (["bench", "train", "--json", R + "/b.json"], "cannot create the folder"),

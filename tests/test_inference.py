@@ -282,6 +282,10 @@ def test_onnx_and_torchscript_exports_match_pytorch(run, tmp_path):
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-4)
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
     assert json.loads(meta["class_names"]) == list(synthetic.CLASSES) and meta["input_size"] == str(net.crop)
+    # options between the positionals and the format from the extension (issue 21, item 12)
+    assert cli.main(["export", str(run["a"]), "--format", "onnx", str(tmp_path / "m2.onnx")]) == 0
+    assert cli.main(["export", str(run["a"]), str(tmp_path / "m3.onnx")]) == 0
+    assert (tmp_path / "m2.onnx").read_bytes() == (tmp_path / "m3.onnx").read_bytes() == (tmp_path / "m.onnx").read_bytes()
     with warnings.catch_warnings(record=True) as caught:  # torch's TorchScript FutureWarnings are not ours to show
         warnings.simplefilter("always")
         assert cli.main(["export", str(run["a"]), str(tmp_path / "m.pt"), "--format", "torchscript"]) == 0
