@@ -143,7 +143,9 @@ def build_parser() -> Parser:
                    help="continue from a checkpoint (default: the run folder's last)")
 
     p = command("evaluate", "Several checkpoints form an ensemble that averages their softmax (§6).")
-    p.add_argument("checkpoints", nargs="*", metavar="CKPT", help="checkpoint files")
+    p.add_argument("checkpoints", nargs="*", metavar="CKPT", help="checkpoint files or run folders")
+    p.add_argument("--checkpoint", dest="checkpoint_flag", action="append", default=[], metavar="CKPT",
+                   help="the same as a CKPT (repeatable)")
     p.add_argument("--weights", help="'torchvision' (published AlexNet weights) or a .pth file")
     p.add_argument("--data", required=True, help="prepared data set or image folder")
     p.add_argument("--split", default="val", help="split to evaluate (default val)")
@@ -156,7 +158,7 @@ def build_parser() -> Parser:
 
     p = command("predict")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders (recursive)")
-    p.add_argument("--checkpoint", metavar="CKPT", help="checkpoint file")
+    p.add_argument("--checkpoint", metavar="CKPT", help="checkpoint file or run folder (or first, before the images)")
     p.add_argument("--weights", help="'torchvision' or a .pth file, instead of --checkpoint")
     p.add_argument("--topk", type=at_least(1), default=5, help="classes per image (default 5)")
     p.add_argument("--views", type=int, choices=[1, 10], default=1)
@@ -168,7 +170,8 @@ def build_parser() -> Parser:
 
     p = command("features", "The fc7 codes (4096-d, after ReLU) of a split, as a memory-mapped .npy with a .json\n"
                             "(ids, labels, classes) beside it; an interrupted run continues where it stopped.")
-    p.add_argument("checkpoint", metavar="CKPT", nargs="?", help="checkpoint file (or --weights)")
+    p.add_argument("checkpoint", metavar="CKPT", nargs="?", help="checkpoint file or run folder (or --weights)")
+    p.add_argument("--checkpoint", dest="checkpoint_flag", metavar="CKPT", help="the same as CKPT")
     p.add_argument("--weights", help="'torchvision' (published AlexNet weights) or a .pth file, instead of CKPT")
     p.add_argument("--data", required=True, help="prepared data set or image folder")
     p.add_argument("--split", default="train")
@@ -179,7 +182,8 @@ def build_parser() -> Parser:
                    help="number format of the forward pass, the weights converted once (default fp32, exact; auto: bf16 where native)")
 
     p = command("neighbors")
-    p.add_argument("checkpoint", metavar="CKPT", nargs="?", help="checkpoint file (or --weights)")
+    p.add_argument("checkpoint", metavar="CKPT", nargs="?", help="checkpoint file or run folder (or --weights)")
+    p.add_argument("--checkpoint", dest="checkpoint_flag", metavar="CKPT", help="the same as CKPT")
     p.add_argument("--weights", help="'torchvision' (published AlexNet weights) or a .pth file, instead of CKPT")
     p.add_argument("--data", required=True, help="prepared data set (its training split is searched)")
     p.add_argument("--query", nargs="+", required=True, metavar="IMAGE", help="query images")
@@ -192,13 +196,15 @@ def build_parser() -> Parser:
                    help="number format of the forward pass, the weights converted once (default fp32, exact; auto: bf16 where native)")
 
     p = command("filters")
-    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("checkpoint", metavar="CKPT", nargs="?", help="checkpoint file or run folder")
+    p.add_argument("--checkpoint", dest="checkpoint_flag", metavar="CKPT", help="the same as CKPT")
     p.add_argument("--out", default="conv1.png", metavar="PNG")
 
     p = command("export", "  alexnet export runs/x/best.pt model.onnx            # the format from the extension\n"
                           "  alexnet export --weights torchvision alexnet.pt   # .pt: TorchScript",
                 usage="alexnet export CKPT OUT [--format onnx|torchscript]\n       alexnet export --weights W OUT")
     p.add_argument("paths", metavar="CKPT OUT", nargs="+", help="checkpoint file (or --weights) and the file to write")
+    p.add_argument("--checkpoint", dest="checkpoint_flag", metavar="CKPT", help="the same as CKPT")
     p.add_argument("--weights", help="'torchvision' (published AlexNet weights) or a .pth file, instead of CKPT")
     p.add_argument("--format", choices=["onnx", "torchscript"],
                    help="default: from OUT's extension (.onnx: onnx; .pt, .pts, .torchscript: torchscript)")
@@ -207,7 +213,8 @@ def build_parser() -> Parser:
                          "  alexnet serve --checkpoint best.pt --features train_fc7.npy   # + nearest training images\n"
                          "  alexnet serve --weights torchvision --port 8080\n"
                          "  curl -F file=@photo.jpg 'http://127.0.0.1:8000/v1/predict?topk=5&views=10'")
-    p.add_argument("--checkpoint", metavar="CKPT", help="checkpoint file")
+    p.add_argument("checkpoint_pos", metavar="CKPT", nargs="?", help="the same as --checkpoint")
+    p.add_argument("--checkpoint", metavar="CKPT", help="checkpoint file or run folder")
     p.add_argument("--weights", help="'torchvision' or a .pth file, instead of --checkpoint")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; the API has "
                                                        "no authentication)")
@@ -308,6 +315,53 @@ def run(args: argparse.Namespace) -> int:
             distributed.shutdown()
 
 
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pth.tar", ".ckpt")
+
+
+def run_folder_checkpoint(path: str) -> str:
+    """A run folder named where a checkpoint is wanted: its best.pt (else last.pt), said on stderr."""
+    from pathlib import Path
+    folder = Path(path)
+    if not folder.is_dir():
+        return path
+    for name, what in (("best.pt", "its best validation top-1"), ("last.pt", "its last checkpoint")):
+        if (folder / name).is_file():
+            print(f"using {folder / name} ({what}) for the run folder {folder}", file=sys.stderr)
+            return str(folder / name)
+    raise UserError(f"{folder} is a folder without best.pt or last.pt: give a checkpoint file or a run folder of "
+                    f"alexnet train")
+
+
+def checkpoint_forms(args: argparse.Namespace) -> None:
+    """One way to name a checkpoint everywhere (issue 21, item 13): CKPT as a positional or as
+    --checkpoint in every command, and a run folder for its best.pt."""
+    from pathlib import Path
+    flag = getattr(args, "checkpoint_flag", None)
+    if isinstance(flag, list):  # evaluate: any number, either form
+        args.checkpoints = list(args.checkpoints) + flag
+    elif flag:
+        if hasattr(args, "paths"):  # export: CKPT OUT
+            args.paths = [flag, *args.paths]
+        elif getattr(args, "checkpoint", None):
+            raise UserError(f"give the checkpoint once: {args.checkpoint} and --checkpoint {flag}")
+        else:
+            args.checkpoint = flag
+    if getattr(args, "checkpoint_pos", None):  # serve CKPT
+        if args.checkpoint:
+            raise UserError(f"give the checkpoint once: {args.checkpoint_pos} and --checkpoint {args.checkpoint}")
+        args.checkpoint = args.checkpoint_pos
+    if args.command == "predict" and not args.checkpoint and not args.weights and len(args.inputs) > 1:
+        first = Path(args.inputs[0])  # `predict CKPT photo.jpg`, as the other commands take it
+        if first.name.endswith(CHECKPOINT_SUFFIXES) or (first.is_dir() and (first / "best.pt").is_file()):
+            args.checkpoint, args.inputs = str(first), args.inputs[1:]
+    if getattr(args, "checkpoint", None):
+        args.checkpoint = run_folder_checkpoint(args.checkpoint)
+    if getattr(args, "checkpoints", None):
+        args.checkpoints = [run_folder_checkpoint(c) for c in args.checkpoints]
+    if hasattr(args, "paths") and len(args.paths) == 2:
+        args.paths[0] = run_folder_checkpoint(args.paths[0])
+
+
 def main(argv: list[str] | None = None) -> int:
     args, extra = build_parser().parse_known_args(argv)
     if extra:  # positionals typed after options (`export CKPT --format onnx OUT`), else a usage error
@@ -318,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"(see alexnet {args.command} --help)", file=sys.stderr)
             raise SystemExit(2)
     try:
+        checkpoint_forms(args)
         return run(args)
     except UserError as e:
         if getattr(args, "debug", False):

@@ -126,5 +126,6 @@ def load_weights(spec: str, device: str | torch.device = "cpu", dtype: torch.dty
 
 def load_any(checkpoint_path: str | None, weights: str | None, device="cpu", dtype: torch.dtype | None = None) -> Network:
     if bool(checkpoint_path) == bool(weights):
-        raise UserError("give exactly one of a checkpoint or --weights torchvision|PATH")
+        raise UserError("give exactly one of a checkpoint or --weights torchvision|PATH (a checkpoint: CKPT or "
+                        "--checkpoint CKPT, a file or a run folder)")
     return load(checkpoint_path, device, dtype) if checkpoint_path else load_weights(weights, device, dtype)

@@ -100,6 +100,9 @@ def main(args) -> int:
     from . import checkpoint
     from .fileio import writable_output
 
+    if not args.checkpoint:
+        from .errors import UserError
+        raise UserError("give a checkpoint: alexnet filters CKPT (a file or a run folder) or --checkpoint CKPT")
     writable_output(args.out, "picture")
 
     state = checkpoint.load(args.checkpoint)

@@ -194,3 +194,33 @@ def test_prepare_of_a_train_only_folder_says_training_will_want_validation_image
     synthetic.write_folder(tmp_path / "src", {"train": 2}, size=72, seed=0, workers=1)
     prepare(tmp_path / "src", tmp_path / "p", size=72, workers=0, progress=True)
     assert "note: no validation images (no val split)" in capsys.readouterr().out
+
+
+def test_a_checkpoint_is_named_the_same_way_everywhere(world, tmp_path, capsys):
+    """issue 21, item 13: CKPT positional in some commands and --checkpoint in others; a run folder
+    nowhere. Now both forms everywhere, and a run folder means its best.pt (said on stderr)."""
+    ckpt, data, photo = str(world["ckpt"]), str(world["data"]), str(world["photo"])
+    run = str(world["ckpt"].parent)
+    for argv in (["evaluate", "--checkpoint", ckpt, "--data", data],
+                 ["evaluate", run, "--data", data],
+                 ["predict", ckpt, photo],
+                 ["predict", run, photo],
+                 ["predict", photo, "--checkpoint", run],
+                 ["filters", "--checkpoint", ckpt, "--out", str(tmp_path / "c.png")],
+                 ["filters", run, "--out", str(tmp_path / "d.png")],
+                 ["export", "--checkpoint", ckpt, str(tmp_path / "m.onnx")],
+                 ["export", run, str(tmp_path / "n.onnx")],
+                 ["features", "--checkpoint", ckpt, "--data", data, "--split", "val", "--out", str(tmp_path / "f.npy")]):
+        assert cli.main(argv) == 0, (argv, capsys.readouterr().err[-500:])
+        err = capsys.readouterr().err
+        assert ("best.pt (its best validation top-1) for the run folder" in err) == (run in argv), (argv, err)
+    serve = cli.build_parser().parse_args(["serve", run])  # serve CKPT as well as --checkpoint CKPT
+    cli.checkpoint_forms(serve)
+    assert serve.checkpoint == ckpt.replace("last.pt", "best.pt")
+    assert cli.main(["evaluate", ckpt, "--checkpoint", ckpt, "--data", data]) == 0  # an ensemble of the two forms
+    assert "2 network(s)" in capsys.readouterr().out
+    assert cli.main(["filters", ckpt, "--checkpoint", ckpt, "--out", str(tmp_path / "e.png")]) == 2
+    assert "give the checkpoint once" in capsys.readouterr().err
+    (tmp_path / "nothing").mkdir()
+    assert cli.main(["evaluate", str(tmp_path / "nothing"), "--data", data]) == 2
+    assert "without best.pt or last.pt" in capsys.readouterr().err
