@@ -166,7 +166,12 @@ def finite_rows(vectors: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tenso
     return vectors[keep], index[keep]
 
 
-def open_features(path: str, net: Network, images, split: str) -> np.ndarray:
+def _make_it(path, split: str | None) -> str:
+    """The command that makes a features file, with the split when it is known (never "--split None")."""
+    return f"alexnet features CKPT --data DATA{f' --split {split}' if split else ''} --out {path}"
+
+
+def open_features(path: str, net: Network, images, split: str | None) -> np.ndarray:
     """The memory-mapped codes of `alexnet features`, checked against what they must describe:
     the same checkpoint (SHA-256), split and data (checksum), complete. Raises UserError naming
     the difference."""
@@ -176,7 +181,7 @@ def open_features(path: str, net: Network, images, split: str) -> np.ndarray:
                         f"{path.with_suffix('.npy')}")
     if not path.is_file() or not meta_path.is_file():
         raise UserError(f"features file {path} (with {meta_path.name} beside it) not found; make it with "
-                        f"alexnet features CKPT --data DATA --split {split} --out {path}")
+                        f"{_make_it(path, split)}")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, ValueError, UnicodeDecodeError):
@@ -185,7 +190,7 @@ def open_features(path: str, net: Network, images, split: str) -> np.ndarray:
         store = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError):  # numpy's own text speaks of pickles and trust: not ours to show
         raise UserError(f"{path} is not a features file of alexnet features (not a NumPy .npy array); make it "
-                        f"with alexnet features CKPT --data DATA --split {split} --out {path}") from None
+                        f"with {_make_it(path, split)}") from None
     if not isinstance(meta, dict) or not {"checkpoint_sha256", "split", "data_checksum", "count", "done"} <= set(meta):
         raise UserError(f"{meta_path} was not written by alexnet features")
     differences = [f"{what} ({str(meta[key])[:16]!r} there, {str(want)[:16]!r} here)" for what, key, want in (

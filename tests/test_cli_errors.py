@@ -224,3 +224,11 @@ def test_a_checkpoint_is_named_the_same_way_everywhere(world, tmp_path, capsys):
     (tmp_path / "nothing").mkdir()
     assert cli.main(["evaluate", str(tmp_path / "nothing"), "--data", data]) == 2
     assert "without best.pt or last.pt" in capsys.readouterr().err
+
+
+def test_serve_with_a_missing_features_file_suggests_no_split_none(world, capsys):
+    """issue 21, item 17: the suggestion printed `--split None` when the split was unknown."""
+    assert cli.main(["serve", "--checkpoint", str(world["ckpt"]), "--features", str(world["root"] / "none.npy"),
+                     "--data", str(world["data"])]) == 2
+    err = capsys.readouterr().err
+    assert "alexnet features CKPT --data DATA --out" in err and "None" not in err
