@@ -285,19 +285,21 @@ class Loader:
                             resident=resident is not None)
         self.wait_s = 0.0  # time the consumer spent waiting for batches (since the last reset)
         self.batches = 0
-        # resident on a CPU: threads (one per core) make up to `prefetch` batches each ahead
+        # resident on a CPU: threads (one per core) make the next batches, one each and one more ready
+        # (more ahead would only hold buffers: a 16-core host would otherwise need 35 of them)
         self.threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        in_flight = prefetch * self.threads if resident is not None else workers * prefetch
-        self.pool = None if cuda else self._make_pool(keep, pool_bytes, in_flight)
+        in_flight = self.threads + 1 if resident is not None else workers * prefetch
+        self.pool = None if cuda else self._make_pool(keep, pool_bytes, in_flight, shared=resident is None)
         self._keys = _Keys()  # the current epoch's batch keys, read by the DataLoader in this process
         self._dl: torch.utils.data.DataLoader | None = None  # started at the first epoch, then kept
         self._slots = 0  # pool slots handed out so far
         self._reading: int | None = None  # the epoch being read, while its iterator is open
 
-    def _make_pool(self, keep: int, budget: int, in_flight: int) -> list[torch.Tensor] | None:
+    def _make_pool(self, keep: int, budget: int, in_flight: int, shared: bool = True) -> list[torch.Tensor] | None:
         """Reused output buffers (CPU path): enough that none is rewritten while one of the
-        `in_flight` batches is being made (in a worker or the resident path's thread) or among the
-        `keep` batches the consumer may still hold. None above `budget` bytes."""
+        `in_flight` batches is being made (in a worker or the resident path's threads) or among the
+        `keep` batches the consumer may still hold; in shared memory when worker processes write
+        them. None above `budget` bytes."""
         o = self.options
         rows = self.batch_size * (1 if self.train else o["views"])
         shape = (rows, 3, o["crop"], o["crop"])
@@ -306,7 +308,8 @@ class Loader:
         if slots * rows * 3 * o["crop"] ** 2 * torch.empty(0, dtype=dtype).element_size() > budget:
             return None
         fmt = torch.channels_last if o["channels_last"] else torch.contiguous_format
-        return [torch.empty(shape, dtype=dtype, memory_format=fmt).share_memory_() for _ in range(slots)]
+        pool = [torch.empty(shape, dtype=dtype, memory_format=fmt) for _ in range(slots)]
+        return [t.share_memory_() for t in pool] if shared else pool
 
     def plan(self, epoch: int) -> list[np.ndarray]:
         if self.train:
@@ -347,7 +350,7 @@ class Loader:
         if self.resident is not None:  # no workers: batches gathered from memory, made one step ahead
             make = self._resident_batch
             yield from self._timed(_cuda_ahead(keys, self, make) if cuda else
-                                   _threads_ahead(keys, make, self.prefetch * self.threads, self.threads))
+                                   _threads_ahead(keys, make, self.threads + 1, self.threads))
             return
         self._keys.keys = keys
         it = start_workers(self._dataloader())
