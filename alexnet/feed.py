@@ -34,7 +34,6 @@ from .data.loader import Loader
 from .data.resident import Resident, gib, load
 from .data.store import open_prepared
 from .errors import UserError
-from .fileio import writable_output
 from .model import from_config
 
 WARMUP = 3  # batches (or steps) left untimed: thread/worker start-up, cuDNN's algorithm search
