@@ -287,6 +287,45 @@ def test_a_process_with_kept_workers_exits_promptly():
     assert proc.returncode == 0 and proc.stdout.split() == ["8", "True"], proc.stderr[-2000:]
 
 
+def test_workers_whose_iterator_was_lost_are_stopped_and_the_exit_does_not_wait_for_them():
+    """A worker's death reported from torch's SIGCHLD handler inside DataLoader.__iter__ loses the
+    new iterator, so torch's clean-up never ran: the other workers (which ignore SIGTERM) kept the
+    process from exiting for ever (a CI timeout). close() stops them, silently (no "worker killed by
+    signal" from torch's handler afterwards), and the interpreter's exit does not wait for them."""
+    import subprocess
+    import sys
+    code = ("import sys; sys.path.insert(0, 'tests'); from pathlib import Path; import tempfile\n"
+            "from test_loader import make_source\n"
+            "from alexnet.prepare import prepare\n"
+            "from alexnet.data.store import open_prepared\n"
+            "from alexnet.data.loader import Loader\n"
+            "base = Path(tempfile.mkdtemp())\n"
+            "make_source(base / 'src'); prepare(base / 'src', base / 'p', size=40, workers=0, progress=False)\n"
+            "ds = open_prepared(base / 'p')\n"
+            "lost = []\n"
+            "for close in (True, False):\n"
+            "    loader = Loader(ds.split('train'), ds, 2, train=True, crop=32, workers=2)\n"
+            "    assert sum(1 for _ in loader.epoch(0)) == 8\n"
+            "    it = loader._dl._iterator; lost.append(it); loader._dl._iterator = None  # as when __iter__ raised\n"
+            "    print(*[w.pid for w in it._workers])\n"
+            "    if close:\n"
+            "        loader.close(); assert not any(w.is_alive() for w in it._workers)\n"
+            "        again = Loader(ds.split('train'), ds, 2, train=True, crop=32, workers=2)\n"
+            "        assert sum(1 for _ in again.epoch(0)) == 8; again.close()  # no error from the handler\n"
+            "sys.stdout.flush()\n")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=root, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+    assert proc.returncode == 0 and "Traceback" not in err, err[-2000:]
+    pids = [int(p) for p in out.split()]
+    assert len(pids) == 4 and not any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+
 def test_a_second_epoch_while_one_is_open_is_refused_not_mixed(data):
     """Kept workers serve one epoch at a time: a second epoch started while another is still open
     (zip over two epochs, or an abandoned iterator still referenced) would reset the shared workers

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import multiprocessing
 import os
 import signal
 import threading
@@ -194,6 +195,25 @@ def _stop_all_at_exit() -> None:
         atexit.register(lambda: [loader.close() for loader in list(_LIVE)])
 
 
+def kill_workers(processes: list) -> None:
+    """SIGKILL and reap these worker processes. SIGCHLD is ignored meanwhile (main thread only):
+    torch's handler would report each as a worker "killed by signal"; once reaped, torch's later
+    checks pass over them (waitid finds no child)."""
+    alive = [p for p in processes if p.is_alive()]
+    if not alive:
+        return
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_DFL) if main else None
+    try:
+        for p in alive:
+            p.kill()
+        for p in alive:
+            p.join(timeout=30)
+    finally:
+        if main:
+            signal.signal(signal.SIGCHLD, previous)
+
+
 def _worker_init(_: int) -> None:
     """Ctrl-C, and the SIGTERM that SLURM's scancel, Kubernetes and systemd send to the whole
     process group, reach the workers too: they leave both to the main process, which stops
@@ -206,17 +226,25 @@ def _worker_init(_: int) -> None:
     die_with_parent()  # a kill -9 of the job takes its workers along at once
 
 
-def start_workers(dl: torch.utils.data.DataLoader):
+def start_workers(dl: torch.utils.data.DataLoader, started: list | None = None):
     """iter(dl) with SIGINT/SIGTERM blocked while the worker processes are forked, so that a signal
     in the instant between a fork and _worker_init cannot kill a worker; the main process gets a
-    signal that arrived meanwhile as soon as they are unblocked."""
-    if not dl.num_workers or threading.current_thread() is not threading.main_thread():
-        return iter(dl)
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    signal that arrived meanwhile as soon as they are unblocked. `started` receives the worker
+    processes (multiprocessing.Process) that this call forked, even when iter(dl) raises: a worker's
+    death reported from torch's SIGCHLD handler inside iter(dl) loses the new iterator, and with it
+    torch's own record of the other workers."""
+    before = set(multiprocessing.active_children()) if started is not None else set()
     try:
-        return iter(dl)
+        if not dl.num_workers or threading.current_thread() is not threading.main_thread():
+            return iter(dl)
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            return iter(dl)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        if started is not None and dl.num_workers:
+            started += [p for p in multiprocessing.active_children() if p not in before]
 
 
 def make_batch(images, labels, indices, g, o: dict, norm: A.Normalize, eig, train: bool, out=None) -> Batch:
@@ -292,6 +320,7 @@ class Loader:
         self.pool = None if cuda else self._make_pool(keep, pool_bytes, in_flight, shared=resident is None)
         self._keys = _Keys()  # the current epoch's batch keys, read by the DataLoader in this process
         self._dl: torch.utils.data.DataLoader | None = None  # started at the first epoch, then kept
+        self._workers: list = []  # the worker processes started (multiprocessing.Process), for close()
         self._slots = 0  # pool slots handed out so far
         self._reading: int | None = None  # the epoch being read, while its iterator is open
 
@@ -353,7 +382,7 @@ class Loader:
                                    _threads_ahead(keys, make, self.threads + 1, self.threads))
             return
         self._keys.keys = keys
-        it = start_workers(self._dataloader())
+        it = start_workers(self._dataloader(), self._workers)
         finished = False
         try:
             if cuda:
@@ -386,9 +415,17 @@ class Loader:
         multiprocessing joins its children. The loader stays usable: the next epoch starts new ones."""
         dl, self._dl = self._dl, None
         _LIVE.discard(self)
+        if dl is None:
+            return
         shutdown = getattr(getattr(dl, "_iterator", None), "_shutdown_workers", None)  # torch's own clean-up
         if shutdown is not None:
             shutdown()
+        # What torch's clean-up cannot stop: workers it gave 5 s that are still busy (its terminate()
+        # is the SIGTERM they ignore), and workers it does not know of any more: a worker's death
+        # raised from the SIGCHLD handler inside DataLoader.__iter__ loses the new iterator, and the
+        # exit then waited for its siblings for ever (CI, issue 21)
+        kill_workers(self._workers)
+        self._workers = []
 
     def _streamed_batch(self, item, norm: A.Normalize, eig) -> Batch:
         """A worker's batch on CUDA (uint8 pixels or JPEG bytes and the batch's generator state) ->
