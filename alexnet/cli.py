@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import textwrap
 
 from . import __version__
 from .errors import UserError
@@ -114,6 +115,9 @@ def build_parser() -> Parser:
                            "a manifest and training-set statistics (mean image, RGB covariance).\n\n"
                            "  alexnet prepare SRC OUT            # again over a finished OUT: re-check, rebuild damage\n"
                            "  alexnet prepare --verify OUT       # check every file, name the damage (exit 2)")
+    from .data.layouts import HINTS
+    p.epilog = "layouts of SRC (detected, or named with --source):\n" + "\n".join(
+        textwrap.fill(f"{k}: {h}", 100, initial_indent="  ", subsequent_indent="      ") for k, h in HINTS.items())
     p.add_argument("source", metavar="SRC", help="data root, archive folder, shard folder (tar or Parquet) or CSV list")
     p.add_argument("out", metavar="OUT", nargs="?",
                    help="output folder of the prepared data set (`prepare --verify OUT`: the one to check)")

@@ -36,6 +36,7 @@ from typing import Any, Literal
 import yaml
 
 from .errors import UserError
+from .data.textfile import bad_byte, not_utf8, text_lines
 
 
 class ConfigError(UserError):
@@ -226,6 +227,9 @@ def apply(cfg: Config, values: dict[str, Any], source: str) -> Config:
     for key, value in _flatten(values, source).items():
         section_name, _, name = key.partition(".")
         section = sections(cfg).get(section_name)
+        if section is not None and not name:  # `train: 5`: a section given a value instead of keys
+            raise ConfigError(f"{source}: {section_name} is a section: give its keys ({section_name}.KEY=VALUE, "
+                              f"or a table of KEY: VALUE under {section_name}), not the value {value!r}")
         if section is None or not name:
             raise ConfigError(f"{source}: unknown config section {section_name!r} in {key!r}"
                               f"{_suggest(section_name, sections(cfg))}")
@@ -329,11 +333,25 @@ def parse_set(assignment: str) -> tuple[str, str]:
 
 
 def load_file(path: str | Path) -> dict[str, Any]:
-    """Read a TOML, YAML or JSON config file into a nested dict."""
+    """Read a TOML, YAML or JSON config file (UTF-8, with or without a byte-order mark) into a
+    nested dict. Raises ConfigError (UserError for what alexnet.data.textfile refuses: UTF-16, binary
+    data, a line that is not UTF-8), one line naming the file, for a file that is missing, not a
+    regular file, unreadable, not UTF-8 text, does not parse, or is not a table of sections."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"config file not found: {path}")
-    text = path.read_text()
+    if not path.is_file():
+        raise ConfigError(f"config file {path} is not a regular file (a directory?): give a .toml, .yaml or .json file")
+    what, lines = f"config file {path}", []
+    try:
+        for number, line in text_lines(path, what):  # UTF-16, binary data, absurd lines: one line each
+            byte = bad_byte(line)
+            if byte is not None:
+                raise not_utf8(what, number, byte)
+            lines.append(line)
+    except OSError as e:
+        raise ConfigError(f"{what} cannot be read: {e.strerror or e}") from None
+    text = "".join(lines)
     try:
         if path.suffix == ".toml":
             try:
@@ -350,7 +368,10 @@ def load_file(path: str | Path) -> dict[str, Any]:
     except (ValueError, yaml.YAMLError) as e:  # tomllib and json errors are ValueErrors
         if isinstance(e, ConfigError):
             raise
-        raise ConfigError(f"config file {path} does not parse: {str(e).splitlines()[0]}") from e
+        where = getattr(e, "problem_mark", None)  # YAML's: "(line 3, column 5)"
+        why = getattr(e, "problem", None) or str(e).splitlines()[0]
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+        raise ConfigError(f"config file {path} does not parse: {why}{at}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a table of sections at the top level")
     return data
@@ -450,3 +471,17 @@ def dump(cfg: Config) -> str:
 
 def save(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(dump(cfg))
+
+
+def given(files=(), sets=(), flags: dict[str, tuple[str, Any]] | None = None) -> set[str]:
+    """The dotted keys the user wrote, in `resolve`'s arguments: in --config files (a file's
+    `preset` aside), --set and flags given a value. The other keys come from a preset or the
+    defaults, and a run may fill them from elsewhere (train --init: the checkpoint's model settings)."""
+    keys = set()
+    for path in files:
+        data = load_file(path)
+        data.pop("preset", None)
+        keys |= set(_flatten(data, str(path)))
+    keys |= {parse_set(assignment)[0] for assignment in sets}
+    keys |= {key for key, value in (flags or {}).values() if value is not None}
+    return keys

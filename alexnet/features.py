@@ -132,13 +132,13 @@ def neighbours(net: Network, data: str, split: str, queries: list[Path], k: int 
                batch_size: int = 256, workers: int = 2, progress: bool = True) -> dict:
     from tqdm import tqdm
 
-    from .data.decode import BadImage, open_rgb
+    from .data.decode import BadImage, read_file
     from .evaluate import Images
 
     pictures = []
     for q in queries:
         try:
-            pictures.append(open_rgb(Path(q).read_bytes(), min_side=net.size))
+            pictures.append(net.read_image(read_file(q)))
         except (BadImage, OSError) as e:
             raise UserError(f"query image {q}: {e}; give readable image files to --query") from e
     query_codes = net.forward(net.preprocess(pictures), embed=True).cpu()  # the §2 preprocessing of predict
@@ -212,13 +212,13 @@ def neighbour_sheet(result: dict, net: Network, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .data.decode import open_rgb, resize_crop
+    from .data.decode import read_file, resize_crop
 
     images = result["images"]
     rows, k = len(result["queries"]), len(result["indices"][0])
     fig, axes = plt.subplots(rows, k + 1, figsize=(1.6 * (k + 1), 2.0 * rows), squeeze=False)
     for r, q in enumerate(result["queries"]):
-        axes[r, 0].imshow(resize_crop(open_rgb(Path(q).read_bytes(), min_side=net.size), net.size))
+        axes[r, 0].imshow(resize_crop(net.read_image(read_file(q)), net.size))
         axes[r, 0].set_title("query", fontsize=8)
         for c, (i, d) in enumerate(zip(result["indices"][r], result["distances"][r]), 1):
             img, _ = images[i]

@@ -21,11 +21,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from . import checkpoint, weights
+from . import weights
 from .data import augment as A
-from .data.decode import resize_crop
+from .data.decode import open_rgb, resize_crop
 from .errors import UserError
-from .fileio import sha256_file
 from .model import from_config
 
 
@@ -41,6 +40,7 @@ class Network:
     sha256: str  # of the checkpoint / weights file ("" when unknown)
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype | None = None  # the weights' and activations' dtype (None: fp32), see alexnet.runtime
+    validation: dict | None = None  # the training run's best validation {"top1", "top5", "epoch"}, when known
 
     def to(self, device, dtype: torch.dtype | None = None) -> "Network":
         """Move to `device`, with the weights in `dtype` (bf16/fp16; None: fp32) and channels_last.
@@ -71,6 +71,16 @@ class Network:
         """The normalisation for S' x S' images (a mean image is resized when S' differs)."""
         return self.norm.for_size(size)
 
+    def read_image(self, data: bytes) -> Image.Image:
+        """An encoded image file -> the RGB image every command sees: EXIF-rotated, and a JPEG whose
+        shorter side is at least 3 S decoded at reduced DCT scale (1/2 to 1/8, the shorter side kept
+        >= 1.5 S; alexnet.data.decode.open_rgb with min_side=S), so that a 108 MP photo costs a 2 MP
+        decode. predict, serve, neighbors and the Python API (Predictor.predict_bytes/predict_paths)
+        all decode here and so agree exactly; a full-size decode of such a JPEG (PIL's Image.open, or
+        your own pipeline in front of the ONNX export) differs by about 1e-3 in probability
+        (tests/test_predict_parity.py). Raises BadImage for what does not decode."""
+        return open_rgb(data, min_side=self.size)
+
     def preprocess(self, images: list[Image.Image], views: int = 1) -> torch.Tensor:
         """PIL RGB images -> (B, 3, C, C) or (B, 10, 3, C, C) float, on self.device."""
         # np.array: a writable copy (PIL's buffer is read-only)
@@ -98,23 +108,24 @@ def from_source(src: weights.Source, device: str | torch.device = "cpu", dtype: 
     """A ready network from weights read by alexnet.weights; every tensor must fit (WeightsError
     lists the ones that do not), and the normalisation is the one the weights were trained with."""
     if src.model is None:
-        raise weights.WeightsError(f"{src.origin}: not one of our checkpoints and not torchvision's AlexNet layout "
-                                   f"(features.N / classifier.N keys); cannot tell which network it is")
+        raise weights.WeightsError(f"{src.origin} ({src.kind}): not one of our checkpoints and not torchvision's "
+                                   f"AlexNet layout (features.N / classifier.N keys); cannot tell which network it is")
     n = src.num_classes
     model = from_config(src.model, n, init="kaiming")  # every tensor is loaded next
     weights.load_into(model, src, strict=True)
     model.eval()
     classes = src.classes or [{"id": str(i), "name": f"class {i}"} for i in range(n)]
     d = src.data
-    return Network(model, classes, int(d["size"]), int(d["crop"]), norm_of(d), src.origin, src.sha256).to(device, dtype)
+    return Network(model, classes, int(d["size"]), int(d["crop"]), norm_of(d), src.origin, src.sha256,
+                   validation=src.validation).to(device, dtype)
 
 
 def load(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Network:
-    """A network from one of our checkpoints (last.pt / best.pt), on `device`, computing in `dtype`
-    (the weights converted to it once; None: fp32). Raises CheckpointError for a missing or damaged file."""
-    path = Path(path)
-    state = checkpoint.load(path)
-    return from_source(weights.from_checkpoint(state, str(path), sha256_file(path)), device, dtype)
+    """A network from a checkpoint: one of ours (last.pt / best.pt), or any file alexnet.weights
+    reads (torchvision's reference-script checkpoints, state dicts), on `device`, computing in `dtype`
+    (the weights converted to it once; None: fp32). Raises CheckpointError for a missing or damaged
+    file, WeightsError for one that holds no AlexNet."""
+    return from_source(weights.read(str(path), "checkpoint"), device, dtype)
 
 
 def load_weights(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Network:

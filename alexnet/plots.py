@@ -97,18 +97,21 @@ def filters(weight: torch.Tensor, path: str | Path, towers: int = 1, title: str 
 
 def main(args) -> int:
     """`alexnet filters CKPT --out conv1.png`: Figure 3 from a checkpoint."""
-    from . import checkpoint
+    from . import weights
+    from .errors import UserError
     from .fileio import writable_output
 
     if not args.checkpoint:
-        from .errors import UserError
         raise UserError("give a checkpoint: alexnet filters CKPT (a file or a run folder) or --checkpoint CKPT")
     writable_output(args.out, "picture")
 
-    state = checkpoint.load(args.checkpoint)
-    weight = state["model"]["conv1.weight"]
-    m = state["config"]["model"]
-    towers = m.get("towers") or (2 if m["name"] == "alexnet2012" else 1)
+    src = weights.read(args.checkpoint, "checkpoint")  # ours, or any file --weights reads
+    weight = weights.our_names(src.state).get("conv1.weight")
+    if weight is None or weight.dim() != 4:
+        raise weights.WeightsError(f"{args.checkpoint} ({src.kind}) holds no conv1 kernels (conv1.weight, or "
+                                   f"features.0.weight in torchvision's layout)")
+    m = src.model or {}
+    towers = m.get("towers") or (2 if m.get("name") == "alexnet2012" else 1)
     out = filters(weight, args.out, towers=towers,
                   title=f"conv1 of {args.checkpoint}: {weight.shape[0]} kernels of "
                         f"{weight.shape[2]}x{weight.shape[3]}x{weight.shape[1]}")

@@ -8,10 +8,11 @@ As a library call (what a web page or HTTP API builds on):
 
     from alexnet.predict import Predictor
     predictor = Predictor(checkpoint="best.pt")            # or Predictor(weights="torchvision")
-    predictor.predict_images([pil_image], topk=5)          # [[{"id", "name", "probability"}, ...]]
+    predictor.predict_paths(["photo.jpg"], topk=5)         # [[{"id", "name", "probability"}, ...]]
+    predictor.predict_images([pil_image], topk=5)          # an image you decoded yourself
 
-Any image Pillow opens works (JPEG, PNG, WebP, greyscale, CMYK, EXIF-rotated, ...; decoded as in
-`alexnet prepare`). Folders are searched recursively, following links (alexnet.data.folders: system
+Any image in a format of alexnet.data.decode.FORMATS works (JPEG, PNG, GIF, BMP, WebP, TIFF, AVIF,
+...; greyscale, CMYK, EXIF-rotated; decoded as in `alexnet prepare`). Folders are searched recursively, following links (alexnet.data.folders: system
 and hidden files are ignored and counted). Files that cannot be read are reported and skipped while
 the rest are predicted: found = predicted + failures (exit status 0); an input that does not exist,
 inputs without files, or files none of which is an image are an error (exit status 2, one line,
@@ -27,7 +28,7 @@ from pathlib import Path
 from PIL import Image
 
 from . import runtime
-from .data.decode import BadImage, open_rgb
+from .data.decode import BadImage, open_rgb, read_file
 from .data.folders import walk
 from .data.sources import printable
 from .errors import UserError
@@ -58,8 +59,21 @@ class Predictor:
         return out
 
     def predict_bytes(self, data: bytes, topk: int = 5, views: int = 1) -> list[dict]:
-        """One encoded image file -> its top-k; raises BadImage when it cannot be decoded."""
-        return self.predict_images([open_rgb(data)], topk, views)[0]
+        """One encoded image file -> its top-k, decoded as `alexnet predict` and serve decode it
+        (Network.read_image); raises BadImage when it cannot be decoded."""
+        return self.predict_images([self.network.read_image(data)], topk, views)[0]
+
+    def predict_paths(self, paths: list[str | Path], topk: int = 5, views: int = 1) -> list[list[dict]]:
+        """Image files -> for each, its top-k, exactly as `alexnet predict` gives them (the same
+        decode, Network.read_image). Raises BadImage naming the first file that does not decode,
+        OSError for one that cannot be read."""
+        images = []
+        for path in paths:
+            try:
+                images.append(self.network.read_image(read_file(path)))
+            except BadImage as e:
+                raise BadImage(f"{printable(str(path))}: {e}") from None
+        return self.predict_images(images, topk, views)
 
 
 def image_files(inputs: list[str], ignored: list[dict] | None = None) -> tuple[list[Path], list[dict]]:
@@ -90,7 +104,7 @@ def predict_files(predictor: Predictor, files: list[Path], topk: int, views: int
         images, names = [], []
         for path in files[i:i + predictor.batch_size]:
             try:  # decoded at reduced scale when large (a 108 MP camera JPEG costs a 2 MP decode)
-                images.append(open_rgb(path.read_bytes(), min_side=predictor.network.size))
+                images.append(predictor.network.read_image(read_file(path)))
                 names.append(path)
             except (BadImage, OSError) as e:
                 failures.append({"path": printable(str(path)), "error": str(e) or type(e).__name__})
@@ -124,7 +138,7 @@ def sheet(results: list[dict], path: str | Path, columns: int = 4) -> Path:
     for i, r in enumerate(results):
         row, col = divmod(i, columns)
         ax = axes[2 * row, col]
-        img = open_rgb(Path(r["file"]).read_bytes(), min_side=256)
+        img = open_rgb(read_file(r["file"]), min_side=256)
         img.thumbnail((256, 256))
         ax.imshow(img)
         ax.set_title(Path(r["path"]).name[:28], fontsize=8)

@@ -45,7 +45,8 @@ import threadpoolctl
 
 from . import __version__
 from .data import store
-from .data.decode import MAX_ASPECT, RESAMPLE, BadImage, encode_jpeg, max_pixels, open_rgb, resize_crop_image
+from .data.decode import (MAX_ASPECT, RESAMPLE, BadImage, encode_jpeg, max_file_bytes, max_pixels, open_rgb,
+                          resize_crop_image)
 from .data.sources import Listing, Sample, list_source, read_bytes
 from .errors import UserError
 from .fileio import FolderLock, die_with_parent, sigterm_as_interrupt
@@ -258,7 +259,8 @@ def prepare(src: str | Path, out: str | Path, kind: str = "auto", size: int = 25
     started = time.time()
     options = Options(size, keep_aspect, "raw" if raw else "jpeg",
                       0 if raw else (quality or DEFAULT_QUALITY))
-    max_pixels()  # a bad ALEXNET_MAX_PIXELS is an error now, not a reason on every image
+    # a bad ALEXNET_MAX_PIXELS or ALEXNET_MAX_FILE_MB is an error now, not a reason on every image
+    max_pixels(), max_file_bytes()
     listing = list_source(src, kind, csv_columns)
     shards = plan(listing, shard_size)
     with_images = [s for s in sorted(listing.splits) if listing.splits[s]]

@@ -6,9 +6,12 @@
         code.diff         the uncommitted changes of the source tree, when there are any
         metrics.jsonl     one JSON object per line: training steps and validation epochs
         events.*          TensorBoard (tensorboard --logdir runs/)
-        last.pt best.pt   checkpoints (alexnet.checkpoint)
+        last.pt           the whole training state (2x the weights with SGD's momentum), to resume from
+        last.prev.pt      the last.pt before it, the fallback when last.pt is damaged
+        best.pt           the best validation's weights, without the optimizer's state (1x the weights)
         curves.png conv1.png summary.json
-Only the main rank writes; the others get a RunLog that does nothing.
+Only the main rank writes; the others get a RunLog that does nothing. A folder holds about 5x the
+weights, 1.2 GB for a full-width AlexNet in fp32 (folder_bytes; docs/checkpoints.md).
 """
 from __future__ import annotations
 
@@ -87,6 +90,28 @@ class RunLog:
             self.metrics.close()
             if self.tb is not None:
                 self.tb.close()
+
+
+def folder_bytes(folder: Path) -> dict[str, int]:
+    """{relative path: bytes} of every file under `folder`, largest first (what a run leaves on disk)."""
+    folder = Path(folder)
+    sizes = {}
+    for path in folder.rglob("*"):
+        try:
+            if path.is_file():
+                sizes[str(path.relative_to(folder))] = path.stat().st_size
+        except OSError:  # removed meanwhile (a temporary file renamed away)
+            pass
+    return dict(sorted(sizes.items(), key=lambda kv: -kv[1]))
+
+
+def size_text(n: float) -> str:
+    """Bytes in decimal units with three significant digits: 456 MB, 1.14 GB, 12.3 kB."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 999.5 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
+        n /= 1000
+    return ""
 
 
 def read_metrics(folder: Path) -> list[dict]:

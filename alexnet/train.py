@@ -18,12 +18,17 @@ torchvision's reference and ffcv's trainer chain theirs:
     finish(run)                # final validation, plots, summary.json
 
 The run folder (alexnet.runlog) holds the config, versions, metrics, TensorBoard events,
-checkpoints (last.pt every epoch, best.pt on a new best validation top-1), plots and summary.json;
-pointing --out at a folder that holds a checkpoint, or --resume, continues the run where it stopped.
+checkpoints (last.pt every epoch, the one before kept as last.prev.pt; best.pt, the weights without
+the optimizer's state, on a new best validation top-1), plots and summary.json, which with the
+final message says how many bytes the folder holds; pointing --out at a folder that holds a
+checkpoint, or --resume, continues the run where it stopped. No checkpoint is written with weights
+that are not finite or that blew up (alexnet.loop.BlowUpGuard); the error names the one to resume from.
 """
 from __future__ import annotations
 
+import copy
 import json
+import math
 import os
 import sys
 import time
@@ -41,11 +46,11 @@ from .data.store import PreparedDataset, open_prepared
 from .errors import UserError
 from .evaluate import at_chance, evaluate, result_notes
 from .fileio import FolderLock
-from .loop import Diverged, Stopper, train_epoch
+from .loop import NORM_GROWTH, BlowUpGuard, Diverged, Stopper, param_norm, train_epoch
 from .inference import norm_of
 from .model import freeze, from_config
 from .optim import Schedule, build_optimizer, param_groups, scaled_lr
-from .runlog import RunLog, read_metrics
+from .runlog import RunLog, folder_bytes, read_metrics, size_text
 
 __all__ = ["train", "Run", "setup", "restore", "fit", "finish", "Diverged"]
 
@@ -78,6 +83,11 @@ class Run:
     elapsed: float = 0.0  # training seconds before this process (resumed runs)
     started: float = field(default_factory=time.time)
     stopper: Stopper | None = None
+    guard: BlowUpGuard | None = None  # refuses checkpoints of weights that blew up (set by fit)
+    resumed_from: Path | None = None  # the checkpoint this process continued from (restore)
+    resumed_at: str = ""  # its position, "epoch E, step S"
+    saved_last: str | None = None  # "epoch E, step S" of the last.pt this process wrote (it passed the checks)
+    written: list = field(default_factory=list)  # (name, bytes) of every checkpoint this process wrote
     frozen_norms: list = field(default_factory=list)  # batch-norm layers of frozen parts: kept in eval mode
     norm: A.Normalize | None = None  # the initial weights' normalisation (None: the data set's statistics)
     lock: FolderLock | None = None  # rank 0's exclusive lock on the run folder
@@ -117,25 +127,74 @@ class Run:
         return self._flops[crop]
 
     def save(self, epoch: int, step: int, name: str = "last.pt") -> None:
-        """Checkpoint the whole state (every rank takes part; rank 0 writes). Raises Diverged, on
-        every rank alike, rather than write non-finite weights over a good checkpoint."""
+        """Checkpoint the state (every rank takes part; rank 0 writes): last.pt the whole of it,
+        the one it replaces kept as last.prev.pt; best.pt all of it but the optimizer's state, with
+        no previous copy (issue 21, item 16: what predict, evaluate, export and --init read is half
+        the size). Raises Diverged, on every rank alike, rather than write weights that are not
+        finite, or that blew up while finite (self.guard), over a good checkpoint."""
         bad = non_finite(self.model)  # sync point (a save)
         if bad:
             raise Diverged(f"training diverged before epoch {epoch + 1}, step {step}: tensors "
                            f"{', '.join(bad[:5])} hold NaN/inf, so {name} was not written (no checkpoint was "
-                           f"written with non-finite weights): lower optim.lr or use schedule.warmup_epochs, "
-                           f"then run the same command to resume from the last checkpoint")
+                           f"written with non-finite weights): {self.resume_advice()}")
+        norm = param_norm(self.model)  # sync point (a save)
+        # rank 0's verdict for all: the ranks' weights are equal, but a verdict must never differ
+        blown = distributed.broadcast(self.guard.weights(norm) if self.guard is not None else None)
+        if blown:
+            raise Diverged(f"training diverged before epoch {epoch + 1}, step {step}: {blown}, so {name} was not "
+                           f"written (no checkpoint is written with weights that blew up, finite or not): "
+                           f"{self.resume_advice()}")
+        if self.guard is not None:
+            self.guard.passed(norm, f"{name} of epoch {epoch + 1}, step {step}")
+        if name == "last.pt":
+            self.saved_last = f"epoch {epoch + 1}, step {step}"
         rng = distributed.gather(checkpoint.rng_state())  # every rank's, for an exact resume
         if not self.rt.main:
             return
         clock = self.stopper.clock() if self.stopper else self.elapsed
-        checkpoint.save(self.out / name, {
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        best = name == "best.pt"
+        self.written.append((name, checkpoint.save(self.out / name, {
+            "model": self.model.state_dict(), "optimizer": None if best else self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict(), "epoch": epoch,
             "step": step, "best": self.best, "elapsed_s": clock, "rng": rng,
             "config": config_mod.to_dict(self.cfg), "classes": self.ds.classes,
             "data": data_summary(self.ds, self.cfg, self.train_loader, self.norm is not None),
-            "num_classes": self.num_classes})
+            "num_classes": self.num_classes}, keep_previous=not best)))
+
+    def resume_advice(self) -> str:
+        """For Diverged's message: what to change, and which checkpoint to resume from: last.pt when
+        it is good (this process wrote it, so it passed the checks; or this process started from it
+        and its weights are not NORM_GROWTH x larger than best.pt's), else best.pt, whose weights
+        were good enough to validate best (issue 21, item 8)."""
+        o, s, last, best = self.cfg.optim, self.cfg.schedule, self.out / "last.pt", self.out / "best.pt"
+        change = (f"lower optim.lr (now {o.lr:g}; e.g. --set optim.lr={o.lr / 10:g}) or warm up for longer "
+                  f"(schedule.warmup_epochs, now {s.warmup_epochs:g})")
+        if self.saved_last:
+            return f"{change}, then run the same command to resume from {last} ({self.saved_last}, the last good one)"
+        start = self.resumed_from
+        if start is None:
+            return f"no checkpoint was written yet: {change}, then run the same command to start again"
+        grown = self.grown_beyond(best) if best.is_file() and start.resolve() != best.resolve() else None
+        if grown:
+            return (f"{start}, where this run resumed, holds weights {grown:.3g}x the norm of best.pt's: they were "
+                    f"saved on the way to a blow-up (by an alexnet without this check, or growing less than "
+                    f"{NORM_GROWTH:g}x per checkpoint). {change[0].upper()}{change[1:]}, then resume from best.pt: "
+                    f"the same command with --resume {best} (it has no optimizer state: the momentum starts again)")
+        same = start.parent.resolve() == self.out.resolve() and start.name in ("last.pt", "last.prev.pt")
+        return (f"{change}, then run the same command{'' if same else f' with --resume {start}'} to resume from "
+                f"{start} ({self.resumed_at}, where this run resumed)")
+
+    def grown_beyond(self, path: Path) -> float | None:
+        """How many times the norm of the weights this process started from exceeds that of the
+        checkpoint at `path`, when it is more than NORM_GROWTH (else None, also when unreadable)."""
+        try:
+            state = checkpoint.load(path)["model"]
+        except checkpoint.CheckpointError:
+            return None
+        theirs = math.sqrt(sum(float(state[n].double().pow(2).sum()) for n, _ in self.model.named_parameters()
+                               if n in state))
+        ratio = self.guard.start_norm / max(theirs, 1e-30) if self.guard is not None else 0.0
+        return ratio if ratio > NORM_GROWTH else None
 
 
 def loader_options(c: config_mod.Config, rt: runtime.Runtime, crop: int) -> dict:
@@ -193,10 +252,13 @@ def resident_splits(c: config_mod.Config, rt: runtime.Runtime, ds: PreparedDatas
 
 
 def builtin_data(cfg: config_mod.Config, progress: bool) -> Path:
-    """The built-in shapes, stored at the size the crop needs (S = 8/7 C, as 256 is to 224)."""
+    """The built-in shapes, stored at the size the crop needs (S = 8/7 C, as 256 is to 224), with a
+    validation split a fifth of the training one, 10 to 100 images per class (100 for the presets'
+    500: a smaller data.builtin_per_class, for a quick try, no longer waits for 1,000 validation images)."""
     from .data import synthetic
     size = max(72, int(round(cfg.data.crop * 256 / 224 / 8)) * 8)
-    return synthetic.ensure(train_per_class=cfg.data.builtin_per_class, val_per_class=100, size=size,
+    val = min(100, max(10, cfg.data.builtin_per_class // 5))
+    return synthetic.ensure(train_per_class=cfg.data.builtin_per_class, val_per_class=val, size=size,
                             progress=progress)
 
 
@@ -345,7 +407,8 @@ def restore(run: Run, resume: str | None) -> bool:
         raise UserError(f"{path} was trained on {len(theirs)} classes and {run.data_path} has {len(ours)}: {diff}. "
                         f"Resume with the data it was trained on, or fine-tune from it: --init {path} with a new --out")
     run.model.load_state_dict(state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
+    if state.get("optimizer") is not None:
+        run.optimizer.load_state_dict(state["optimizer"])
     run.schedule.load_state_dict(state["schedule"])
     run.scaler.load_state_dict(state["scaler"])
     rng, ctx = state["rng"], run.rt.ctx  # one state per rank; another world size reuses rank 0's
@@ -355,7 +418,11 @@ def restore(run: Run, resume: str | None) -> bool:
     run.elapsed = state.get("elapsed_s", 0.0)
     if state["data"].get("normalisation") == "weights":  # a fine-tuning run: its initial weights' normalisation
         run.set_norm(norm_of(state["data"]))
+    run.resumed_from, run.resumed_at = path, f"epoch {run.epoch + 1}, step {run.step}"
     run.say(f"resuming {path} at epoch {run.epoch + 1}, step {run.step}")
+    if state.get("optimizer") is None:  # best.pt keeps the weights only (issue 21, item 16)
+        run.say(f"  {path.name} holds no optimizer state (a best.pt keeps the weights and what inference needs): "
+                f"the optimizer starts again, its momentum from zero")
     written_by = len(rng) if isinstance(rng, list) else 1
     if written_by != ctx.world_size:  # issue 21, item 10: say it; the position is exact either way
         run.say(f"  the checkpoint was written by {written_by} process(es), this run has {ctx.world_size}: the "
@@ -371,19 +438,84 @@ def initialise(run: Run) -> None:
     another architecture or nothing fits."""
     cfg = run.cfg
     src = runtime.once_per_node(weights.read, cfg.train.init)  # a download happens once per node
+    holds, asks = f"{src.origin} holds {held(src)}", f"this run builds {built(cfg, run.num_classes)}"
     if src.model is not None and src.model.get("name") != cfg.model.name:
         hint = " (torchvision's architecture): use --model alexnet_owt or --preset finetune" \
             if src.model["name"] == "alexnet_owt" else ""
         raise weights.WeightsError(f"{src.origin} holds weights of {src.model['name']}{hint}; this run builds "
-                                   f"{cfg.model.name}, a different architecture")
+                                   f"{cfg.model.name}, a different architecture" if hint else
+                                   f"{holds}; {asks}, a different architecture: leave model.name out to use the "
+                                   f"checkpoint's")
     reinit = match_classes(src, run.ds.classes)
     rows = weights.load_into(run.model, src, reinit=reinit)
-    if not any(r["action"] == "loaded" and r["key"].startswith(("conv", "fc")) for r in rows):
-        raise weights.WeightsError(f"nothing in {src.origin} fits this network ({cfg.model.name}, width "
-                                   f"{cfg.model.width}, hidden {cfg.model.hidden}); check the model settings")
+    convs = [r for r in rows if r["key"].startswith("conv") and r["key"].endswith(".weight")]
+    if not any(r["action"] == "loaded" for r in convs):  # fc layers alone (hidden x hidden) are no start
+        first = next((f"{r['key']}: {r['why']}" for r in convs), "no conv layer")
+        raise weights.WeightsError(f"nothing of the feature extractor (conv1..conv5) in {src.origin} fits this "
+                                   f"network ({first}): {holds}; {asks}. Leave the model settings out to adopt "
+                                   f"the checkpoint's, or set them to its values")
     run.say(weights.table(rows, src))
     if src.data is not None:
         run.set_norm(norm_of(src.data))
+
+
+def held(src: weights.Source) -> str:
+    """What a weights Source is, for messages: model name, width, hidden units, classes (ours
+    carry their config; for other files, width and hidden are read off conv1's and fc7's shapes)."""
+    from .model import VARIANTS
+
+    m, state = src.model or {}, weights.our_names(src.state)
+    name = m.get("name", "an unknown network")
+    width, hidden = m.get("width"), m.get("hidden")
+    if hidden is None and "fc7.weight" in state:
+        hidden = state["fc7.weight"].shape[0]
+    if width is None and name in VARIANTS and "conv1.weight" in state:
+        width = state["conv1.weight"].shape[0] / VARIANTS[name].channels[0]
+    parts = [name] + [f"{k} {v:g}" for k, v in (("width", width), ("hidden", hidden)) if v is not None]
+    extra = [f"{k} {m[k]}" for k in ("norm", "towers") if m.get(k) is not None]
+    n = src.num_classes
+    return ", ".join(parts + extra + ([f"{n} classes"] if n else []))
+
+
+def built(cfg: config_mod.Config, num_classes: int) -> str:
+    """What a run's network is, in `held`'s words."""
+    m = cfg.model
+    extra = [f"{k} {getattr(m, k)}" for k in ("norm", "towers") if getattr(m, k) is not None]
+    return ", ".join([m.name, f"width {m.width:g}", f"hidden {m.hidden}"] + extra + [f"{num_classes} classes"])
+
+
+def adopt_model(cfg: config_mod.Config, given: set[str], say: Callable = print) -> config_mod.Config:
+    """Starting from one of our checkpoints (train.init), build its network: the model settings
+    (model.*, but num_classes, which the data decides) are the checkpoint's, except the keys in
+    `given`, those the user wrote (alexnet.config.given); a preset's are only defaults. Says which
+    settings it took. Returns a new Config; `cfg` itself when train.init is not one of ours."""
+    spec = cfg.train.init
+    if not spec or spec == "torchvision":
+        return cfg
+    src = weights.read(spec)  # a missing or foreign file: the same one-line error as initialise's
+    if src.kind != "alexnet checkpoint":
+        return cfg
+    defaults = config_mod.to_dict(config_mod.Config())["model"]  # keys added since it was written
+    theirs = {**defaults, **src.model}
+    changes = {f"model.{k}": v for k, v in theirs.items()
+               if k in defaults and k != "num_classes" and f"model.{k}" not in given and getattr(cfg.model, k) != v}
+    if not changes:
+        return cfg
+    adopted = config_mod.apply(copy.deepcopy(cfg), changes, source=f"the model settings of {spec}")
+    config_mod.validate(adopted)
+    say(f"model settings from {spec}: " + ", ".join(f"{k}={v} (not {getattr(cfg.model, k.split('.')[1])})"
+                                                     for k, v in changes.items())
+        + "; set any of them (--set model.KEY=VALUE) to choose otherwise")
+    return adopted
+
+
+def written(args) -> set[str]:
+    """The config keys this command line and its --config files write (alexnet.config.given)."""
+    from .cli import CONFIG_FLAGS
+
+    flags = {flag: (key, getattr(args, "flag_" + key.replace(".", "__"), None))
+             for flag, (key, _) in CONFIG_FLAGS.items()}
+    return config_mod.given(getattr(args, "config", None) or (), getattr(args, "set", None) or (), flags)
 
 
 def match_classes(src: weights.Source, classes: list[dict]) -> dict[str, str]:
@@ -412,6 +544,8 @@ def fit(run: Run, progress: bool = True) -> dict:
     result = {"val": None, "position": run.epoch + run.step / run.steps, "images": 0, "train_s": 0.0,
               "stopped": None}
     run.stopper = stopper = Stopper(run.elapsed, cfg.train.budget_minutes)
+    run.guard = BlowUpGuard(run.num_classes, param_norm(run.model),  # sync point, once
+                            f"the resume from {run.resumed_from.name}" if run.resumed_from else "the start")
     with stopper:
         while run.epoch < cfg.train.epochs and not stopper.agreed_out_of_time():
             epoch, t0 = run.epoch, time.time()
@@ -457,6 +591,9 @@ def validate(run: Run, epoch: int, stopped_at: int | None, position: float, out_
     return val
 
 
+CHECKPOINTS = {"last.pt": 0, "last.prev.pt": 1, "best.pt": 2}  # the order they are listed in
+
+
 def finish(run: Run, result: dict, progress: bool = True) -> dict:
     """The final validation (when the last epoch had none), plots and summary.json (rank 0)."""
     cfg, rt = run.cfg, run.rt
@@ -470,6 +607,7 @@ def finish(run: Run, result: dict, progress: bool = True) -> dict:
     out = run.out
     curves = plots.curves(read_metrics(out), out / "curves.png", title=f"{cfg.model.name}, preset {cfg.preset}")
     filters = plots.filters(run.model.conv1_weight(), out / "conv1.png", towers=run.model.towers)
+    files = folder_bytes(out)
     summary = {"top1": val["top1"], "top5": val["top5"], "top1_error": val["top1_error"],
                "top5_error": val["top5_error"], "val_loss": val["loss"], "best": run.best,
                "epochs": cfg.train.epochs, "epochs_done": round(result["position"], 3),
@@ -481,7 +619,12 @@ def finish(run: Run, result: dict, progress: bool = True) -> dict:
                "preset": cfg.preset, "precision": rt.precision, "classes": len(run.ds.classes),
                "at_chance": at_chance(val["top1_error"], len(run.ds.classes)),
                "ceiling": {k: run.ceiling[k] for k in ("flops_per_s", "best", "dtype", "device", "threads")},
-               **mfu.peak_memory(rt.device)}
+               **mfu.peak_memory(rt.device),
+               # what the run leaves on disk and what its checkpoints wrote (issue 21, item 16)
+               "folder_bytes": sum(files.values()),
+               "checkpoint_bytes": {n: files[n] for n in sorted((n for n in files if n.endswith(".pt")),
+                                                                key=lambda n: (CHECKPOINTS.get(n, 3), n))},
+               "checkpoints_written": {"saves": len(run.written), "bytes": sum(b for _, b in run.written)}}
     run.log.write_json("summary.json", summary)
     if progress:
         finish_message(summary, out, run.data_path)
@@ -596,7 +739,7 @@ def finish_message(s: dict, out: Path, data: Path) -> None:
           f"({s['images_per_s']:.0f} training images/s)")
     for note in result_notes(s["top1_error"], s["classes"]):
         print(note)
-    print(f"  run folder   {out}")
+    print(f"  run folder   {out}" + (f"  ({disk_use(s)})" if "folder_bytes" in s else ""))
     print(f"  checkpoint   {s['checkpoint']}  (best: {s['best_checkpoint']})")
     print(f"  metrics      {s['metrics']}  (tensorboard --logdir {out})")
     print(f"  plots        {', '.join(s['plots'])}")
@@ -606,6 +749,17 @@ def finish_message(s: dict, out: Path, data: Path) -> None:
     print(f"  alexnet filters {s['best_checkpoint']} --out conv1.png")
 
 
+def disk_use(s: dict) -> str:
+    """What the run folder holds and what this process's checkpoint saves wrote, from a summary:
+    "1.14 GB on disk: last.pt 456 MB, last.prev.pt 456 MB, best.pt 228 MB; 8 checkpoint saves wrote 2.74 GB"."""
+    files = ", ".join(f"{name} {size_text(b)}" for name, b in s["checkpoint_bytes"].items())
+    written = s["checkpoints_written"]
+    return (f"{size_text(s['folder_bytes'])} on disk" + (f": {files}" if files else "")
+            + f"; {written['saves']} checkpoint saves wrote {size_text(written['bytes'])}")
+
+
 def main(args) -> int:
-    train(args.cfg, resume=args.resume)
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # before the process group: torchrun's variable
+    cfg = adopt_model(args.cfg, written(args), print if main_rank else (lambda *a, **k: None))
+    train(cfg, resume=args.resume)
     return 0

@@ -6,10 +6,13 @@
     rows = weights.load_into(model, src)               # copy what matches; re-initialise the rest
     print(weights.table(rows))
 
-What other tools write, all read safely (`torch.load(weights_only=True)`: nothing in the file is
-executed; argparse.Namespace, which torchvision's reference scripts store as "args", is allowed):
+`read` is the one reader of a file named anywhere as weights or as a checkpoint (--init, --weights,
+every command's CKPT and --checkpoint), through alexnet.checkpoint.read_file. What other tools write,
+all read safely (`torch.load(weights_only=True)`: nothing in the file is executed; argparse.Namespace,
+which torchvision's reference scripts store as "args", is allowed):
 - a bare state dict (`torch.save(model.state_dict())`);
-- `{"model": state_dict, "optimizer": ..., "args": Namespace(...)}` (torchvision's references);
+- `{"model": state_dict, "optimizer": ..., "lr_scheduler": ..., "epoch": N, "args": Namespace(...)}`
+  (torchvision's references/classification; its --val-resize-size/--val-crop-size are used);
 - `{"state_dict": ..., "arch": ..., "best_acc1": ...}` (pytorch/examples' imagenet script);
 - keys carrying the prefixes wrappers add: `module.` (DataParallel, DDP), `features.module.`
   (pytorch/examples wraps alexnet's features in DataParallel), `_orig_mod.` (torch.compile).
@@ -30,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from . import checkpoint
 from .errors import UserError
 from .fileio import sha256_file
 
@@ -55,6 +59,7 @@ class Source:
     classes: list[dict] | None = None  # [{"id", "name"}] in output order, when known
     data: dict | None = None  # normalisation: {"mean_mode", "mean", "std", "mean_image", "size", "crop"}
     notes: list[str] = field(default_factory=list)
+    validation: dict | None = None  # our checkpoints: the run's best validation {"top1", "top5", "epoch"}
 
     @property
     def num_classes(self) -> int | None:
@@ -70,13 +75,16 @@ def torchvision_data() -> dict:
             "std": TORCHVISION_STD.clone(), "mean_image": None}
 
 
-def read(spec: str) -> Source:
-    """Weights named by `spec`: "torchvision" or a file path. Raises WeightsError (one line) for a
-    missing file, a download that fails, or a file that holds no state dict."""
+def read(spec: str, what: str = "weights file") -> Source:
+    """The one reader of every file named as weights or as a checkpoint (--init, --weights, CKPT,
+    --checkpoint): "torchvision" (for weights only: the published file, through torchvision's API)
+    or a path, read by alexnet.checkpoint.read_file. `what` names the file in messages ("weights
+    file", "checkpoint"). Raises one line: WeightsError for a download that fails or a file that
+    holds no state dict; for a missing or damaged file, WeightsError (weights) or CheckpointError."""
     from .data.classes import ilsvrc2012
 
     imagenet = [c.to_json() for c in ilsvrc2012()]
-    if spec == "torchvision":
+    if spec == "torchvision" and what == "weights file":
         try:
             from torchvision.models import AlexNet_Weights
             state = AlexNet_Weights.IMAGENET1K_V1.get_state_dict(progress=True, check_hash=True)
@@ -87,24 +95,19 @@ def read(spec: str) -> Source:
         return Source(dict(state), "torchvision weights", "torchvision:AlexNet_Weights.IMAGENET1K_V1", "7be5be79",
                       {"name": "alexnet_owt"}, imagenet, torchvision_data())
     path = Path(spec)
-    if not path.is_file():
+    if not path.exists() and what == "weights file":
         raise WeightsError(f"weights file not found: {path} (give 'torchvision', one of our checkpoints, "
                            f"or a .pth state dict)")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, not a torch file, or a pickled object we do not unpickle
-        first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        hint = (" (it pickles Python objects, which are not loaded, so that opening it runs no code: re-save "
-                "it with torch.save(model.state_dict(), PATH))" if "Unsupported global" in str(e) or
-                "weights_only" in str(e) else "")
-        raise WeightsError(f"cannot read weights {path}: {first}{hint}") from None
+    obj = checkpoint.read_file(path, what, WeightsError if what == "weights file" else checkpoint.CheckpointError)
     digest = sha256_file(path)
     if isinstance(obj, dict) and obj.get("format") == "alexnet-checkpoint":
-        return from_checkpoint(obj, str(path), digest)
-    kind, state = "state dict", obj
+        return from_checkpoint(checkpoint.ours(obj, path), str(path), digest)
+    kind, state, args = "state dict", obj, None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         kind, state = "torchvision reference checkpoint ('model')", obj["model"]
+        args = obj.get("args") if isinstance(obj.get("args"), argparse.Namespace) else None
+        if args is not None and getattr(args, "model", None):
+            kind = f"torchvision reference checkpoint of {args.model} ('model', epoch {obj.get('epoch', '?')})"
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         kind, state = "pytorch/examples checkpoint ('state_dict')", obj["state_dict"]
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -122,16 +125,27 @@ def read(spec: str) -> Source:
     source = Source(stripped, kind, str(path), digest, notes=notes)
     if any(k.startswith("features.") for k in stripped):  # torchvision.models.alexnet's names
         source.model = {"name": "alexnet_owt"}
-        source.data = torchvision_data()
+        source.data = reference_sizes(torchvision_data(), args)
         source.classes = imagenet if source.num_classes == 1000 else None
         notes.append("torchvision's AlexNet layout: ImageNet mean/std normalisation assumed, as its weights expect")
     return source
 
 
+def reference_sizes(data: dict, args: argparse.Namespace | None) -> dict:
+    """torchvision's preprocessing with the evaluation sizes a reference-script run was given
+    (--val-resize-size, --val-crop-size; 256 and 224 by default there, as here)."""
+    size, crop = getattr(args, "val_resize_size", None), getattr(args, "val_crop_size", None)
+    if isinstance(size, int) and isinstance(crop, int) and 0 < crop <= size:
+        data.update(size=size, crop=crop)
+    return data
+
+
 def from_checkpoint(state: dict, origin: str, digest: str) -> Source:
-    """A Source from one of our checkpoints (already loaded by alexnet.checkpoint.load)."""
+    """A Source from one of our checkpoints (already loaded and checked: alexnet.checkpoint.ours)."""
+    best = state.get("best")
+    validation = dict(best) if isinstance(best, dict) and best.get("epoch") is not None else None
     return Source(dict(state["model"]), "alexnet checkpoint", origin, digest, dict(state["config"]["model"]),
-                  list(state["classes"]), dict(state["data"]))
+                  list(state["classes"]), dict(state["data"]), validation=validation)
 
 
 def load_into(model: torch.nn.Module, source: Source, strict: bool = False,
@@ -141,15 +155,7 @@ def load_into(model: torch.nn.Module, source: Source, strict: bool = False,
     its reason). Returns one row per tensor: {"key", "action": "loaded" | "re-initialised" |
     "ignored", "why"}. strict=True raises WeightsError listing every key that did not load (for
     evaluating, not fine-tuning)."""
-    from .model import TORCHVISION_KEYS
-
-    renamed = {}
-    for key, value in source.state.items():
-        for theirs, ours in TORCHVISION_KEYS.items():
-            if key.startswith(theirs):
-                key = ours + key[len(theirs):]
-                break
-        renamed[key] = value
+    renamed = our_names(source.state)
     own = model.state_dict()
     rows, load = [], {}
     for key, tensor in own.items():
@@ -171,6 +177,21 @@ def load_into(model: torch.nn.Module, source: Source, strict: bool = False,
                            f"{'; '.join(bad[:8])}{' ...' if len(bad) > 8 else ''}")
     model.load_state_dict({**own, **load})
     return rows
+
+
+def our_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The same tensors under our names: torchvision's (`features.0.weight`) become ours
+    (`conv1.weight`) as the model's load hook renames them; ours stay as they are."""
+    from .model import TORCHVISION_KEYS
+
+    renamed = {}
+    for key, value in state.items():
+        for theirs, ours in TORCHVISION_KEYS.items():
+            if key.startswith(theirs):
+                key = ours + key[len(theirs):]
+                break
+        renamed[key] = value
+    return renamed
 
 
 def table(rows: list[dict], source: Source) -> str:

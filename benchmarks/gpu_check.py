@@ -4,6 +4,7 @@
     python benchmarks/gpu_check.py --source COPY --train-minutes 1   # a machine without ../shared
     python benchmarks/gpu_check.py --data prepared/imagenette --out gpu_check/
     python benchmarks/gpu_check.py --smoke --out /tmp/gc   # any machine, tiny sizes, seconds (the test suite)
+    python benchmarks/gpu_check.py --only train            # rerun one stage (nvjpeg, bench, resident, train)
 
 In order, each stage recorded as ok / failed / skipped with its figures:
 1. environment: GPU, driver-side CUDA, torch, cuDNN, NCCL versions;
@@ -283,6 +284,9 @@ def positive(text: str) -> float:
     return value
 
 
+OPTIONAL = ("nvjpeg", "bench", "resident", "train")  # the stages --only can pick
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", help="prepared data set (default: Imagenette, prepared into OUT/imagenette)")
@@ -291,7 +295,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="gpu_check", help="folder for the report, data and runs (default gpu_check/)")
     p.add_argument("--train-minutes", type=positive, default=2, help="wall-clock budget of the fast training run")
     p.add_argument("--smoke", action="store_true", help="tiny sizes on any device, in seconds")
+    p.add_argument("--only", metavar="STAGES", help="comma-separated subset of " + ", ".join(OPTIONAL) +
+                   " (environment and data always run): rerun what failed when device time is short")
     args = p.parse_args(argv)
+    only = set(OPTIONAL) if args.only is None else {s.strip() for s in args.only.split(",")}
+    if only - set(OPTIONAL):
+        p.error(f"--only: unknown stage(s) {', '.join(sorted(only - set(OPTIONAL)))}; choose from {', '.join(OPTIONAL)}")
     import torch
 
     Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -309,16 +318,24 @@ def main(argv=None) -> int:
         print(table(report))
         return 1
     data, source = found["data"], found["source"]
-    stage(report, "nvjpeg twice")(nvjpeg_twice, device, data)
-    stage(report, "bench")(bench_all, device, data, source, args.smoke)
-    stage(report, "resident")(resident_stage, device, data, found["data_224"], args.smoke)
-    stage(report, "train fast")(train_run, device, data, Path(args.out) / "run-fast", args.smoke,
-                                    minutes=args.train_minutes)
+    for name, key in (("nvjpeg twice", "nvjpeg"), ("bench", "bench"), ("resident", "resident"),
+                      ("train fast", "train"), ("train 2 processes", "train")):
+        if key not in only:
+            report[name] = {"status": "skipped", "seconds": 0, "reason": f"not in --only {args.only}"}
+    if "nvjpeg" in only:
+        stage(report, "nvjpeg twice")(nvjpeg_twice, device, data)
+    if "bench" in only:
+        stage(report, "bench")(bench_all, device, data, source, args.smoke)
+    if "resident" in only:
+        stage(report, "resident")(resident_stage, device, data, found["data_224"], args.smoke)
     gpus = torch.cuda.device_count()
-    if gpus >= 2:
+    if "train" in only:
+        stage(report, "train fast")(train_run, device, data, Path(args.out) / "run-fast", args.smoke,
+                                    minutes=args.train_minutes)
+    if "train" in only and gpus >= 2:
         stage(report, "train 2 processes")(train_run, device, data, Path(args.out) / "run-nccl", args.smoke, nproc=2,
                                            minutes=args.train_minutes)
-    else:
+    elif "train" in only:
         report["train 2 processes"] = {"status": "skipped", "seconds": 0,
                                        "reason": f"{gpus} GPU(s) here: the NCCL run needs 2 or more"}
     (Path(args.out) / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str) + "\n")

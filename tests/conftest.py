@@ -1,10 +1,20 @@
 """What several test files share: the tiny built-in data set and two helpers for subprocess tests."""
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
 from alexnet.data import synthetic
+
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+IMAGENETTE = SHARED_DATA / "imagenette"  # real ImageNet photographs, 10 classes, train/val
+
+
+def needs_shared(path: Path):
+    """A skipif marker for a test that reads the shared data folder `path`: one wording for all."""
+    return pytest.mark.skipif(not path.is_dir(), reason=f"needs the shared data folder {path} (not on this machine)")
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +39,17 @@ def wait_for(condition, timeout: float = 120.0) -> bool:
             return True
         time.sleep(0.2)
     return False
+
+
+def terminate(proc, timeout: float = 30) -> int:
+    """SIGTERM a child process and wait `timeout` seconds for it, then SIGKILL; its exit status."""
+    import signal
+    import subprocess
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode

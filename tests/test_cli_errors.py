@@ -29,21 +29,49 @@ def world(tmp_path_factory):
                                         "model.width=0.25", "model.hidden=64", "data.workers=0"]), progress=False)
     Image.fromarray(synthetic.draw(1, synthetic.image_rng(1, "val", 0), 90)).save(root / "photo.png")
     (root / "empty").mkdir()
+    (root / "loose").mkdir()  # photos straight in the folder, no class folders
+    for i in range(2):
+        Image.fromarray(synthetic.draw(i, synthetic.image_rng(1, "val", i), 90)).save(root / "loose" / f"{i}.jpg")
     for split in ("train", "val"):  # an image folder whose only image does not decode
         (root / "broken" / split / "arrow").mkdir(parents=True)
         (root / "broken" / split / "arrow" / "a.jpg").write_bytes(b"not a jpeg")
     (root / "mine").mkdir()
     (root / "mine" / "config.yaml").write_text("mine: true\n")
     np.save(root / "random.npy", np.zeros((3, 4), np.float32))
+    torch.save({"model": {}, "where": Path("/data")}, root / "objects.pth")  # a pickled object: not loaded
     (root / "notes.json").write_text("{}")  # a user's file where features would put its metadata
     (root / "garbage.npy").write_bytes(b"\x93NUMPY garbage")
     (root / "garbage.json").write_bytes(b"\xff\xfe\x00\x01 not text")
+    for name, raw in {"latin1.yaml": b"train:\n  epochs: caf\xe9\n", "utf16.yaml": "train:\n".encode("utf-16"),
+                      "binary.toml": bytes(range(256)), "section.yaml": b"train: 5\n",
+                      "broken.yaml": b"train:\n  epochs: [1,\n"}.items():  # config files (issue 21, item 3)
+        (root / "cfg").mkdir(exist_ok=True)
+        (root / "cfg" / name).write_bytes(raw)
     damaged = Path(shutil.copytree(data, root / "damaged"))  # one byte of one validation image changed
     row = np.load(damaged / "val" / "index.npy")[0]
     shard = damaged / "val" / "val-00000.tar"
     b = bytearray(shard.read_bytes())
     b[int(row["offset"]) + int(row["size"]) // 2] ^= 0x01
     shard.write_bytes(bytes(b))
+    lists = root / "lists"  # CSV lists and class files a user hands prepare (issue 21, items 3 and 5)
+    lists.mkdir()
+    for name, raw in {"binary.csv": bytes(range(256)), "utf16.csv": "path,label\nphoto.png,0\n".encode("utf-16"),
+                      "latin1.csv": b"path,label\n../photo.png,caf\xe9\n", "latin1_path.csv": b"caf\xe9.png,0\n",
+                      "empty.csv": b"", "nul.csv": b"../photo.png,0\x00\n", "wide.csv": b"../photo.png,0,train,extra\n",
+                      "wider.csv": b"path,label\n../photo.png,0,val\n", "split.csv": b"../photo.png,0,holdout\n",
+                      "label.csv": b"path,label\n../photo.png,4000000000\n"}.items():
+        (lists / name).write_bytes(raw)
+    import io
+    import tarfile
+    with tarfile.open(lists / "shard-train-000.tar", "w") as tar:  # a WebDataset shard whose .cls is absurd
+        for member, raw in (("a.jpg", (root / "photo.png").read_bytes()), ("a.cls", b"4000000000")):
+            info = tarfile.TarInfo(member)
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+    kaggle = root / "kaggle"  # Kaggle's layout, its class file binary
+    (kaggle / "ILSVRC" / "Data" / "CLS-LOC" / "train" / "n01440764").mkdir(parents=True)
+    shutil.copy(root / "photo.png", kaggle / "ILSVRC" / "Data" / "CLS-LOC" / "train" / "n01440764" / "a.JPEG")
+    (kaggle / "LOC_synset_mapping.txt").write_bytes(b"n01440764 tench\n\x00\x01\x02")
     return {"root": root, "data": data, "ckpt": run / "last.pt", "photo": root / "photo.png"}
 
 
@@ -68,6 +96,13 @@ CASES = [  # (argv with {data} {ckpt} {photo} {root} placeholders, a phrase the 
     (["train", "--data", "{data}", "--freeze", "some"], "train.freeze"),
     (["train", "--data", "{data}", "--preset", "quick", "--init", "{root}/nothing.pth", "--out", "{root}/o4"],
      "weights file not found"),
+    (["train", "--data", "{data}", "--config", "{root}/cfg/latin1.yaml"], "latin1.yaml line 2 is not UTF-8 text (byte 0xe9"),
+    (["train", "--data", "{data}", "--config", "{root}/cfg/utf16.yaml"], "utf16.yaml is UTF-16 or UTF-32 text"),
+    (["train", "--data", "{data}", "--config", "{root}/cfg/binary.toml"], "binary.toml line 1 holds a NUL byte"),
+    (["train", "--data", "{data}", "--config", "{root}/cfg/section.yaml"], "train is a section: give its keys"),
+    (["train", "--data", "{data}", "--config", "{root}/cfg/broken.yaml"], "does not parse: expected the node content"),
+    (["train", "--data", "{data}", "--config", "{root}/cfg"], "is not a regular file"),
+    (["prepare", "{root}/loose", "{root}/p-loose"], "holds 2 image file(s) but no class folders"),
     # evaluate
     (["evaluate", "{ckpt}", "--data", "{data}", "--batch-size", "0"], "must be at least 1, got 0"),
     (["evaluate", "{ckpt}", "--data", "{data}", "--batch-size", "-1"], "must be at least 1, got -1"),
@@ -85,6 +120,12 @@ CASES = [  # (argv with {data} {ckpt} {photo} {root} placeholders, a phrase the 
     (["predict", "{photo}", "--checkpoint", "{ckpt}", "--json", R + "/p.json"], "cannot create the folder"),
     (["predict", "{photo}", "--checkpoint", "{ckpt}", "--sheet", R + "/s.png"], "cannot create the folder"),
     (["predict", "{photo}"], "give exactly one of a checkpoint or --weights"),
+    # issue 21, item 9: one reader for every CKPT, --init and --weights; no terminal escape bytes in a message
+    (["predict", "{photo}", "--checkpoint", "{root}/objects.pth"], "pickles Python objects (pathlib."),
+    (["filters", "{root}/objects.pth"], "pickles Python objects (pathlib."),
+    (["train", "--data", "{data}", "--preset", "quick", "--init", "{root}/objects.pth", "--out", "{root}/o6"],
+     "pickles Python objects (pathlib."),
+    (["train", "--data", "{data}", "--config", "{root}/no\x1b[31mne.yaml"], "config file not found: "),
     # features, neighbors
     (["features", "{ckpt}", "--data", "{data}", "--out", R + "/f.npy"], "cannot create the folder"),
     (["features", "{ckpt}", "--data", "{data}", "--out", "{root}/f.npy", "--device", "nonsense"], "unknown device"),
@@ -117,6 +158,18 @@ CASES = [  # (argv with {data} {ckpt} {photo} {root} placeholders, a phrase the 
     (["bench", "train", "--json", R + "/b.json"], "cannot create the folder"),
     (["bench", "data"], "needs --data"),
     (["bench", "train", "--batch-size", "0"], "must be at least 1"),
+    # issue 21, items 3 and 5: CSV lists and class files that are not what we expect; absurd labels
+    (["prepare", "{root}/lists/binary.csv", "{root}/pl"], "binary.csv line 1 holds a NUL byte"),
+    (["prepare", "{root}/lists/utf16.csv", "{root}/pl"], "utf16.csv is UTF-16 or UTF-32 text: save it as UTF-8"),
+    (["prepare", "{root}/lists/latin1.csv", "{root}/pl"], "latin1.csv line 2 is not UTF-8 text (byte 0xe9)"),
+    (["prepare", "{root}/lists/latin1_path.csv", "{root}/pl"], "latin1_path.csv line 1: the path holds byte 0xe9"),
+    (["prepare", "{root}/lists/nul.csv", "{root}/pl"], "nul.csv line 1 holds a NUL byte"),
+    (["prepare", "{root}/lists/wide.csv", "{root}/pl"], "wide.csv line 1: 4 columns, but a list without a header"),
+    (["prepare", "{root}/lists/wider.csv", "{root}/pl"], "wider.csv line 2: 3 columns, but the header row has 2"),
+    (["prepare", "{root}/lists/split.csv", "{root}/pl"], "split.csv line 1: split 'holdout' is none of train"),
+    (["prepare", "{root}/lists/label.csv", "{root}/pl"], "label.csv line 2: label 4000000000 is not a class number"),
+    (["prepare", "{root}/lists/shard-train-000.tar", "{root}/pl"], "sample a (a.cls): label 4000000000 is not a class"),
+    (["prepare", "{root}/kaggle", "{root}/pl"], "LOC_synset_mapping.txt line 2 holds a NUL byte"),
     # prepare, serve
     (["prepare", "{root}/nowhere", "{root}/p1"], "not found"),
     (["prepare", "{root}/empty", "{root}/p2", "--workers", "-1"], "must be at least 0"),
@@ -159,6 +212,8 @@ def test_a_mistake_is_one_line_status_2_and_writes_nothing(world, capsys, argv, 
     lines = [line for line in err.strip().splitlines() if "error:" in line]
     assert len(lines) == 1 and err.strip().endswith(lines[0]) and "Traceback" not in err, err
     assert phrase in lines[0], lines[0]
+    assert len(lines[0]) <= 600, f"{len(lines[0])} characters: say what is wrong and what to do, not everything"
+    assert not any(c in lines[0] for c in "\x1b\x07\r"), lines[0]  # terminal escapes and controls stripped
     assert snapshot(world["root"]) == before  # nothing written, nothing half-written
     assert not os.path.exists("/proc/alexnet-read-only")
 

@@ -387,3 +387,42 @@ def test_a_rebuilt_shard_that_differs_remakes_its_split_and_a_format_1_set_is_re
     assert "format 1" not in capsys.readouterr().out
     prep.prepare(src, tmp_path / "fresh", size=72, workers=0, progress=False)
     assert same_files(data, tmp_path / "fresh")
+
+
+# ------------------------------------------------------------------ issue 21, item 5: absurd sizes
+
+def wds_shard(path: Path, members: dict[str, bytes]) -> Path:
+    import tarfile
+    with tarfile.open(path, "w") as tar:
+        for name, raw in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+    return path
+
+
+def test_a_long_cls_member_is_skipped_unread(tmp_path, capsys):
+    """A .cls of 100 kB of digits was read whole and then int() of it raised ValueError (Python's
+    4300-digit limit): a traceback. Now a .cls longer than a class number is not read."""
+    png = io.BytesIO()
+    Image.new("RGB", (40, 40), (9, 90, 200)).save(png, "PNG")
+    shard = wds_shard(tmp_path / "shard-train-000.tar", {"a.png": png.getvalue(), "a.cls": b"1",
+                                                         "b.png": png.getvalue(), "b.cls": b"7" * 100_000})
+    assert cli.main(["prepare", str(shard), str(tmp_path / "out"), "--workers", "0", "--size", "32"]) == 0
+    skipped = json.loads((tmp_path / "out" / "manifest.json").read_text())["splits"]["train"]["skipped"]
+    assert skipped == [{"path": "shard-train-000.tar/b", "reason": ".cls is 100,000 bytes long, not a class number "
+                                                                   "(not read)"}]
+
+
+def test_a_parquet_label_of_four_billion_is_one_line(tmp_path, capsys):
+    """A class table of max(label) + 1 entries: 4,000,000,001 of them, a MemoryError traceback."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+    png = io.BytesIO()
+    Image.new("RGB", (40, 40)).save(png, "PNG")
+    table = pa.table({"image": [{"bytes": png.getvalue(), "path": "a.png"}] * 3, "label": [0, 4_000_000_000, 2]})
+    pq.write_table(table, tmp_path / "train-00000-of-00001.parquet")
+    line, _ = one_line(capsys, cli.main(["prepare", str(tmp_path / "train-00000-of-00001.parquet"),
+                                         str(tmp_path / "out")]))
+    assert "train-00000-of-00001.parquet: row 1 (column label): label 4000000000 is not a class number" in line
+    assert not (tmp_path / "out").exists()

@@ -132,3 +132,34 @@ def test_keep_aspect_and_encode():
     back = np.asarray(Image.open(io.BytesIO(encode_jpeg(arr, 90))))
     assert back.shape == arr.shape and psnr(arr, back) > 35
     assert encode_jpeg(arr, 90) == encode_jpeg(arr, 90)  # deterministic
+
+
+def test_formats_pillow_opens_but_we_do_not_read_are_not_images():
+    """Only the formats of decode.FORMATS are read: TGA has no signature junk could be told from,
+    and the others are no photo formats (issue 21, item 5: look at the first bytes first)."""
+    img = Image.new("RGB", (8, 8), (1, 2, 3))
+    for fmt in ("TGA", "ICO", "PCX", "SGI"):
+        with pytest.raises(BadImage, match="not an image: starts with"):
+            open_rgb(save(img, fmt))
+
+
+@pytest.mark.parametrize("error", [RuntimeError("Failed to decode image: Missing or empty image item"),
+                                   TypeError("'str' object cannot be interpreted as an integer"),
+                                   KeyError("strip offsets"), IndexError("list index out of range")])
+def test_any_decoder_error_is_a_bad_image_naming_its_class(monkeypatch, error):
+    """Issue 21, item 4: libavif's RuntimeError and a TypeError inside Pillow's TIFF reader escaped
+    open_rgb (and stopped prepare, predict, evaluate; serve answered 500)."""
+    def broken(self):
+        raise error
+    monkeypatch.setattr("PIL.ImageFile.ImageFile.load", broken)
+    with pytest.raises(BadImage, match=f"truncated or damaged PNG \\({type(error).__name__} in the decoder: "):
+        open_rgb(save(Image.new("RGB", (8, 8)), "PNG"))
+
+
+def test_memory_errors_are_not_taken_for_damaged_files(monkeypatch):
+    """Out of memory is the machine's state, not the file's: it must stop the job, not skip files."""
+    def broken(self):
+        raise MemoryError()
+    monkeypatch.setattr("PIL.ImageFile.ImageFile.load", broken)
+    with pytest.raises(MemoryError):
+        open_rgb(save(Image.new("RGB", (8, 8)), "PNG"))

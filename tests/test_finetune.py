@@ -214,6 +214,44 @@ def test_the_paper_network_starts_from_its_own_checkpoint(tiny, tmp_path, capsys
     assert not torch.equal(a["fc8.weight"], b["fc8.weight"])
 
 
+def test_init_from_our_checkpoint_adopts_its_model_settings(tiny, tmp_path, capsys):
+    """The README's `alexnet train --init runs/x/best.pt --freeze features --data prepared/mine`
+    for a run of another preset (issue 21, item 14): the checkpoint's model settings, not the
+    paper preset's, unless the command line writes them; a conflict names both sides."""
+    train(config.resolve("quick", sets=sets(tiny, tmp_path / "x", "model.width=0.25", "model.hidden=64")),
+          progress=False)
+    best = tmp_path / "x" / "best.pt"
+    more = lambda out: [a for s in sets(tiny, tmp_path / out)[1:] for a in ("--set", s)]  # noqa: E731 (no model.*)
+    assert cli.main(["train", "--init", str(best), "--freeze", "features", "--data", str(tiny), *more("ft")]) == 0
+    printed = capsys.readouterr().out
+    assert f"model settings from {best}: " in printed
+    assert "model.width=0.25 (not 1.0)" in printed and "model.hidden=64 (not 4096)" in printed
+    assert "model.norm=batchnorm" in printed and "0 tensor(s) re-initialised" in printed
+    source, state = checkpoint.load(best), checkpoint.load(tmp_path / "ft" / "last.pt")
+    assert state["config"]["model"] == source["config"]["model"] and state["config"]["preset"] == "paper"
+    assert all(torch.equal(state["model"][k], source["model"][k]) for k in source["model"] if k.startswith("conv"))
+    # the same command continues the run: its checkpoint's settings are the adopted ones
+    assert cli.main(["train", "--init", str(best), "--freeze", "features", "--data", str(tiny), *more("ft"),
+                     "--set", "train.epochs=2"]) == 0
+    assert "resuming" in capsys.readouterr().out
+
+    assert cli.main(["train", "--init", str(best), "--data", str(tiny), *more("wide"),
+                     "--set", "model.width=0.5"]) == 2  # written: kept, and it does not fit
+    out, err = capsys.readouterr()
+    assert f"{best} holds alexnet2012, width 0.25, hidden 64, norm batchnorm, 10 classes" in err
+    assert "this run builds alexnet2012, width 0.5, hidden 64, norm batchnorm, 10 classes" in err
+    assert "model.width=" not in out and len(err.strip().splitlines()) == 1
+    assert cli.main(["train", "--init", str(best), "--data", str(tiny), *more("owt"), "--model", "alexnet_owt"]) == 2
+    assert f"{best} holds alexnet2012, width 0.25" in capsys.readouterr().err
+
+
+def test_the_keys_a_user_wrote_are_told_from_a_presets(tmp_path):
+    (tmp_path / "c.yaml").write_text("preset: fast\nmodel:\n  hidden: 512\ntrain.epochs: 3\n")
+    keys = config.given([tmp_path / "c.yaml"], ["model.width = 0.5"],
+                        {"--model": ("model.name", "alexnet_owt"), "--epochs": ("train.epochs", None)})
+    assert keys == {"model.hidden", "train.epochs", "model.width", "model.name"}
+
+
 def test_features_and_export_take_weights_too(tv, tmp_path):
     model, path = tv
     folder = tmp_path / "photos" / "val" / "n01440764"

@@ -17,8 +17,8 @@ from alexnet import cli, prepare as prep
 from alexnet.data import store
 from alexnet.data.decode import open_rgb, resize_crop
 from alexnet.errors import UserError
+from conftest import IMAGENETTE, needs_shared
 
-IMAGENETTE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette"
 
 
 def jpeg(arr, **kw):
@@ -284,7 +284,7 @@ def test_cli_prepare_with_worker_processes(tmp_path, capsys):
     assert status == 2 and "source not found" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not IMAGENETTE.is_dir(), reason="../shared/data/imagenette is not present")
+@needs_shared(IMAGENETTE)
 def test_imagenette_is_fully_accounted_for(tmp_path):
     manifest = prep.prepare(IMAGENETTE, tmp_path / "nette", progress=False)
     splits = manifest["splits"]

@@ -55,13 +55,102 @@ def test_an_empty_last_checkpoint_falls_back_and_the_good_one_is_never_rotated_a
 def test_a_diverging_run_never_writes_nan_weights(tiny, tmp_path):
     out = tmp_path / "nan"
     train(cfg(tiny, out, "train.epochs=1"), progress=False)  # a good checkpoint to protect
-    with pytest.raises(Diverged, match="no checkpoint was written with non-finite weights|No checkpoint was written"):
+    # NaN weights, or (since issue 21, item 8) weights that blew up first: at lr 1e12 one step does it
+    with pytest.raises(Diverged, match="no checkpoint was written with non-finite weights|No checkpoint was written"
+                                      "|last.pt was not written"):
         train(cfg(tiny, out, "train.epochs=3", "optim.lr=1e12", "schedule.warmup_epochs=0",
                   "train.checkpoint_every=1", "train.log_every=1000"), progress=False)
     for name in ("last.pt", "last.prev.pt"):
         if (out / name).exists():
             state = checkpoint.load(out / name)["model"]
             assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()), name
+
+
+# lr 1e3 (25,000x the preset's), from the end of a good first epoch: the weights' norm grows ~30x in
+# the first step of epoch 2 and ~1e7x by the third, while the loss stays finite for two steps
+# (batch norm hides the weights' scale); before the check, last.pt then held max |w| ~6e19. fp32:
+# bf16 autocast (precision auto on AVX512-BF16 CPUs) would move the step at which they blow up.
+BLOW_UP = ["train.epochs=3", "optim.lr=1e3", "schedule.warmup_epochs=0", "train.checkpoint_every=1",
+           "train.log_every=1", "train.precision=fp32"]
+
+
+def params_of(state: dict) -> dict:
+    """The parameters of a checkpoint's model (its buffers left out: batch norm's running_var of
+    conv1 is ~1e3 in a healthy network fed 0-255 pixels)."""
+    from alexnet.model import build
+    names = {n for n, _ in build("alexnet2012", 10, norm="batchnorm", width=0.25, hidden=64).named_parameters()}
+    return {k: v for k, v in state["model"].items() if k in names}
+
+
+def test_weights_that_blow_up_while_finite_are_not_saved_and_the_run_resumes_from_last_pt(tiny, tmp_path, capsys):
+    """issue 21, item 8: the weights blew up (max |w| 6e19 here before, 6.6e19 in the issue) and were saved
+    as last.pt while still finite, before the loss turned NaN; every resume from them diverged at
+    once. Now that save is refused, last.pt stays the last good one, and the one-line error says
+    to resume from it and what to change."""
+    out = tmp_path / "blow"
+    train(cfg(tiny, out, "train.epochs=1", "train.precision=fp32"), progress=False)
+    good = checkpoint.load(out / "last.pt")
+    assert cli.main(args(tiny, out, *BLOW_UP)) == 2
+    for name in ("last.pt", "last.prev.pt"):  # no exploded copy anywhere (before: last.pt max |w| ~1e27)
+        if (out / name).exists():
+            biggest = max(t.abs().max().item() for t in params_of(checkpoint.load(out / name)).values())
+            assert biggest < 100, (name, biggest)
+    kept = checkpoint.load(out / "last.pt")
+    assert (kept["epoch"], kept["step"]) == (1, 0)
+    for key, value in params_of(good).items():
+        assert torch.equal(params_of(kept)[key], value), key  # the good one, untouched
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    # "diverged": what `alexnet ablate` tells a failed run from a mistake in its input by
+    assert "training diverged" in line and "grew" in line and "so last.pt was not written" in line, line
+    assert f"run the same command to resume from {out / 'last.pt'} (epoch 2, step 0" in line, line
+    assert "lower optim.lr (now 1000; e.g. --set optim.lr=100)" in line and "schedule.warmup_epochs" in line, line
+    # the same command with the preset's lr goes on from the good last.pt
+    summary = train(cfg(tiny, out, *BLOW_UP[:1], *BLOW_UP[3:], "optim.lr=0.04"), progress=False)
+    assert summary["epochs_done"] == 3
+    assert all(torch.isfinite(t).all() for t in params_of(checkpoint.load(out / "last.pt")).values())
+
+
+def test_a_last_pt_saved_on_the_way_to_a_blow_up_sends_the_resume_to_best_pt(tiny, tmp_path, monkeypatch, capsys):
+    """A last.pt that holds blown-up weights (written by an alexnet without the check, here by
+    turning the check off) diverges again at once on resume even at the preset's lr; the error
+    then names best.pt, and a resume from it (no optimizer state: said) trains on."""
+    from alexnet import loop
+    out = tmp_path / "poisoned"
+    train(cfg(tiny, out, "train.epochs=1", "train.precision=fp32"), progress=False)
+    with monkeypatch.context() as m:  # what HEAD did: no check, the exploded weights saved
+        for rule in ("NORM_GROWTH", "LOSS_JUMP"):
+            m.setattr(loop, rule, float("inf"), raising=False)
+        with pytest.raises(Diverged):
+            train(cfg(tiny, out, *BLOW_UP), progress=False)
+    assert max(t.abs().max().item() for t in params_of(checkpoint.load(out / "last.pt")).values()) > 1e6
+    assert cli.main(args(tiny, out, "train.epochs=3", "train.precision=fp32")) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{out / 'last.pt'}, where this run resumed, holds weights" in line, line
+    assert f"then resume from best.pt: the same command with --resume {out / 'best.pt'}" in line, line
+    summary = train(cfg(tiny, out, "train.epochs=3", "train.precision=fp32"), resume=str(out / "best.pt"),
+                    progress=True)
+    said = capsys.readouterr().out
+    assert "best.pt holds no optimizer state" in said and "momentum from zero" in said
+    assert summary["epochs_done"] == 3
+    assert max(t.abs().max().item() for t in params_of(checkpoint.load(out / "last.pt")).values()) < 100
+
+
+def test_the_blow_up_rules_need_an_order_of_magnitude_and_spare_a_high_start():
+    from alexnet.loop import BlowUpGuard
+    guard = BlowUpGuard(10, norm=20.0, since="the start")
+    # a fine-tuning run that starts far above chance (ln 10 = 2.3) and learns, with a warm-up bump
+    for loss in (40.0, 30.0, 12.0, 5.0, 2.3, 1.0, 0.3, 0.05, 0.4, 2.0, 0.2):
+        assert guard.loss(loss) is None, loss
+    assert guard.weights(199.0) is None and guard.weights(1.0) is None  # shrinking is no blow-up
+    assert "grew 11x, from 20 at the start to 220" in guard.weights(220.0)
+    assert "overflows float32" in guard.weights(float("inf"))
+    guard.passed(200.0, "last.pt of epoch 2, step 0")
+    assert guard.weights(1000.0) is None and "from 200 at last.pt of epoch 2, step 0" in guard.weights(2001.0)
+    low = BlowUpGuard(10, norm=20.0, since="the start")
+    for _ in range(8):
+        low.loss(0.01)
+    assert low.loss(5.0) is None  # 500x its level, but within 10x chance: a bad batch, not a blow-up
+    assert "is 3,000x its running level 0.01 and 13x chance (ln 10)" in low.loss(30.0)
 
 
 def test_nan_in_batch_norm_statistics_counts_as_divergence():

@@ -27,6 +27,7 @@ from alexnet.data.decode import open_rgb
 from alexnet.features import neighbours, write_features
 from alexnet.plots import kernel_grid
 from alexnet.train import train
+from conftest import terminate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,13 +91,7 @@ class Server:
         return self.request("POST", f"/v1/predict{query}", body, {"Content-Type": kind})
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self.proc.stdout.close()
 
 
@@ -343,6 +338,23 @@ def test_full_queue_answers_503_and_sigterm_drains_the_requests_in_flight(traine
         server.stop()
 
 
+def test_sigterm_as_the_server_starts_stops_it(trained, tmp_path):
+    """A scheduler's SIGTERM right after the URL is printed, before uvicorn's own handlers are in
+    place: it was dropped and the server ran on for ever; now it stops, status 0, and says why."""
+    proc = subprocess.Popen([sys.executable, "-m", "alexnet", "serve", "--port", "0", "--device", "cpu",
+                             "--checkpoint", str(trained["ckpt"])], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert "http://127.0.0.1:" in proc.stdout.readline()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0 and "stopped (SIGTERM)" in out, out
+
+
 def test_host_warning_and_port_in_use(trained, monkeypatch, capsys):
     import uvicorn
 
@@ -368,9 +380,9 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 def test_the_page_in_a_real_browser(server, trained, tmp_path):
     if not Path(CHROMIUM).is_file():
-        pytest.skip(f"no {CHROMIUM}: Debian's chromium is not installed (.ci/run installs it with apt-get)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed "
-                                                                 "(.ci/run installs it with pip)")
+        pytest.skip(f"needs a browser at {CHROMIUM} (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs Playwright for Python "
+                                                                 "(pip install -e '.[browser]')")
     photo = trained["photos"][4]
     path = tmp_path / "shape.png"
     path.write_bytes(photo["png"])
@@ -382,6 +394,7 @@ def test_the_page_in_a_real_browser(server, trained, tmp_path):
             page = browser.new_page(viewport={"width": 1100, "height": 900})
             page.goto(f"http://127.0.0.1:{server.port}/")
             page.wait_for_function("document.getElementById('model').textContent.includes('classes')")
+            validation = page.eval_on_selector("#validation", "e => e.hidden ? '' : e.textContent")
             page.set_input_files("#file", str(path))
             page.wait_for_function("document.querySelectorAll('#bars .bar').length === 5", timeout=30_000)
             page.wait_for_function("[...document.querySelectorAll('#neighbours img, #filters')]"
@@ -395,5 +408,22 @@ def test_the_page_in_a_real_browser(server, trained, tmp_path):
             browser.close()
     assert names == [p["name"] for p in want["predictions"]]
     assert shown == [f"{100 * p['probability']:.1f}%" for p in want["predictions"]]
+    best = torch.load(trained["ckpt"], weights_only=False)["best"]  # the run's best validation, on the page
+    assert validation.startswith(f"validation top-1 {100 * best['top1']:.2f}%, top-5 {100 * best['top5']:.2f}%")
     assert photo_width == Image.open(path).width
     assert (tmp_path / "serve-page.png").stat().st_size > 10_000
+
+
+def test_the_page_says_when_the_model_is_at_chance_and_top5_is_meaningless():
+    """Issue 21, item 15: /v1/model carries the run's best validation figures with the notes the
+    page shows first: a top-1 at chance, and no top-5 figure for 5 classes or fewer."""
+    from types import SimpleNamespace
+
+    from alexnet.serve.app import validation_of
+    classes = [{"id": str(i), "name": str(i)} for i in range(3)]
+    dead = validation_of(SimpleNamespace(validation={"top1": 0.34, "top5": 1.0, "epoch": 4.0}, classes=classes))
+    assert dead["at_chance"] and dead["top5"] is None and len(dead["notes"]) == 2
+    assert "chance level for 3 classes" in dead["notes"][0] and "top-5 counts every image right" in dead["notes"][1]
+    fine = validation_of(SimpleNamespace(validation={"top1": 0.8, "top5": 0.95, "epoch": 2.0}, classes=classes * 4))
+    assert not fine["at_chance"] and fine["top5"] == 0.95 and fine["notes"] == []
+    assert validation_of(SimpleNamespace(validation=None, classes=classes)) is None

@@ -12,8 +12,8 @@ from PIL import Image
 from alexnet.data import sources
 from alexnet.data.classes import ilsvrc2012
 from alexnet.errors import UserError
+from conftest import IMAGENETTE, needs_shared
 
-IMAGENETTE = Path(__file__).resolve().parents[2] / "shared/data/imagenette"
 STANDARD = [c.id for c in ilsvrc2012()]
 TENCH, SPRINGER, TISSUE = "n01440764", "n02102040", "n15075141"  # ILSVRC indices 0, 217, 999
 
@@ -373,9 +373,8 @@ def test_unrecognised_and_missing_sources(tmp_path):
 
 # ---------------------------------------------------------------------------- real imagenette
 
+@needs_shared(IMAGENETTE)
 def test_imagenette_as_shared():
-    if not IMAGENETTE.is_dir():
-        pytest.skip(f"{IMAGENETTE} is not here")
     listing = sources.list_source(IMAGENETTE)
     wnids = sorted("n01440764 n02102040 n02979186 n03000684 n03028079 n03394916 n03417042 "
                    "n03425413 n03445777 n03888257".split())

@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 
 from ..errors import UserError
 from .classes import describe, ilsvrc2012
-from .sources import HINTS, Listing, Sample, label_samples
+from .sources import HINTS, Listing, Sample, check_label, label_samples
 
 
 # ---------------------------------------------------------------------------- tar helpers
@@ -102,11 +102,24 @@ def _ilsvrc_devkit(path: Path) -> tuple[dict[int, str], list[str]]:
     missing = [end for end, data in wanted.items() if data is None]
     if missing:
         raise UserError(f"{path} lacks {' and '.join(missing)}; is it the ILSVRC-2012 devkit?")
-    synsets = np.atleast_1d(scipy.io.loadmat(io.BytesIO(wanted["data/meta.mat"]), squeeze_me=True)["synsets"])
-    # the classes are the leaves of the devkit's synset tree (ILSVRC2012_ID 1..1000); the inner
-    # nodes (ID > 1000) are WordNet ancestors that no image is labelled with
-    leaves = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets if int(s["num_children"]) == 0}
-    truth = wanted["data/ILSVRC2012_validation_ground_truth.txt"].decode().splitlines()
+    try:
+        synsets = np.atleast_1d(scipy.io.loadmat(io.BytesIO(wanted["data/meta.mat"]), squeeze_me=True)["synsets"])
+        # the classes are the leaves of the devkit's synset tree (ILSVRC2012_ID 1..1000); the inner
+        # nodes (ID > 1000) are WordNet ancestors that no image is labelled with
+        leaves = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets if int(s["num_children"]) == 0}
+    except MemoryError:
+        raise
+    except Exception as e:  # scipy's .mat reader raises any kind of error on damaged bytes
+        raise UserError(f"{path}: its data/meta.mat is not the devkit's class table ({type(e).__name__}: "
+                        f"{(str(e).splitlines() or [''])[0][:120]}); fetch {ILSVRC_DEVKIT} again") from None
+    raw = wanted["data/ILSVRC2012_validation_ground_truth.txt"]
+    try:
+        if b"\x00" in raw:
+            raise ValueError("it holds NUL bytes")
+        truth = raw.decode("utf-8").splitlines()
+    except ValueError as e:  # UnicodeDecodeError is one
+        raise UserError(f"{path}: its data/ILSVRC2012_validation_ground_truth.txt is not a text file of class "
+                        f"numbers ({e}); fetch {ILSVRC_DEVKIT} again") from None
     return leaves, truth
 
 
@@ -171,6 +184,7 @@ def list_ilsvrc(src: Path) -> Listing:
 # -------------------------------------------------------------------------------- webdataset
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp", "tif", "tiff")  # first present wins
+CLS_BYTES = 32  # a .cls member holds a class number as text: a longer one is not read, and is no label
 
 
 def _shard_split(name: str) -> str:
@@ -211,7 +225,7 @@ def list_webdataset(src: Path) -> Listing:
                 cls = parts.get("cls")
                 intact = all(m.offset_data + m.size <= end_of_file for m in (image, cls) if m is not None)
                 text = ""
-                if cls is not None and intact:  # reading a cut member would raise
+                if cls is not None and intact and cls.size <= CLS_BYTES:  # reading a cut member would raise
                     text = tar.extractfile(cls).read().decode("utf-8", "replace").strip()
                 if image is None:
                     reason = f"no image member (has {', '.join('.' + e for e in sorted(parts))})"
@@ -219,10 +233,13 @@ def list_webdataset(src: Path) -> Listing:
                     reason = TRUNCATED
                 elif cls is None:
                     reason = "no .cls member (the label)"
+                elif cls.size > CLS_BYTES:
+                    reason = f".cls is {cls.size:,} bytes long, not a class number (not read)"
                 elif not re.fullmatch(r"[0-9]+", text):
                     reason = f".cls holds {text[:20]!r}, not a class number"
-                else:
-                    rows.append((f"{shard.name}/{key}", int(text), str(shard), image.offset_data, image.size))
+                else:  # a label beyond MAX_CLASSES stops the listing before a table of that size is made
+                    label = check_label(text, f"{shard}: sample {key} ({cls.name})")
+                    rows.append((f"{shard.name}/{key}", label, str(shard), image.offset_data, image.size))
                     continue
                 skips.append({"path": f"{shard.name}/{key}", "reason": reason})
     labels = {label for rows in pending.values() for _, label, *_ in rows}

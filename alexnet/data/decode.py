@@ -11,6 +11,24 @@ bytes, not the file name; every mode is converted to 8-bit RGB (alpha is composi
 16-bit values keep their top 8 bits); anything that cannot be decoded raises BadImage with a
 reason, so that callers skip and report it.
 
+One rule for damaged files (issue 21, item 4): whatever exception a decoder raises while a file is
+opened, loaded or converted (libavif's RuntimeError, a TypeError inside Pillow's TIFF reader, ...)
+is the file's fault and becomes BadImage naming the format, the exception's class and the first
+line of its message; only MemoryError (the machine's, not the file's) and interrupts go through.
+prepare, predict, evaluate and serve all decode through open_rgb, so each of them skips such a file
+with its reason (serve: a 400).
+
+Formats (FORMATS): JPEG, PNG, GIF, BMP, WebP, TIFF (8- and 16-bit), AVIF, PNM (PBM/PGM/PPM) and
+JPEG 2000, told apart by their first bytes (sniff()) as Pillow's own plugins tell them, and only
+that format's decoder is run. Other formats Pillow can open (TGA, PSD, ICO, PCX, EPS, ...) are
+refused as not an image: they are no photo formats, TGA and others have no signature junk could be
+told from, and EPS would run Ghostscript on the bytes.
+
+Junk costs no memory (issue 21, item 5): read_file() reads a file's first HEAD bytes and checks
+them and the file's size (at most max_file_bytes(), by default MAX_FILE_BYTES; the environment
+variable ALEXNET_MAX_FILE_MB sets another) before it reads the file whole, so a 1.5 GB file of
+zeros named .jpg is skipped after reading HEAD bytes.
+
 Size limit: an image is refused only when what would be *decoded* exceeds the limit, by default
 Pillow's hard decompression-bomb limit (2 x PIL.Image.MAX_IMAGE_PIXELS, ~179 MP); the environment
 variable ALEXNET_MAX_PIXELS sets another. A JPEG is decoded at reduced scale (below), so a 108 MP
@@ -45,12 +63,97 @@ RESAMPLE = Image.Resampling.BICUBIC
 # 4-6 dB against a full decode. Leaving 1.5x for the antialiased resize keeps it within 1 dB.
 DRAFT_MARGIN = 1.5
 MAX_PIXELS_ENV = "ALEXNET_MAX_PIXELS"
+MAX_FILE_ENV = "ALEXNET_MAX_FILE_MB"
+# bytes of one image file read whole: the size of the largest uncompressed 16-bit RGB TIFF within
+# the default pixel limit (2 x 89,478,485 px x 6 bytes, 4 bytes short of 1 GiB); a photo is far less
+MAX_FILE_BYTES = 1 << 30
 MAX_ASPECT = 4.0  # --keep-aspect stores at most this longer/shorter side ratio (the central part)
 JPEG_START = b"\xff\xd8\xff"
+HEAD = 32  # bytes sniff() looks at (Pillow's plugins look at 16; BMP's DIB header size lies at 14..17)
+# Pillow's format name -> what a reader calls it; sniff() tells each from its first bytes
+FORMATS = {"JPEG": "JPEG", "PNG": "PNG", "GIF": "GIF", "BMP": "BMP", "WEBP": "WebP", "TIFF": "TIFF",
+           "AVIF": "AVIF", "PPM": "PNM", "JPEG2000": "JPEG 2000"}
+_BMP_HEADERS = (12, 40, 52, 56, 64, 108, 124)  # DIB header sizes after the 14-byte file header (Pillow's list)
 
 
 class BadImage(ValueError):
     """The bytes are not a decodable image; the message is the reason recorded in the manifest."""
+
+
+def sniff(head: bytes) -> str | None:
+    """The format of a file (a key of FORMATS) from its first HEAD bytes, or None when they are
+    not those of any format decoded here. The checks are Pillow's plugins' own (`_accept`), with
+    BMP's and PNM's tightened so that text starting "BM" or "P3" is not taken for an image."""
+    if head.startswith(JPEG_START):
+        return "JPEG"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if head[:2] == b"BM" and len(head) >= 18 and int.from_bytes(head[14:18], "little") in _BMP_HEADERS:
+        return "BMP"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):  # classic and BigTIFF
+        return "TIFF"
+    if head[4:8] == b"ftyp" and head[8:12] in (b"avif", b"avis", b"mif1", b"msf1"):
+        return "AVIF"
+    if head[:1] == b"P" and head[1:2] in (b"1", b"2", b"3", b"4", b"5", b"6") and head[2:3].isspace():
+        return "PPM"
+    if head.startswith((b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  \r\n\x87\n")):
+        return "JPEG2000"
+    return None
+
+
+def _not_an_image(head: bytes) -> BadImage:
+    return BadImage(f"not an image: starts with {head[:8]!r}, which is none of the formats read here "
+                    f"({', '.join(FORMATS.values())})")
+
+
+def max_file_bytes() -> tuple[int | None, str]:
+    """(the most bytes one image file may hold to be read whole, where that limit comes from)."""
+    value = os.environ.get(MAX_FILE_ENV)
+    if value:
+        try:
+            limit = int(float(value) * (1 << 20))
+        except ValueError:
+            raise UserError(f"{MAX_FILE_ENV}={value!r} is not a number of megabytes (e.g. 2048)") from None
+        return (limit if limit > 0 else None), MAX_FILE_ENV
+    return MAX_FILE_BYTES, f"the default; set {MAX_FILE_ENV}=<MiB> to change it"
+
+
+def check_head(head: bytes, size: int) -> str:
+    """The format of a file of `size` bytes whose first bytes are `head` (at least HEAD of them,
+    fewer only when the file is shorter), checked before the file is read whole.
+    Raises BadImage: empty, not one of FORMATS, or larger than max_file_bytes()."""
+    if size == 0:
+        raise BadImage("empty file (0 bytes)")
+    fmt = sniff(head)
+    if fmt is None:
+        raise _not_an_image(head)
+    limit, source = max_file_bytes()
+    if limit is not None and size > limit:
+        raise BadImage(f"file of {size:,} bytes is over the limit of {limit:,} bytes for one {FORMATS[fmt]} "
+                       f"image ({source}); it was not read")
+    return fmt
+
+
+def read_file(path: str | os.PathLike, offset: int = -1, size: int = -1) -> bytes:
+    """The bytes of an image file (or of the `size` bytes at `offset` inside one, an archive
+    member), read whole only once its first bytes and its size have passed check_head().
+    Raises BadImage (not an image, over the size limit), OSError (cannot be read, or ends early)."""
+    with open(path, "rb") as f:
+        if offset < 0:
+            size = os.fstat(f.fileno()).st_size
+        else:
+            f.seek(offset)
+        head = f.read(min(HEAD, size))
+        check_head(head, size)
+        data = head + f.read(size - len(head))
+    if len(data) != size:
+        raise OSError(f"{os.fspath(path)} ends before the {size:,} bytes at offset {offset:,} do "
+                      f"(truncated archive?)" if offset >= 0 else f"{os.fspath(path)} became shorter while it was read")
+    return data
 
 
 def max_pixels() -> tuple[int | None, str]:
@@ -74,15 +177,20 @@ def _too_large(width: int, height: int, kind: str, decoded: tuple[int, int] | No
                     f"to change it")
 
 
-def _open(data: bytes) -> Image.Image:
-    """A lazily decoded image. JPEGs skip Image.open's size check: it would refuse a 108 MP camera
-    photo before draft() had a chance to decode it at 1/8 scale; open_rgb checks what is decoded."""
+def _open(data: bytes, fmt: str) -> Image.Image:
+    """A lazily decoded image of format `fmt` (sniff()'s). JPEGs skip Image.open's size check: it
+    would refuse a 108 MP camera photo before draft() had a chance to decode it at 1/8 scale;
+    open_rgb checks what is decoded."""
     fp = io.BytesIO(data)
-    if data.startswith(JPEG_START):
+    if fmt == "JPEG":
         return JpegImagePlugin.JpegImageFile(fp)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit is checked after
-        return Image.open(fp)
+        return Image.open(fp, formats=[fmt])  # that decoder only: no other plugin guesses at the bytes
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:200] or type(e).__name__
 
 
 def open_rgb(data: bytes, min_side: int | None = None) -> Image.Image:
@@ -90,35 +198,43 @@ def open_rgb(data: bytes, min_side: int | None = None) -> Image.Image:
 
     min_side: the caller will shrink the shorter side to this size; JPEGs at least 3x as large
     are decoded at a reduced scale whose shorter side stays >= 1.5 x min_side (DRAFT_MARGIN).
-    Raises BadImage: empty, not an image, truncated or damaged, or too large (see max_pixels()).
+    Raises BadImage: empty, not one of FORMATS, truncated or damaged (whatever the decoder raised:
+    its class and first line are the reason), or too large (see max_pixels()). MemoryError and
+    interrupts are not the file's and pass through.
     """
     if not data:
         raise BadImage("empty file (0 bytes)")
-    kind = "image"
+    fmt = sniff(data[:HEAD])
+    if fmt is None:
+        raise _not_an_image(data)
+    kind = FORMATS[fmt]
     limit, source = max_pixels()
     try:
-        img = _open(data)
-        kind = img.format or kind
+        img = _open(data, fmt)
         width, height = img.size
-        if min_side and img.format == "JPEG" and min(img.size) >= 2 * DRAFT_MARGIN * min_side:
+        if min_side and fmt == "JPEG" and min(img.size) >= 2 * DRAFT_MARGIN * min_side:
             scale = DRAFT_MARGIN * min_side / min(img.size)
             img.draft("RGB", (math.ceil(img.width * scale), math.ceil(img.height * scale)))
         if limit is not None and img.width * img.height > limit:
             raise _too_large(width, height, kind, img.size, limit, source)
         img.load()
-    except BadImage:
+        try:  # in place: otherwise an upright image is copied whole (~0.1 ms of a 500x375 photo)
+            ImageOps.exif_transpose(img, in_place=True)
+        except Exception:  # a damaged EXIF block must not lose the image: keep it unrotated
+            pass
+        return to_rgb(img)
+    except (BadImage, MemoryError):  # ours, or the machine's memory (never the file's fault)
         raise
-    except UnidentifiedImageError:
-        raise BadImage("not an image (no decoder recognises the bytes)") from None
+    except UnidentifiedImageError:  # the first bytes looked right, the header does not
+        raise BadImage(f"damaged {kind}: the {kind} decoder does not recognise its header") from None
     except Image.DecompressionBombError as e:  # a non-JPEG beyond Pillow's own hard limit
         raise BadImage(f"too large to decode: {e} (Pillow's hard limit for {kind} files)") from None
-    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:  # truncated or damaged data
-        raise BadImage(f"truncated or damaged {kind}: {e}") from None
-    try:  # in place: otherwise an upright image is copied whole (~0.1 ms of a 500x375 photo)
-        ImageOps.exif_transpose(img, in_place=True)
-    except Exception:  # a damaged EXIF block must not lose the image: keep it unrotated
-        pass
-    return to_rgb(img)
+    except (OSError, SyntaxError, ValueError, EOFError) as e:  # what Pillow raises for truncated or damaged data
+        raise BadImage(f"truncated or damaged {kind}: {_first_line(e)}") from None
+    except Exception as e:  # any other decoder failure is the file's too (issue 21, item 4): libavif's
+        # RuntimeError "Missing or empty image item", a TypeError inside Pillow's TIFF reader, ...
+        raise BadImage(f"truncated or damaged {kind} ({type(e).__name__} in the decoder: "
+                       f"{_first_line(e)})") from None
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -126,7 +242,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):  # 16-bit greyscale: keep the top byte
-        a = np.asarray(img).astype(np.int64)
+        a = np.asarray(img).astype(np.int32)  # I is int32 already; int64 would double a 100 MP copy
         if img.mode.startswith("I;16") or a.max(initial=0) > 255:
             a = a >> 8
         return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "L").convert("RGB")

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from .classes import describe, ilsvrc2012
-from .sources import PARQUET_ROW, Listing, Sample
+from .sources import MAX_CLASSES, PARQUET_ROW, Listing, Sample, check_label
 
 BATCH = 64  # rows per record batch read (~7 MB of ImageNet JPEGs)
 
@@ -111,7 +111,11 @@ def list_parquet(src: Path) -> Listing:
             skips.append({"path": rel, "reason": f"unreadable Parquet file: {e}"})
             continue
         names = names or _class_names(schema, label)
-        for row, value in enumerate(labels.fill_null(-1).to_numpy(zero_copy_only=False).tolist()):
+        values = labels.fill_null(-1).to_numpy(zero_copy_only=False)
+        if len(values) and values.max() >= MAX_CLASSES:  # before a table of max+1 classes is made
+            row = int(values.argmax())
+            check_label(int(values[row]), f"{path}: row {row} (column {label})")
+        for row, value in enumerate(values.tolist()):
             key = f"{rel}/{row:09d}"
             if value >= 0:
                 rows.append(Sample(key, int(value), str(path), row, PARQUET_ROW))

@@ -26,7 +26,9 @@ Kinds (`KINDS`):
 
 Class order: sorted class ids (sorted-WNID order for ImageNet); class names that are all integers
 ("0".."999", ImageNetV2's folders) in numeric order. Integer labels in a CSV, WebDataset or
-Parquet source are class numbers themselves ("0".."max").
+Parquet source are class numbers themselves ("0".."max"), so they must be below MAX_CLASSES: a
+larger one (an id or a timestamp in the label column, a damaged .cls) is a UserError naming the
+file and line or sample, raised before the table of max+1 classes would be made.
 
 Samples inside archives are byte ranges (path, offset, size): reading one is a seek and a read,
 so any worker can read any sample without unpacking anything. Every input a lister meets is either
@@ -36,7 +38,6 @@ a file name that is not valid UTF-8 keeps its odd bytes as \\xNN escapes (printa
 """
 from __future__ import annotations
 
-import csv
 import os
 import re
 from dataclasses import dataclass, field
@@ -44,11 +45,17 @@ from pathlib import Path
 
 from ..errors import UserError
 from .classes import ClassInfo, describe
+from .decode import HEAD, check_head, read_file, sniff
+from .layouts import HINTS
+from .textfile import bad_byte, csv_rows, not_utf8, text_lines
 
 KINDS = ("folder", "ilsvrc", "kaggle", "webdataset", "csv", "parquet")
 SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {"validation": "val", "valid": "val"}
 PARQUET_ROW = -2  # Sample.size of a row of a Parquet file (Sample.offset is the row number)
+# integer labels are indices into a class table of max+1 entries: 1,000,000 is 5x the largest class
+# count of a public image set (Google Landmarks v2, 203,094); beyond it a label is a mistake
+MAX_CLASSES = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -75,18 +82,29 @@ class Listing:
 
 
 def read_bytes(sample: Sample) -> bytes:
-    """The encoded bytes of one sample (a whole file, a byte range of an archive, a Parquet row)."""
+    """The encoded bytes of one sample (a whole file, a byte range of an archive, a Parquet row).
+    A file or member is read whole only once its first bytes and its size have passed
+    decode.check_head, so a 1.5 GB file of junk costs decode.HEAD bytes (issue 21, item 5).
+    Raises BadImage (empty, not an image, over the size limit) or OSError (unreadable, truncated)."""
     if sample.size == PARQUET_ROW:
         from .parquet import read_row
-        return read_row(sample.path, sample.offset)
-    with open(sample.path, "rb") as f:
-        if sample.offset < 0:
-            return f.read()
-        f.seek(sample.offset)
-        data = f.read(sample.size)
-    if len(data) != sample.size:
-        raise OSError(f"{sample.path} ends before member {sample.key} does (truncated archive?)")
-    return data
+        data = read_row(sample.path, sample.offset)  # already in memory: its record batch holds it
+        check_head(data[:HEAD], len(data))
+        return data
+    return read_file(sample.path, sample.offset, sample.size)
+
+
+def check_label(label: int | str, where: str) -> int:
+    """`label` (an int, or its decimal digits) as an int when it can be a class number (0 <= label
+    < MAX_CLASSES); else UserError naming `where` (the file and line, or the sample), before any
+    table of label+1 classes is made."""
+    text = str(label)
+    number = int(text) if len(text.lstrip("0")) <= 18 else MAX_CLASSES  # int() refuses 4300+ digits
+    if not 0 <= number < MAX_CLASSES:
+        shown = text if len(text) <= 24 else f"{text[:20]}... ({len(text):,} digits)"
+        raise UserError(f"{where}: label {shown} is not a class number: integer labels number the classes from 0, "
+                        f"and at most {MAX_CLASSES:,} classes are read (alexnet.data.sources.MAX_CLASSES)")
+    return number
 
 
 def split_name(name: str) -> str:
@@ -97,7 +115,8 @@ def class_order(ids) -> list[str]:
     """Sorted class ids; when every id is an integer ("0", "2", "10"), in numeric order."""
     ids = set(ids)
     if ids and all(re.fullmatch(r"[0-9]+", c) for c in ids):
-        return sorted(ids, key=lambda c: (int(c), c))
+        # as numbers, without int(): a folder named by 5000 digits is past what int() converts
+        return sorted(ids, key=lambda c: (len(c.lstrip("0")), c.lstrip("0"), c))
     return sorted(ids)
 
 
@@ -184,27 +203,27 @@ def detect(src: Path) -> str:
             return "webdataset"
         if any((src / n).is_dir() for n in names):
             return "folder"
-        if names:
-            raise UserError(f"cannot tell what {printable(str(src))} holds: {len(names)} file(s) but no class folders "
-                            f"(an image folder's labels are its folder names: {HINTS['folder']}); or name "
-                            f"another layout with --source: "
-                            + "; ".join(f"{k}: {h}" for k, h in HINTS.items() if k != "folder"))
-    raise UserError(f"cannot tell what {printable(str(src))} holds; name it with --source: "
-                    + "; ".join(f"{k}: {h}" for k, h in HINTS.items()))
+        images = sum(_is_image(src / n) for n in sorted(names)[:1000])
+        if images:  # photos straight in the folder: say how to give them labels
+            where = printable(str(src))
+            raise UserError(f"{where} holds {images} image file(s) but no class folders: an image folder's labels are "
+                            f"its folder names, so put each class's images in {where}/<class>/ (or ROOT/train/<class>/ "
+                            f"and ROOT/val/<class>/), or list them with their labels in a CSV file (path,label) and "
+                            f"prepare that; other layouts: alexnet prepare --help")
+    raise UserError(f"cannot tell what {printable(str(src))} holds (not an image folder, ILSVRC-2012 tars, Kaggle's "
+                    f"layout, WebDataset or Parquet shards, or a CSV list): name its layout with --source; "
+                    f"alexnet prepare --help describes each")
 
 
-HINTS = {
-    "folder": "ROOT/train/<class>/<image>, ROOT/val/<class>/<image>, or ROOT/<class>/<image>",
-    "ilsvrc": "a folder with ILSVRC2012_img_train.tar and/or ILSVRC2012_img_val.tar (the latter with "
-              "ILSVRC2012_devkit_t12.tar.gz), or one of those files",
-    "kaggle": "ILSVRC/Data/CLS-LOC/train/<wnid>/, ILSVRC/Data/CLS-LOC/val/, LOC_val_solution.csv "
-              "and LOC_synset_mapping.txt",
-    "webdataset": "a .tar shard or a folder of them holding <key>.jpg (or .png, ...) and <key>.cls "
-                  "members; the split is read from the shard names",
-    "csv": "a .csv or .tsv file of path,label[,split] rows, paths relative to the file",
-    "parquet": "a .parquet file or a folder of them (or of data/*.parquet) with an image column "
-               "({bytes, path} or bytes) and an integer label column, as Hugging Face publishes them",
-}
+
+
+def _is_image(path: Path) -> bool:
+    """Whether `path` is a file whose first bytes name an image format we decode."""
+    try:
+        with open(path, "rb") as f:
+            return sniff(f.read(HEAD)) is not None
+    except OSError:  # a folder, a broken link, no permission
+        return False
 
 
 def label_samples(pending: dict[str, list[tuple]], index: dict[str, int]) -> dict[str, list[Sample]]:
@@ -223,16 +242,18 @@ def _kaggle_cls_loc(src: Path) -> Path | None:
     return None
 
 
-def _csv_rows(path: Path, delimiter: str = ","):
-    """(line number, stripped cells) of the non-blank rows. utf-8-sig: lists saved by spreadsheet
-    programs start with a byte-order mark; bytes that are not UTF-8 (a Latin-1 file name) are kept
-    as they are, so the path still names the file."""
-    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
-        reader = csv.reader(f, delimiter=delimiter)
-        for row in reader:
-            row = [cell.strip() for cell in row]
-            if any(row):
-                yield reader.line_num, row
+def _synsets(path: Path) -> set[str]:
+    """The WNIDs of LOC_synset_mapping.txt ("n01440764 tench, Tinca tinca" per line); UserError
+    naming the file and line when it is not UTF-8 text (textfile.text_lines)."""
+    what = printable(str(path))
+    ids = set()
+    for number, line in text_lines(path, what):
+        byte = bad_byte(line)
+        if byte is not None:
+            raise not_utf8(what, number, byte)
+        if line.strip():
+            ids.add(line.split()[0])
+    return ids
 
 
 def list_kaggle(src: Path) -> Listing:
@@ -260,12 +281,12 @@ def list_kaggle(src: Path) -> Listing:
         if solution_csv is None:
             raise UserError(f"{val_dir} needs LOC_val_solution.csv (the validation labels) in "
                             f"{' or '.join(str(d) for d in beside)}")
-        for _, row in _csv_rows(solution_csv):
+        for _, row in csv_rows(solution_csv, printable(str(solution_csv))):
             if row[0] != "ImageId":  # the header
                 solution[row[0]] = (row[1].split() or [""])[0] if len(row) > 1 else ""
     mapping = find("LOC_synset_mapping.txt")
     if mapping is not None:
-        class_ids = sorted({line.split()[0] for line in mapping.read_text().splitlines() if line.strip()})
+        class_ids = sorted(_synsets(mapping))
     else:  # no class list: the classes the download shows
         class_ids = sorted(set(train_classes) | {w for w in solution.values() if w})
     index = {c: i for i, c in enumerate(class_ids)}  # without the mapping, every WNID met is in it

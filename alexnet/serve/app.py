@@ -12,7 +12,8 @@ A request's way: admitted (or 503 with Retry-After when `queue_size` are in), th
 checked (415), its body read up to the upload limit (413); then, in a worker thread, the file taken
 out of a multipart form, its declared size checked against the pixel limit before any pixel is
 decoded (413: a 100 kB PNG may declare 100000 x 100000), decoded as `alexnet prepare` does and
-preprocessed as in training (§2; 400 when it is not an image or is damaged); then one share of a
+preprocessed as in training (§2; 400 when it is not an image or is damaged, whatever the decoder
+raised: alexnet.data.decode turns every decoder error into BadImage); then one share of a
 batched forward pass (batching.py). Every error is JSON {"error": "..."} saying what is wrong; none stops the server.
 """
 from __future__ import annotations
@@ -38,7 +39,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from .. import __version__
-from ..data.decode import BadImage, open_rgb, resize_crop
+from ..data.decode import HEAD, BadImage, resize_crop, sniff
+from ..evaluate import at_chance, result_notes
 from ..inference import Network
 from .batching import Batcher, Busy
 from .figures import Gallery, filters_png
@@ -139,11 +141,16 @@ def image_bytes(content_type: str, body: bytes) -> bytes:
 
 
 def check_pixels(data: bytes, max_pixels: int) -> None:
-    """Reject an image whose header declares more than max_pixels, before decoding any pixel."""
+    """Reject an image whose header declares more than max_pixels, before decoding any pixel.
+    Only the decoder of the format its first bytes name (decode.sniff) reads the header; what no
+    decoder here reads is left to open_rgb, which says what is wrong (400)."""
+    fmt = sniff(data[:HEAD])
+    if fmt is None:
+        return
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we apply our own limit
-            with Image.open(io.BytesIO(data)) as probe:  # reads the header only
+            with Image.open(io.BytesIO(data), formats=[fmt]) as probe:  # reads the header only
                 w, h = probe.size
     except Image.DecompressionBombError as e:  # over twice Pillow's limit: it refuses to open it
         raise TooManyPixels(f"image too large to decode safely ({e})") from None
@@ -159,9 +166,9 @@ def image_pixels(net: Network, content_type: str, body: bytes, max_pixels: int) 
     training images were (Pillow only: the views and normalisation are made per batch, by the batcher)."""
     data = image_bytes(content_type, body)
     check_pixels(data, max_pixels)
-    # min_side: a photo at least twice the network's S is decoded at a reduced JPEG scale, as in
-    # `alexnet prepare` (alexnet.data.decode); smaller images decode exactly as in `alexnet predict`
-    return resize_crop(open_rgb(data, min_side=net.size), net.size)
+    # the one decode of every command (Network.read_image): a JPEG at least 3x the network's S is
+    # decoded at reduced DCT scale, exactly as in `alexnet predict` and the Python API
+    return resize_crop(net.read_image(data), net.size)
 
 
 # ----------------------------------------------------------------------------- describing the model
@@ -179,7 +186,19 @@ def describe_model(net: Network, settings: Settings, gallery: Gallery | None) ->
             "input_size": net.crop, "resize": net.size, "normalisation": normalisation,
             "views": [1, 10], "device": str(net.device), "features": gallery.describe() if gallery else None,
             "limits": {**asdict(settings), "max_upload_bytes": int(settings.max_upload_mb * (1 << 20))},
-            "version": __version__}
+            "validation": validation_of(net), "version": __version__}
+
+
+def validation_of(net: Network) -> dict | None:
+    """The training run's best validation figures as the page shows them, with the notes a reader
+    needs first (alexnet.evaluate.result_notes: a top-1 at chance, a top-5 that 5 or fewer classes
+    make 100%); None when the weights carry none (torchvision's, a state dict)."""
+    v, n = net.validation, len(net.classes)
+    if not v:
+        return None
+    error = 1.0 - float(v["top1"])
+    return {"top1": float(v["top1"]), "top5": float(v["top5"]) if n > 5 else None, "epoch": float(v["epoch"]),
+            "classes": n, "at_chance": at_chance(error, n), "notes": result_notes(error, n)}
 
 
 # ----------------------------------------------------------------------------- the app

@@ -85,9 +85,16 @@ def main(args) -> int:
     print(f"alexnet serve: {net.source} ({len(net.classes)} classes, {device}) at http://{shown}:{port}/  "
           f"API: /v1/predict, /openapi.json; Ctrl-C stops", flush=True)
     # uvicorn handles SIGINT/SIGTERM while it runs (stop accepting, drain, shut down) and raises the
-    # signal again once done; these handlers receive that, so a clean stop ends with status 0
+    # signal again once done; these handlers receive that, so a clean stop ends with status 0. One
+    # that arrives before uvicorn's handlers are in place (a scheduler stopping the server as it
+    # starts) asks uvicorn to stop after its start-up: before, it was dropped and the server ran on
     stopped: list[int] = []
-    previous = {s: signal.signal(s, lambda n, frame: stopped.append(n)) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def stop(signum, frame):
+        stopped.append(signum)
+        server.should_exit = True
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.run(sockets=[sock])
     finally:

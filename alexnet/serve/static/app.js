@@ -32,6 +32,16 @@ async function loadModel() {
   const k = model.variant === "alexnet2012" ? "two towers: GPU 1's kernels above GPU 2's" : "one tower";
   $("filters-caption").textContent = `The first layer's kernels, each scaled to its own range (${k}).`;
   $("neighbours-card").hidden = !model.features;
+  const v = model.validation;  // the training run's best validation figures, with what to know first
+  if (v) {
+    const top5 = v.top5 === null ? "" : `, top-5 ${(100 * v.top5).toFixed(2)}%`;
+    $("validation").textContent = `validation top-1 ${(100 * v.top1).toFixed(2)}%${top5} ` +
+      `(the run's best, epoch ${+v.epoch.toFixed(2)}; chance is ${(100 / v.classes).toFixed(1)}%)`;
+    $("validation").hidden = false;
+    $("warning").textContent = v.notes.join(" ");
+    $("warning").hidden = !v.notes.length;
+  }
+  $("top-title").textContent = model.num_classes <= 5 ? `All ${model.num_classes} classes` : "Top 5";
 }
 
 function choose(file) {
