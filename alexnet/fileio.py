@@ -48,14 +48,14 @@ def atomic_write(path: str | Path, data: bytes | Callable[[BinaryIO], None], kee
                  durable: bool = True) -> Path:
     """Write `data` (bytes, or a function that writes into the open file) to `path` atomically.
 
-    keep_previous: rename the file being replaced to this path first (checkpoints keep the last
-    good one as <name>.prev.pt). durable=False skips the fsyncs (for files that are cheap to
+    keep_previous: keep the file being replaced under this name too (checkpoints keep the last
+    good one as <name>.prev.pt); `path` names a complete file at every instant, old or new. durable=False skips the fsyncs (for files that are cheap to
     rebuild). Raises what the file system raises (OSError: disk full, read-only, ...); the
     temporary file is removed then and the target is untouched.
     """
     path = Path(path)
     tmp = temporary_path(path)
-    replaced = False
+    replaced, link = False, None
     try:
         with open(tmp, "xb") as f:
             if callable(data):
@@ -66,13 +66,24 @@ def atomic_write(path: str | Path, data: bytes | Callable[[BinaryIO], None], kee
             if durable:
                 os.fsync(f.fileno())
         if keep_previous is not None and path.exists():
-            os.replace(path, keep_previous)
-            replaced = True
+            # the old file gets its second name through a hard link, so that `path` exists at every
+            # instant: a rename to keep_previous left a moment without it, and a kill -9 there left a
+            # run folder with no last.pt (seen under load: tests/test_distributed.py's kill -9 test)
+            link = temporary_path(keep_previous)
+            try:
+                os.link(path, link)
+            except OSError:  # a file system without hard links: the rename, and its moment
+                os.replace(path, keep_previous)
+                replaced = True
+            else:
+                os.replace(link, keep_previous)
         os.replace(tmp, path)
     except BaseException:
         if replaced and not path.exists():  # the previous file is moved already: put it back
             os.replace(keep_previous, path)
         tmp.unlink(missing_ok=True)
+        if link is not None:
+            link.unlink(missing_ok=True)
         raise
     if durable:
         fsync_dir(path.parent)

@@ -94,3 +94,26 @@ def test_every_reader_of_best_pt_reads_it_and_a_resume_from_it_restarts_the_mome
     assert sorted(p.name for p in again.glob("*.pt*")) == ["best.pt", "last.pt"]  # the stale best.prev.pt removed
     assert all(torch.isfinite(t).all() for t in checkpoint.load(again / "best.pt")["model"].values()
                if t.is_floating_point())
+
+
+def test_last_pt_exists_at_every_instant_of_a_save(tmp_path, monkeypatch):
+    """A kill -9 can land between any two system calls of a save. Keeping the previous checkpoint
+    by renaming it left a moment with no last.pt (a run killed there had nothing to resume from
+    under that name); every rename of a save now finds last.pt in place."""
+    import os
+
+    from alexnet import fileio
+    path = tmp_path / "last.pt"
+    checkpoint.save(path, {"model": {"w": torch.zeros(3)}})
+    seen, real = [], os.replace
+
+    def replace(src, dst):
+        seen.append(path.exists())
+        real(src, dst)
+
+    monkeypatch.setattr(fileio.os, "replace", replace)
+    checkpoint.save(path, {"model": {"w": torch.ones(3)}})
+    assert seen and all(seen), seen
+    assert torch.equal(checkpoint.load(path)["model"]["w"], torch.ones(3))
+    assert torch.equal(checkpoint.load(checkpoint.previous(path))["model"]["w"], torch.zeros(3))
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []

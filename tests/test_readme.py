@@ -15,6 +15,7 @@ the test changes in a line, and only there:
 Lines that install or run this suite (`pip install`, `python -m pytest`) are what .ci/run does.
 """
 import io
+import json
 import os
 import re
 import select
@@ -268,3 +269,5 @@ def torchrun(argv: list[str], home: Path) -> None:
     for p in procs:
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, f"{' '.join(argv)}\n{err[-3000:]}"
+    summary = json.loads((home / argv[argv.index("--out") + 1] / "summary.json").read_text())
+    assert summary["world_size"] == nodes and summary["ranks_in_sync"], summary  # one job across the nodes

@@ -81,13 +81,11 @@ def main(args) -> int:
     app = create_app(net, settings, gallery)
     server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, access_log=args.access_log,
                                            timeout_graceful_shutdown=DRAIN_S))
-    shown = f"[{host}]" if ":" in host else host
-    print(f"alexnet serve: {net.source} ({len(net.classes)} classes, {device}) at http://{shown}:{port}/  "
-          f"API: /v1/predict, /openapi.json; Ctrl-C stops", flush=True)
     # uvicorn handles SIGINT/SIGTERM while it runs (stop accepting, drain, shut down) and raises the
     # signal again once done; these handlers receive that, so a clean stop ends with status 0. One
     # that arrives before uvicorn's handlers are in place (a scheduler stopping the server as it
-    # starts) asks uvicorn to stop after its start-up: before, it was dropped and the server ran on
+    # starts) asks uvicorn to stop after its start-up: before, it was dropped and the server ran on.
+    # Installed before the URL is printed: a client (or a test) may act on that line at once
     stopped: list[int] = []
 
     def stop(signum, frame):
@@ -95,7 +93,10 @@ def main(args) -> int:
         server.should_exit = True
 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    shown = f"[{host}]" if ":" in host else host
     try:
+        print(f"alexnet serve: {net.source} ({len(net.classes)} classes, {device}) at http://{shown}:{port}/  "
+              f"API: /v1/predict, /openapi.json; Ctrl-C stops", flush=True)
         server.run(sockets=[sock])
     finally:
         for s, handler in previous.items():
