@@ -267,21 +267,25 @@ def test_a_new_epoch_does_not_overwrite_the_batches_still_held_from_the_last(dat
     it.close()
 
 
+# the start of a child process's script: a small prepared set `ds` and the Loader class
+CHILD_WITH_A_SET = ("import sys; sys.path.insert(0, 'tests'); from pathlib import Path; import tempfile\n"
+                    "from test_loader import make_source\n"
+                    "from alexnet.prepare import prepare\n"
+                    "from alexnet.data.store import open_prepared\n"
+                    "from alexnet.data.loader import Loader\n"
+                    "base = Path(tempfile.mkdtemp())\n"
+                    "make_source(base / 'src'); prepare(base / 'src', base / 'p', size=40, workers=0, progress=False)\n"
+                    "ds = open_prepared(base / 'p')\n")
+
+
 def test_a_process_with_kept_workers_exits_promptly():
     """Kept workers ignore SIGTERM (they leave it to the main process); without the loader's exit
     hook, multiprocessing's own would wait for them forever at the interpreter's exit."""
     import subprocess
     import sys
-    code = ("import sys; sys.path.insert(0, 'tests'); from pathlib import Path; import tempfile\n"
-            "from test_loader import make_source\n"
-            "from alexnet.prepare import prepare\n"
-            "from alexnet.data.store import open_prepared\n"
-            "from alexnet.data.loader import Loader\n"
-            "base = Path(tempfile.mkdtemp())\n"
-            "make_source(base / 'src'); prepare(base / 'src', base / 'p', size=40, workers=0, progress=False)\n"
-            "ds = open_prepared(base / 'p')\n"
-            "loader = Loader(ds.split('train'), ds, 2, train=True, crop=32, workers=2)\n"
-            "print(sum(1 for _ in loader.epoch(0)), loader._dl is not None)\n")
+    code = CHILD_WITH_A_SET + (
+        "loader = Loader(ds.split('train'), ds, 2, train=True, crop=32, workers=2)\n"
+        "print(sum(1 for _ in loader.epoch(0)), loader._dl is not None)\n")
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=root)
     assert proc.returncode == 0 and proc.stdout.split() == ["8", "True"], proc.stderr[-2000:]
@@ -294,25 +298,18 @@ def test_workers_whose_iterator_was_lost_are_stopped_and_the_exit_does_not_wait_
     signal" from torch's handler afterwards), and the interpreter's exit does not wait for them."""
     import subprocess
     import sys
-    code = ("import sys; sys.path.insert(0, 'tests'); from pathlib import Path; import tempfile\n"
-            "from test_loader import make_source\n"
-            "from alexnet.prepare import prepare\n"
-            "from alexnet.data.store import open_prepared\n"
-            "from alexnet.data.loader import Loader\n"
-            "base = Path(tempfile.mkdtemp())\n"
-            "make_source(base / 'src'); prepare(base / 'src', base / 'p', size=40, workers=0, progress=False)\n"
-            "ds = open_prepared(base / 'p')\n"
-            "lost = []\n"
-            "for close in (True, False):\n"
-            "    loader = Loader(ds.split('train'), ds, 2, train=True, crop=32, workers=2)\n"
-            "    assert sum(1 for _ in loader.epoch(0)) == 8\n"
-            "    it = loader._dl._iterator; lost.append(it); loader._dl._iterator = None  # as when __iter__ raised\n"
-            "    print(*[w.pid for w in it._workers])\n"
-            "    if close:\n"
-            "        loader.close(); assert not any(w.is_alive() for w in it._workers)\n"
-            "        again = Loader(ds.split('train'), ds, 2, train=True, crop=32, workers=2)\n"
-            "        assert sum(1 for _ in again.epoch(0)) == 8; again.close()  # no error from the handler\n"
-            "sys.stdout.flush()\n")
+    code = CHILD_WITH_A_SET + (
+        "lost = []\n"
+        "for close in (True, False):\n"
+        "    loader = Loader(ds.split('train'), ds, 2, train=True, crop=32, workers=2)\n"
+        "    assert sum(1 for _ in loader.epoch(0)) == 8\n"
+        "    it = loader._dl._iterator; lost.append(it); loader._dl._iterator = None  # as when __iter__ raised\n"
+        "    print(*[w.pid for w in it._workers])\n"
+        "    if close:\n"
+        "        loader.close(); assert not any(w.is_alive() for w in it._workers)\n"
+        "        again = Loader(ds.split('train'), ds, 2, train=True, crop=32, workers=2)\n"
+        "        assert sum(1 for _ in again.epoch(0)) == 8; again.close()  # no error from the handler\n"
+        "sys.stdout.flush()\n")
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=root, start_new_session=True)
