@@ -44,6 +44,8 @@ CONFIG_FLAGS = {
     "--out": ("train.out", "run folder (default: runs/<date>-<preset>)"),
     "--model": ("model.name", "alexnet2012 | alexnet_owt"),
     "--epochs": ("train.epochs", "epochs to train"),
+    "--minutes": ("train.minutes", "wall time of the whole command: the budget recipe chooses the network, crops and "
+                                   "epochs by measuring this machine (alexnet.budget)"),
     "--batch-size": ("train.batch_size", "global batch: per device x world size x accumulation"),
     "--lr": ("optim.lr", "learning rate per optim.lr_batch images"),
     "--device": ("train.device", "auto | cpu | cuda | cuda:N | mps"),
@@ -153,8 +155,11 @@ def build_parser() -> Parser:
     p.add_argument("--weights", help="'torchvision' (published AlexNet weights) or a .pth file")
     p.add_argument("--data", required=True, help="prepared data set or image folder")
     p.add_argument("--split", default="val", help="split to evaluate (default val)")
-    p.add_argument("--views", type=int, choices=[1, 10], default=1, help="centre crop or the paper's 10 views")
+    p.add_argument("--views", type=int, choices=[1, 2, 10], default=1,
+                   help="1: centre crop; 2: and its reflection; 10: the paper's 10 views (§4.1)")
     p.add_argument("--batch-size", type=at_least(1), default=256, help="images per batch (default 256)")
+    p.add_argument("--crop", type=at_least(32), metavar="PX",
+                   help="side of the evaluation crops (default: the checkpoint's eval.crop, else its training crop)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (under torchrun: each rank's GPU)")
     p.add_argument("--json", metavar="OUT", help="write the report as JSON")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"],
@@ -165,7 +170,8 @@ def build_parser() -> Parser:
     p.add_argument("--checkpoint", metavar="CKPT", help="checkpoint file or run folder (or first, before the images)")
     p.add_argument("--weights", help="'torchvision' or a .pth file, instead of --checkpoint")
     p.add_argument("--topk", type=at_least(1), default=5, help="classes per image (default 5)")
-    p.add_argument("--views", type=int, choices=[1, 10], default=1)
+    p.add_argument("--views", type=int, choices=[1, 2, 10], default=1,
+                   help="1: centre crop; 2: and its reflection; 10: the paper's 10 views (§4.1)")
     p.add_argument("--json", nargs="?", const="-", metavar="OUT", help="JSON to OUT (default stdout)")
     p.add_argument("--sheet", metavar="OUT.png", help="draw each image with its top-5 bars (Fig. 4, left)")
     p.add_argument("--device", default="auto")

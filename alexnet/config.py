@@ -20,6 +20,12 @@ comment. The defaults are the paper's recipe (§5); the presets are:
   decay, label smoothing). Provisional: tuned and evidenced by the training issue.
 - quick: the built-in data set (what `alexnet train` runs with no --data and no --preset): the
   fast recipe on 64 px crops with a half-width network, a few minutes on a 2-core CPU.
+- finetune: from torchvision's ImageNet weights, a few hundred images per class.
+
+Each preset's docstring states its command, the hardware, time and accuracy measured with it. A
+time budget instead of a preset: `alexnet train --minutes M` (alexnet.budget), whose choices override
+a preset's defaults but never a value the command line gives (--set, --config, flags, an explicit
+--preset's own keys).
 """
 from __future__ import annotations
 
@@ -108,6 +114,8 @@ class ScheduleConfig:
 class TrainConfig:
     epochs: int = 90  # §5 "roughly 90 cycles"
     budget_minutes: float | None = None  # stop after this much wall time; decays then follow the clock
+    minutes: float | None = None  # the whole command's wall time (--minutes): alexnet.budget chooses the recipe
+    ema: float = 0.0  # decay per optimizer step of an exponential moving average of the weights; 0: none
     batch_size: int = 128  # global images per optimizer step = per device x world size x accumulation
     accumulation: int = 1  # micro-batches per optimizer step
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"  # autocast dtype; fp16 adds a GradScaler;
@@ -129,7 +137,9 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    views: Literal[1, 10] = 1  # §4.1: centre crop, or 4 corners + centre and their reflections
+    views: Literal[1, 2, 10] = 1  # centre crop; + its reflection; or §4.1's 4 corners + centre and reflections
+    crop: int | None = None  # px, side of the evaluation crops; None: data.crop (bigger: more of the image, at
+    # the same scale; random-resized crops train on objects that look larger than a centre crop shows them)
     batch_size: int = 256  # images per evaluation batch (per device)
     every: int = 1  # epochs between validation passes during training
 
@@ -148,10 +158,24 @@ class Config:
 # ---------------------------------------------------------------------------------------- presets
 
 def _paper() -> dict[str, Any]:
+    """§5 exactly: `alexnet train --data prepared/imagenet --preset paper`. alexnet2012 with LRN and
+    dropout 0.5, SGD momentum 0.9, weight decay 5e-4, batch 128, lr 0.01 per 128 images divided by 10
+    when the validation error stops improving (at most 3 times), 90 epochs, 224-px §4.1 crops of
+    256-px images with reflections and PCA colour noise (std 0.1). Hardware and time: the paper's,
+    two GTX 580s for five to six days; its accuracy there, 40.7% top-1 / 18.2% top-5 error on
+    ILSVRC-2012 val (one net, 10 views, Table 2). Not re-measured on ImageNet here (no ImageNet on
+    our machines); its parts are re-measured on Imagenette in docs/benchmarks.md ("The paper's
+    claims, re-measured")."""
     return {}  # the dataclass defaults are the paper's recipe
 
 
 def _torchvision() -> dict[str, Any]:
+    """torchvision's reference recipe for its AlexNet (references/classification/train.py):
+    `alexnet train --data prepared/imagenet --preset torchvision`. alexnet_owt with PyTorch's default
+    init, SGD lr 0.01 per 256 images, momentum 0.9, weight decay 1e-4, lr x0.1 every 30 epochs, 90
+    epochs, random-resized crops (area 8-100%, aspect 3/4-4/3) and reflections, per-channel
+    mean/std. torchvision reports 56.52% top-1 / 79.07% top-5 for the weights it trained this way (8
+    GPUs); not re-measured here (no ImageNet on our machines)."""
     return {
         "model": {"name": "alexnet_owt", "init": "kaiming"},
         "data": {"scale": (0.08, 1.0), "ratio": (3 / 4, 4 / 3), "pca_std": 0.0, "mean": "channel"},
@@ -162,6 +186,14 @@ def _torchvision() -> dict[str, Any]:
 
 
 def _fast() -> dict[str, Any]:
+    """Our modern fixed-epoch recipe for many images and a GPU: `alexnet train --data PREPARED
+    --preset fast`. alexnet2012 with batch norm and He init, SGD with Nesterov momentum, lr 0.02 per
+    256 images (scaled linearly to the global batch of 1024), weight decay 5e-5, label smoothing 0.1,
+    2 warm-up epochs then a linear decay to 0, 32 epochs, bf16 where native, channels_last. Scaled to a
+    2-core CPU (112-px crops of 144-px images, width 0.5, 1024-unit FC layers, no dropout, batch 128,
+    lr 0.04 per 128, weight decay 5e-4) it was the documented Imagenette recipe before --minutes:
+    81.6% top-1 after 20 minutes of training on CPU-2b (docs/benchmarks.md); --minutes replaces it
+    there. Not measured on ImageNet."""
     return {
         "model": {"name": "alexnet2012", "norm": "batchnorm", "init": "he"},
         "data": {"mean": "channel"},
@@ -173,9 +205,14 @@ def _fast() -> dict[str, Any]:
 
 
 def _quick() -> dict[str, Any]:
-    """The built-in data set on a laptop CPU in minutes: batch norm, 64 px crops, a half-width
-    network with 512-unit FC layers and no dropout (measured on this data: dropout 0.5 cost 7
-    points at a fixed budget, and 4096-unit FC layers triple the step time at 64 px)."""
+    """The built-in data set on a laptop CPU in minutes: `alexnet train` (no --data, no --preset).
+    alexnet2012 with batch norm, 64 px crops of 72-px images, width 0.5, 512-unit FC layers and no
+    dropout (measured on this data: dropout 0.5 cost 7 points at a fixed budget, and 4096-unit FC
+    layers triple the step time at 64 px), SGD with Nesterov momentum, lr 0.04 per 128 images,
+    weight decay 5e-4, label smoothing 0.1, batch 64, 0.25 warm-up epochs then a linear decay to 0,
+    13 epochs, bf16 where native. Measured on 2-core CPUs with native bf16 (CPU-2b, CPU-2c): about
+    93% top-1 (95.5% with 10 views) on the built-in validation split in 1m36s to 2m44s; about
+    4 minutes in fp32 on AVX2-only CPUs (README)."""
     return {
         "model": {"name": "alexnet2012", "norm": "batchnorm", "init": "kaiming", "width": 0.5, "hidden": 512,
                   "dropout": 0.0},
@@ -189,10 +226,15 @@ def _quick() -> dict[str, Any]:
 
 def _finetune() -> dict[str, Any]:
     """A few hundred images per class, starting from torchvision's ImageNet weights (§6 fine-tuned
-    two of its seven nets): torchvision's architecture, the new head learning 10x faster (Caffe's
-    convention), a small lr with cosine decay, random-resized crops (milder than ImageNet's
-    0.08..1, for small sets), label smoothing, bf16 where native. The normalisation is the
-    weights' own (ImageNet mean/std for torchvision's), whatever data.mean says."""
+    two of its seven nets): `alexnet train --data prepared/mine --preset finetune`. torchvision's
+    architecture (alexnet_owt), the new head learning 10x faster (Caffe's convention), lr 0.002 per
+    64 images with a cosine decay after 0.5 warm-up epochs, weight decay 1e-4, 12 epochs, batch 64,
+    random-resized crops (area 25-100%, milder than ImageNet's 8-100%, for small sets), label
+    smoothing 0.1, bf16 where native. The normalisation is the weights' own (ImageNet mean/std for
+    torchvision's), whatever data.mean says. Not measured from torchvision's weights (our machines
+    cannot download them); the closest measurement, from our own weights pre-trained on 5 other
+    Imagenette classes with this recipe's shape but lr 0.01: 70.3% top-1 on 5 classes from 50 photos
+    each in 1.5 minutes on a 2-core CPU (CPU-2c; docs/benchmarks.md, "Fine-tuning")."""
     return {
         "model": {"name": "alexnet_owt", "init": "kaiming", "dropout": 0.5},
         "data": {"scale": (0.25, 1.0), "ratio": (3 / 4, 4 / 3), "pca_std": 0.0, "mean": "channel"},
@@ -239,6 +281,11 @@ def apply(cfg: Config, values: dict[str, Any], source: str) -> Config:
                               f"{_suggest(name, hints, prefix=section_name + '.')}")
         setattr(section, name, coerce(value, hints[name], key, source))
     return cfg
+
+
+def flatten(values: dict[str, Any], source: str = "a config") -> dict[str, Any]:
+    """{"train": {"epochs": 3}} -> {"train.epochs": 3}; ConfigError (naming `source`) for deeper nesting."""
+    return _flatten(values, source)
 
 
 def _flatten(values: dict[str, Any], source: str) -> dict[str, Any]:
@@ -407,6 +454,9 @@ def validate(cfg: Config) -> None:
     checks = [
         (cfg.train.epochs >= 1, "train.epochs must be at least 1"),
         (cfg.train.budget_minutes is None or cfg.train.budget_minutes > 0, "train.budget_minutes must be positive"),
+        (cfg.train.minutes is None or cfg.train.minutes > 0, "train.minutes (--minutes) must be positive"),
+        (0 <= cfg.train.ema < 1, "train.ema must be in [0, 1): the decay per optimizer step, 0 for none"),
+        (cfg.eval.crop is None or cfg.eval.crop >= 32, "eval.crop must be at least 32 px"),
         (cfg.train.batch_size >= 1, "train.batch_size must be at least 1"),
         (cfg.train.accumulation >= 1, "train.accumulation must be at least 1"),
         (cfg.train.batch_size % cfg.train.accumulation == 0,

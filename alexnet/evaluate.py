@@ -209,8 +209,10 @@ def _collate(items):
 
 
 def evaluate_networks(networks, data: str, split: str = "val", views: int = 1, batch_size: int = 64,
-                      workers: int = 2, progress: bool = True) -> dict:
-    """Evaluate one network or an ensemble on a prepared split or an image folder (this rank's share)."""
+                      workers: int = 2, progress: bool = True, crop: int | None = None) -> dict:
+    """Evaluate one network or an ensemble on a prepared split or an image folder (this rank's share).
+    crop: the side of the evaluation crops in px (default: each network's own, its checkpoint's
+    eval.crop or training crop); at most the size the images are resized to (UserError)."""
     from tqdm import tqdm
 
     from .data.loader import eval_plan
@@ -220,6 +222,9 @@ def evaluate_networks(networks, data: str, split: str = "val", views: int = 1, b
         if [c["id"] for c in n.classes] != [c["id"] for c in first.classes]:
             raise UserError(f"{n.source} and {first.source} predict different classes: they cannot form an ensemble")
     images = Images(data, split, first.size)
+    if crop is not None and crop > first.size:
+        raise UserError(f"--crop {crop} is larger than the {first.size} px images {first.source} is evaluated on "
+                        f"(the shorter side is resized to its stored size): give at most {first.size}")
     ids = [c["id"] for c in first.classes]
     remap = label_map([c["id"] for c in images.classes], ids, data)
     ctx = distributed.init(first.device.type)
@@ -237,7 +242,7 @@ def evaluate_networks(networks, data: str, split: str = "val", views: int = 1, b
         probs = 0
         for net in networks:
             from .data.augment import eval_views
-            x = eval_views(batch, net.crop, views, net.norm_for(batch.shape[-1]))
+            x = eval_views(batch, crop or net.crop, views, net.norm_for(batch.shape[-1]))
             probs = probs + net.probabilities(x)
         tally.add(probs / len(networks), labels)
     result = tally.result()
@@ -245,7 +250,7 @@ def evaluate_networks(networks, data: str, split: str = "val", views: int = 1, b
         raise UserError(f"no image of {data} ({split}) could be read ({len(failures)} failed, e.g. "
                         f"{failures[0]['path'] + ': ' + failures[0]['error'] if failures else 'none found'}): "
                         f"nothing to evaluate")
-    result.update({"views": views, "split": split, "data": str(Path(data).resolve()), "data_checksum": images.checksum,
+    result.update({"views": views, "crop": crop or first.crop, "split": split, "data": str(Path(data).resolve()), "data_checksum": images.checksum,
                    "checkpoints": [{"source": n.source, "sha256": n.sha256} for n in networks],
                    "skipped": failures, "classes": first.classes})
     return result
@@ -300,14 +305,14 @@ def main(args) -> int:
     networks = [load(c, rt.device, rt.dtype) for c in args.checkpoints]
     if args.weights:
         networks.append(load_weights(args.weights, rt.device, rt.dtype))
-    r = evaluate_networks(networks, args.data, args.split, args.views, args.batch_size)
+    r = evaluate_networks(networks, args.data, args.split, args.views, args.batch_size, crop=args.crop)
     if not rt.main:
         return 0
     confusion = r.pop("confusion")
     classes = r.pop("classes")
     r["per_class"] = [{"id": c["id"], "name": c["name"], "accuracy": a} for c, a in zip(classes, r["per_class"])]
     r["most_confused"] = confused_pairs(confusion, classes)
-    print(f"{r['n_images']:,} images, {args.views} view(s), {len(networks)} network(s): top-1 error "
+    print(f"{r['n_images']:,} images, {args.views} view(s) of {r['crop']} px, {len(networks)} network(s): top-1 error "
           f"{100 * r['top1_error']:.2f}%, top-5 error {100 * r['top5_error']:.2f}% (top-1 {100 * r['top1']:.3f}%, "
           f"top-5 {100 * r['top5']:.3f}%), loss {r['loss']:.4f}")
     for note in result_notes(r["top1_error"], len(classes)):

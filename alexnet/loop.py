@@ -134,6 +134,8 @@ def train_epoch(run, epoch: int, start_step: int, stopper: "Stopper", progress: 
             run.scaler.step(run.optimizer)
             run.scaler.update()
             run.optimizer.zero_grad(set_to_none=True)
+            if run.ema is not None:
+                run.ema.update(run.model, epoch * steps + step)
             seen += len(y)
             if done % show_every == 0 or log_now:
                 # sync point: the sums of all ranks, read once per display interval. A NaN on any

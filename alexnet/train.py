@@ -39,12 +39,13 @@ from typing import Callable
 
 import torch
 
-from . import checkpoint, config as config_mod, distributed, mfu, plots, runtime, weights
+from . import budget, checkpoint, config as config_mod, distributed, mfu, plots, runtime, weights
 from .data import augment as A
 from .data.loader import Loader
 from .data.store import PreparedDataset, open_prepared
 from .errors import UserError
 from .evaluate import at_chance, evaluate, result_notes
+from .ema import EMA
 from .fileio import FolderLock
 from .loop import NORM_GROWTH, BlowUpGuard, Diverged, Stopper, param_norm, train_epoch
 from .inference import norm_of
@@ -92,6 +93,8 @@ class Run:
     norm: A.Normalize | None = None  # the initial weights' normalisation (None: the data set's statistics)
     lock: FolderLock | None = None  # rank 0's exclusive lock on the run folder
     resident: dict = field(default_factory=dict)  # split name -> data.resident.Resident (empty: streamed)
+    ema: EMA | None = None  # the moving average of the weights (train.ema > 0; made by fit)
+    ema_state: dict | None = None  # the average a resumed checkpoint held, loaded by fit
     _flops: dict = field(default_factory=dict)
 
     def train_loader_for(self, crop: int) -> Loader:
@@ -153,8 +156,13 @@ class Run:
             return
         clock = self.stopper.clock() if self.stopper else self.elapsed
         best = name == "best.pt"
+        use_ema = best and self.best.get("weights") == "ema"  # best.pt holds the better of the two
+        extra = {"weights": "ema" if use_ema else "raw"}
+        if self.ema is not None and not best:
+            extra.update(ema=self.ema.state_dict(), ema_decay=self.ema.decay)  # for an exact resume
         self.written.append((name, checkpoint.save(self.out / name, {
-            "model": self.model.state_dict(), "optimizer": None if best else self.optimizer.state_dict(),
+            **extra, "model": (self.ema.module if use_ema else self.model).state_dict(),
+            "optimizer": None if best else self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict(), "epoch": epoch,
             "step": step, "best": self.best, "elapsed_s": clock, "rng": rng,
             "config": config_mod.to_dict(self.cfg), "classes": self.ds.classes,
@@ -215,9 +223,15 @@ def train_loader(c: config_mod.Config, rt: runtime.Runtime, ds: PreparedDataset,
 
 def val_loader(c: config_mod.Config, rt: runtime.Runtime, ds: PreparedDataset, norm: A.Normalize | None = None,
                resident: dict | None = None) -> Loader:
-    """This rank's share of the validation images (centre crop or the 10 views), each counted once."""
+    """This rank's share of the validation images (the centre crop, with its reflection, or the 10
+    views, of eval.crop px, by default data.crop), each counted once."""
     return Loader(ds.split(c.data.val_split), ds, c.eval.batch_size, train=False, views=c.eval.views, norm=norm,
-                  resident=(resident or {}).get(c.data.val_split), **loader_options(c, rt, c.data.crop))
+                  resident=(resident or {}).get(c.data.val_split), **loader_options(c, rt, eval_crop(c)))
+
+
+def eval_crop(c: config_mod.Config) -> int:
+    """The side of the evaluation crops in px: eval.crop, by default data.crop."""
+    return c.eval.crop or c.data.crop
 
 
 def resident_splits(c: config_mod.Config, rt: runtime.Runtime, ds: PreparedDataset, say, progress: bool) -> dict:
@@ -263,7 +277,8 @@ def builtin_data(cfg: config_mod.Config, progress: bool) -> Path:
 
 
 def default_out(cfg: config_mod.Config) -> Path:
-    return Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{cfg.preset}"
+    what = f"{cfg.train.minutes:g}min" if cfg.train.minutes else cfg.preset
+    return Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{what}"
 
 
 def setup(cfg: config_mod.Config, resume: str | None = None, progress: bool = True) -> Run:
@@ -278,6 +293,9 @@ def setup(cfg: config_mod.Config, resume: str | None = None, progress: bool = Tr
     train_split, val_split = ds.split(c.data.train_split), ds.split(c.data.val_split)
     if c.data.crop > ds.size:
         raise UserError(f"data.crop {c.data.crop} is larger than the prepared images ({ds.size} px)")
+    if eval_crop(c) > ds.size:
+        raise UserError(f"eval.crop {eval_crop(c)} is larger than the prepared images ({ds.size} px): give at most "
+                        f"{ds.size}, or prepare the data at a larger --size")
     per_device, rest = divmod(c.train.batch_size, rt.ctx.world_size * c.train.accumulation)
     if rest:
         raise UserError(f"train.batch_size {c.train.batch_size} is not divisible by world size "
@@ -406,7 +424,10 @@ def restore(run: Run, resume: str | None) -> bool:
                 else "the same classes in another order")
         raise UserError(f"{path} was trained on {len(theirs)} classes and {run.data_path} has {len(ours)}: {diff}. "
                         f"Resume with the data it was trained on, or fine-tune from it: --init {path} with a new --out")
+    if state.get("weights") == "ema":  # a best.pt holding the moving average: continue from those weights
+        run.say(f"  {path.name} holds the moving average of the weights (train.ema): training continues from it")
     run.model.load_state_dict(state["model"])
+    run.ema_state = state.get("ema")
     if state.get("optimizer") is not None:
         run.optimizer.load_state_dict(state["optimizer"])
     run.schedule.load_state_dict(state["schedule"])
@@ -509,6 +530,12 @@ def adopt_model(cfg: config_mod.Config, given: set[str], say: Callable = print) 
     return adopted
 
 
+def preset_keys(name: str | None) -> set[str]:
+    """The config keys a preset named on the command line sets: they override the --minutes recipe's
+    choices as --set does (alexnet.budget); none when no preset was named."""
+    return set(config_mod.flatten(config_mod.PRESETS[name](), f"preset {name}")) if name else set()
+
+
 def written(args) -> set[str]:
     """The config keys this command line and its --config files write (alexnet.config.given)."""
     from .cli import CONFIG_FLAGS
@@ -544,6 +571,14 @@ def fit(run: Run, progress: bool = True) -> dict:
     result = {"val": None, "position": run.epoch + run.step / run.steps, "images": 0, "train_s": 0.0,
               "stopped": None}
     run.stopper = stopper = Stopper(run.elapsed, cfg.train.budget_minutes)
+    if cfg.train.ema > 0 and run.ema is None:
+        run.ema = EMA(run.model, cfg.train.ema)
+        if run.ema_state is not None:
+            run.ema.load_state_dict(run.ema_state)
+        elif run.resumed_from is not None:
+            say(f"  {run.resumed_from.name} holds no moving average of the weights: train.ema starts from its weights")
+        say(f"moving average of the weights: decay {cfg.train.ema:g} per optimizer step (half-life "
+            f"{run.ema.half_life():,.0f} steps, {run.ema.half_life() / run.steps:.2g} epochs); validated beside them")
     run.guard = BlowUpGuard(run.num_classes, param_norm(run.model),  # sync point, once
                             f"the resume from {run.resumed_from.name}" if run.resumed_from else "the start")
     with stopper:
@@ -578,17 +613,30 @@ def fit(run: Run, progress: bool = True) -> dict:
 def validate(run: Run, epoch: int, stopped_at: int | None, position: float, out_of_time: bool) -> dict:
     """Validation at the end of an epoch (or when the budget ran out): log, plateau decay, best.pt."""
     cfg = run.cfg
-    val = evaluate(run.net, run.val_loader, run.rt.device, run.rt.dtype, run.num_classes)
+    val, avg = validation(run)
     decayed = run.schedule.on_epoch_end(val["top1_error"]) if not out_of_time else False
     run.log.log("val", epoch * run.steps + (stopped_at or run.steps), epoch=position,
-                **{k: v for k, v in val.items() if k != "per_class"})
+                **{k: v for k, v in val.items() if k != "per_class"},
+                **({f"ema_{k}": v for k, v in avg.items() if k != "per_class"} if avg else {}))
     run.say(f"epoch {epoch + 1}/{cfg.train.epochs}: val top-1 {100 * val['top1']:.2f}%  top-5 "
-            f"{100 * val['top5']:.2f}%  loss {val['loss']:.3f}" + ("  (lr divided)" if decayed else "")
+            f"{100 * val['top5']:.2f}%  loss {val['loss']:.3f}"
+            + (f"  (moving average: top-1 {100 * avg['top1']:.2f}%, top-5 {100 * avg['top5']:.2f}%)" if avg else "")
+            + ("  (lr divided)" if decayed else "")
             + (f"  (time budget of {cfg.train.budget_minutes:g} min reached)" if out_of_time else ""))
-    if val["top1"] > run.best["top1"]:
-        run.best = {"top1": val["top1"], "top5": val["top5"], "epoch": position}
+    better, which = (avg, "ema") if avg and avg["top1"] > val["top1"] else (val, "raw")
+    if better["top1"] > run.best["top1"]:
+        run.best = {"top1": better["top1"], "top5": better["top5"], "epoch": position, "weights": which}
         run.save(epoch if out_of_time else epoch + 1, stopped_at or 0, "best.pt")
-    return val
+    return {**val, "ema": avg}
+
+
+def validation(run: Run) -> tuple[dict, dict | None]:
+    """The validation of the weights, and of their moving average when train.ema keeps one (else None);
+    every rank takes part."""
+    rt = run.rt
+    val = evaluate(run.net, run.val_loader, rt.device, rt.dtype, run.num_classes)
+    avg = evaluate(run.ema.module, run.val_loader, rt.device, rt.dtype, run.num_classes) if run.ema else None
+    return val, avg
 
 
 CHECKPOINTS = {"last.pt": 0, "last.prev.pt": 1, "best.pt": 2}  # the order they are listed in
@@ -597,8 +645,12 @@ CHECKPOINTS = {"last.pt": 0, "last.prev.pt": 1, "best.pt": 2}  # the order they 
 def finish(run: Run, result: dict, progress: bool = True) -> dict:
     """The final validation (when the last epoch had none), plots and summary.json (rank 0)."""
     cfg, rt = run.cfg, run.rt
-    val = result["val"] if result["val"] is not None else evaluate(  # all ranks take part
-        run.net, run.val_loader, rt.device, rt.dtype, run.num_classes)
+    if result["val"] is not None:
+        raw, avg = result["val"], result["val"]["ema"]
+    else:
+        raw, avg = validation(run)  # all ranks take part
+    # with train.ema the network a run ends with is the moving average (chosen before it was validated)
+    val = avg if avg is not None else raw
     in_sync = distributed.in_sync(run.model.parameters())
     if not in_sync:
         run.say("warning: the ranks' weights differ at the end of training (a DDP bug or a non-deterministic op)")
@@ -614,6 +666,10 @@ def finish(run: Run, result: dict, progress: bool = True) -> dict:
                "training_time_s": run.stopper.clock(), "images_per_s": result["images"] / max(result["train_s"], 1e-9),
                "wall_time_s": time.time() - run.started, "checkpoint": str(out / "last.pt"),
                "best_checkpoint": str(out / "best.pt"), "plots": [str(curves), str(filters)],
+               "weights": "ema" if avg is not None else "raw",
+               **({"raw": {k: raw[k] for k in ("top1", "top5", "top1_error", "top5_error", "loss")}}
+                  if avg is not None else {}),
+               "views": cfg.eval.views, "eval_crop": cfg.eval.crop or cfg.data.crop, "train_crop": cfg.data.crop,
                "metrics": str(out / "metrics.jsonl"), "run": str(out), "data": str(run.data_path),
                "device": str(rt.device), "world_size": rt.ctx.world_size, "ranks_in_sync": in_sync,
                "preset": cfg.preset, "precision": rt.precision, "classes": len(run.ds.classes),
@@ -631,14 +687,23 @@ def finish(run: Run, result: dict, progress: bool = True) -> dict:
     return summary
 
 
-def train(cfg: config_mod.Config, resume: str | None = None, progress: bool = True) -> dict:
+def train(cfg: config_mod.Config, resume: str | None = None, progress: bool = True,
+          given: set[str] | frozenset = frozenset(), started: float | None = None) -> dict:
     """Run (or continue) training as configured; returns the summary (also in summary.json), or
-    {"stopped": signal, "checkpoint", "run"} when SIGINT/SIGTERM ended it early."""
+    {"stopped": signal, "checkpoint", "run"} when SIGINT/SIGTERM ended it early. With train.minutes
+    (--minutes) the budget recipe (alexnet.budget) first chooses every key not in `given` (the keys
+    the user wrote: alexnet.config.given, plus an explicit preset's), and the minutes count from
+    `started` (a time.time(); default: now; the command line passes the process's start)."""
+    started = time.time() if started is None else started
+    if cfg.train.minutes:
+        cfg = plan_budget(cfg, resume, set(given), started, progress)
     run = setup(cfg, resume, progress)
     try:
         if not restore(run, resume) and cfg.train.init:
             initialise(run)
         run.hold_resident(progress)
+        if cfg.train.minutes:
+            budget.set_training_time(run, started, run.say, given)
         rt = run.rt
         run.log = RunLog(run.out, cfg, active=rt.main, extra_env={
             "world_size": rt.ctx.world_size, "device": str(rt.device), "precision": rt.precision,
@@ -671,6 +736,44 @@ def train(cfg: config_mod.Config, resume: str | None = None, progress: bool = Tr
         run.close_loaders()
         if run.lock:
             run.lock.release()
+
+
+def plan_budget(cfg: config_mod.Config, resume: str | None, given: set[str], started: float,
+                progress: bool) -> config_mod.Config:
+    """The config of an `alexnet train --minutes M` run: the
+    recipe's choices (alexnet.budget.plan) for a new run; for a run that resumes (--resume, or an
+    --out folder with a checkpoint), the choices it started with, read from its checkpoint."""
+    # measured in the precision the recipe trains in (auto: bf16 where native), unless one was given
+    precision = cfg.train.precision if "train.precision" in given else "auto"
+    rt = runtime.setup(cfg.train.device, precision, cfg.train.deterministic)
+    say = print if rt.main and progress else (lambda *a, **k: None)
+    cfg = copy.deepcopy(cfg)
+    out = Path(cfg.train.out) if cfg.train.out else Path(resume).parent if resume not in (None, "auto") else None
+    previous = Path(resume) if resume not in (None, "auto") else next(
+        (out / n for n in ("last.pt", "last.prev.pt") if out is not None and (out / n).is_file()), None)
+    if previous is not None:
+        try:
+            chosen = config_mod.flatten(checkpoint.load(previous)["config"])
+        except (checkpoint.CheckpointError, KeyError, TypeError):
+            chosen = None  # restore() reports what is wrong with it
+        if chosen is not None:
+            keep = {k: v for k, v in chosen.items()
+                    if (k in budget.RECIPE_KEYS or k == "train.budget_minutes") and k not in given}
+            config_mod.apply(cfg, keep, source=f"the recipe {previous} was trained with")
+            config_mod.validate(cfg)
+            say(f"--minutes {cfg.train.minutes:g}: {previous} continues with the recipe it started with")
+            return cfg
+    if cfg.data.path is None:
+        cfg.data.path = str(runtime.once_per_node(builtin_data, cfg, rt.main and progress))
+    ds = open_prepared(Path(cfg.data.path))
+    num_classes = cfg.model.num_classes or len(ds.classes)
+    left = 60.0 * cfg.train.minutes - (time.time() - started)
+    chosen = budget.plan(cfg, ds, rt, num_classes, left, given, say)
+    config_mod.apply(cfg, chosen.values, source="the --minutes recipe")
+    config_mod.validate(cfg)
+    for line in chosen.why:
+        say(line)
+    return cfg
 
 
 def in_chain(error: BaseException | None, test: Callable) -> BaseException | None:
@@ -716,7 +819,7 @@ def data_summary(ds, cfg, loader, from_weights: bool = False) -> dict:
     mean image; a fine-tuning run uses its initial weights' own, "normalisation": "weights")."""
     n = loader.norm_cpu
     channel_mean = n.mean if n.mean is not None else n.mean_image.mean((1, 2))
-    return {"size": ds.size, "crop": cfg.data.crop, "mean_mode": "pixel" if n.mean_image is not None else "channel",
+    return {"size": ds.size, "crop": eval_crop(cfg), "train_crop": cfg.data.crop, "mean_mode": "pixel" if n.mean_image is not None else "channel",
             "mean_image": n.mean_image, "mean": channel_mean.float(),
             "std": n.std.float() if n.std is not None else torch.ones(3),
             "normalisation": "weights" if from_weights else "data", "init": cfg.train.init}
@@ -760,6 +863,7 @@ def disk_use(s: dict) -> str:
 
 def main(args) -> int:
     main_rank = int(os.environ.get("RANK", "0")) == 0  # before the process group: torchrun's variable
-    cfg = adopt_model(args.cfg, written(args), print if main_rank else (lambda *a, **k: None))
-    train(cfg, resume=args.resume)
+    given = written(args)
+    cfg = adopt_model(args.cfg, given, print if main_rank else (lambda *a, **k: None))
+    train(cfg, resume=args.resume, given=given | preset_keys(args.preset), started=budget.process_start())
     return 0

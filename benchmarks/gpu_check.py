@@ -4,7 +4,7 @@
     python benchmarks/gpu_check.py --source COPY --train-minutes 1   # a machine without ../shared
     python benchmarks/gpu_check.py --data prepared/imagenette --out gpu_check/
     python benchmarks/gpu_check.py --smoke --out /tmp/gc   # any machine, tiny sizes, seconds (the test suite)
-    python benchmarks/gpu_check.py --only train            # rerun one stage (nvjpeg, bench, resident, train)
+    python benchmarks/gpu_check.py --only train            # rerun stages (nvjpeg, bench, resident, train, minutes)
 
 In order, each stage recorded as ok / failed / skipped with its figures:
 1. environment: GPU, driver-side CUDA, torch, cuDNN, NCCL versions;
@@ -18,7 +18,9 @@ In order, each stage recorded as ok / failed / skipped with its figures:
    recipe's step fed by it against the step alone (target: data under 5% of the time);
 6. a 2-minute `fast` training run on Imagenette (resident where it fits: img/s, data-wait share,
    MFU, top-1);
-7. a 2-process NCCL training run when the machine has 2 or more GPUs, else skipped with the reason.
+7. `alexnet train --minutes 2` on Imagenette prepared at 256 px (issue 22: the budget recipe chooses
+   the network and crops for this GPU): top-1, images/s, the whole command's wall time, the choice;
+8. a 2-process NCCL training run when the machine has 2 or more GPUs, else skipped with the reason.
 The data: --data PREPARED, else --source DIR (default ../shared/data/imagenette) prepared once into
 OUT/imagenette (size 144, as benchmarks/imagenette_budget.py) and OUT/imagenette256 (the
 resident stage's 224 crops). OUT/gpu_check.json is rewritten after
@@ -164,6 +166,30 @@ def train_run(device: str, data: Path, out: Path, smoke: bool, nproc: int = 1, m
             "ceiling": s.get("ceiling")}
 
 
+def minutes_run(device: str, data: Path, out: Path, smoke: bool, minutes: float = 2) -> dict:
+    """`alexnet train --minutes M` (issue 22), timed whole: what the recipe chose and what it reached."""
+    if out.exists():
+        shutil.rmtree(out)
+    minutes = 0.3 if smoke else minutes
+    cmd = ["-m", "alexnet", "train", "--data", str(data), "--out", str(out), "--minutes", f"{minutes:g}",
+           "--device", "cuda" if device.startswith("cuda") else device]
+    if smoke:
+        cmd += ["--set", "model.width=0.25", "--set", "model.hidden=64", "--set", "train.batch_size=16",
+                "--set", "eval.batch_size=32"]
+    start = time.time()
+    proc = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    wall = time.time() - start
+    if proc.returncode != 0:
+        return {"status": "failed", "command": " ".join(cmd), "output_tail": (proc.stdout + proc.stderr)[-3000:]}
+    s = json.loads((out / "summary.json").read_text())
+    recipe = [line for line in proc.stdout.splitlines() if line.startswith(("--minutes", "measured", "chosen"))]
+    return {"command": "python " + " ".join(cmd), "minutes": minutes, "command_s": wall,
+            "within_5_percent": abs(wall - 60 * minutes) <= 0.05 * 60 * minutes, "top1": s["top1"], "top5": s["top5"],
+            "images_per_s": s["images_per_s"], "epochs_done": s["epochs_done"], "precision": s["precision"],
+            "eval_crop": s.get("eval_crop"), "train_crop": s.get("train_crop"), "views": s.get("views"),
+            "raw_top1": (s.get("raw") or {}).get("top1"), "recipe": recipe}
+
+
 RESIDENT_TARGET = 0.05  # issue 20: data under 5% of step time on an H200, at every crop size
 
 
@@ -264,6 +290,10 @@ def table(report: dict) -> str:
         elif name == "nvjpeg twice" and "images" in r:
             figures = (f"{r['images']} images decoded twice behind queued work: {r['decodes_differing']} differ, "
                        f"{r['reductions_corrupted']} reductions corrupted")
+        elif name == "train --minutes" and "top1" in r:
+            figures = (f"top-1 {100 * r['top1']:.1f}% ({r['views']} views at {r['eval_crop']} px) after "
+                       f"{r['epochs_done']} epochs, {r['images_per_s']:.0f} img/s, whole command {r['command_s']:.0f} s "
+                       f"for {r['minutes']:g} min")
         elif name.startswith("train") and "top1" in r:
             figures = (f"top-1 {100 * r['top1']:.1f}% after {r['epochs_done']} epochs, {r['images_per_s']:.0f} img/s, "
                        f"data wait {100 * (r['data_wait'] or 0):.0f}%, MFU {100 * (r['mfu'] or 0):.1f}%, {r['precision']}")
@@ -284,7 +314,7 @@ def positive(text: str) -> float:
     return value
 
 
-OPTIONAL = ("nvjpeg", "bench", "resident", "train")  # the stages --only can pick
+OPTIONAL = ("nvjpeg", "bench", "resident", "train", "minutes")  # the stages --only can pick
 
 
 def main(argv=None) -> int:
@@ -319,7 +349,7 @@ def main(argv=None) -> int:
         return 1
     data, source = found["data"], found["source"]
     for name, key in (("nvjpeg twice", "nvjpeg"), ("bench", "bench"), ("resident", "resident"),
-                      ("train fast", "train"), ("train 2 processes", "train")):
+                      ("train fast", "train"), ("train --minutes", "minutes"), ("train 2 processes", "train")):
         if key not in only:
             report[name] = {"status": "skipped", "seconds": 0, "reason": f"not in --only {args.only}"}
     if "nvjpeg" in only:
@@ -332,6 +362,9 @@ def main(argv=None) -> int:
     if "train" in only:
         stage(report, "train fast")(train_run, device, data, Path(args.out) / "run-fast", args.smoke,
                                     minutes=args.train_minutes)
+    if "minutes" in only:
+        stage(report, "train --minutes")(minutes_run, device, data if args.smoke else found["data_224"],
+                                         Path(args.out) / "run-minutes", args.smoke, minutes=args.train_minutes)
     if "train" in only and gpus >= 2:
         stage(report, "train 2 processes")(train_run, device, data, Path(args.out) / "run-nccl", args.smoke, nproc=2,
                                            minutes=args.train_minutes)

@@ -53,3 +53,24 @@ def terminate(proc, timeout: float = 30) -> int:
             proc.kill()
             proc.wait()
     return proc.returncode
+
+
+def straight_and_resumed(cfg, tmp_path: Path, monkeypatch) -> tuple[dict, dict]:
+    """Train cfg(tmp_path / "straight") whole, and cfg(tmp_path / "split") stopped (KeyboardInterrupt)
+    as its second epoch starts, then the same call again, which resumes it: both last.pt states."""
+    from alexnet import checkpoint
+    from alexnet import train as train_module
+    train_module.train(cfg(tmp_path / "straight"), progress=False)
+    real = train_module.train_epoch
+
+    def stop_in_second_epoch(*args, **kwargs):
+        if args[1] == 1:  # epoch index: the first epoch and its checkpoint are done
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_epoch", stop_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.train(cfg(tmp_path / "split"), progress=False)
+    monkeypatch.setattr(train_module, "train_epoch", real)
+    train_module.train(cfg(tmp_path / "split"), progress=False)
+    return checkpoint.load(tmp_path / "straight" / "last.pt"), checkpoint.load(tmp_path / "split" / "last.pt")

@@ -99,6 +99,21 @@ def test_ten_views_match_torchvision_tencrop():
     assert torch.equal(got[:, 4], centre)
 
 
+def test_two_views_are_the_centre_crop_and_its_reflection():
+    for width in (36, 35):  # 35: an odd margin, where the mirror's centre crop is 1 px off the centre's mirror
+        x = images(3, 30, width)
+        mean_image = torch.rand(3, 30, width) * 255
+        got = A.eval_views(x, 24, 2, A.Normalize(mean_image=mean_image))
+        assert got.shape == (3, 2, 3, 24, 24)
+        for i in range(3):
+            ten = torch.stack(T.TenCrop(24)(x[i].float() - mean_image))  # the centre crop is 4, its mirror's 9
+            torch.testing.assert_close(got[i], ten[[4, 9]])
+            if width == 36:
+                torch.testing.assert_close(got[i, 1], got[i, 0].flip(-1))
+    with pytest.raises(ValueError, match="1, 2 or 10"):
+        A.view_offsets(30, 30, 24, 5)
+
+
 def test_ten_views_with_the_mean_image():
     x = images(2, 20, 20)
     mean_image = torch.rand(3, 20, 20) * 255
@@ -169,7 +184,7 @@ def test_cpu_loop_and_gpu_gather_implementations_agree(mean, jitter):
         assert loop.dtype == gather.dtype == dtype
         assert loop.is_contiguous(memory_format=torch.channels_last) == cl
         torch.testing.assert_close(loop.float(), gather.float(), rtol=1e-5, atol=1e-4 if dtype == torch.float32 else 1.0)
-    for views in (1, 10):
+    for views in (1, 2, 10):
         loop = A.eval_views(list(x), 28, views, norm, impl="loop")
         gather = A.eval_views(x, 28, views, norm, impl="gather")
         torch.testing.assert_close(loop, gather)

@@ -91,7 +91,7 @@ def test_set_parses_by_type(assignment, attr, value):
     ("train.compile=maybe", r"train.compile: expects true or false"),
     ("optim.lr=fast", r"optim.lr: expects a number"),
     ("model.name=vgg", r"model.name: 'vgg' is not one of alexnet2012, alexnet_owt"),
-    ("eval.views=5", r"eval.views: '5' is not one of 1, 10"),
+    ("eval.views=5", r"eval.views: '5' is not one of 1, 2, 10"),
     ("data.scale=0.5", r"data.scale: expects 2 comma-separated values"),
     ("lr=0.1", r"expected section.key=value"),
     ("train.epochs", r"expected section.key=value"),

@@ -168,3 +168,15 @@ def test_a_batch_the_world_size_does_not_divide_fails_before_any_work(tiny, tmp_
     assert proc.returncode != 0
     assert "train.batch_size 15 is not divisible by world size 2" in proc.stdout + proc.stderr
     assert not (tmp_path / "odd" / "last.pt").exists()
+
+
+def test_minutes_under_torchrun_is_one_budget_and_one_choice_for_all_ranks(tiny, tmp_path):
+    out = tmp_path / "minutes"
+    proc = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+                "-m", "alexnet", "train", "--data", str(tiny), "--out", str(out), "--minutes", "0.4",
+                *[a for s in ("model.width=0.25", "model.hidden=64", "train.batch_size=16", "eval.batch_size=16",
+                              "data.workers=0") for a in ("--set", s)]])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["ranks_in_sync"] and summary["weights"] == "ema"
+    assert proc.stdout.count("chosen: width 0.25") == 1  # rank 0's measurements decide, rank 0 says so
+    assert summary["views"] == 2 and summary["eval_crop"] == 72

@@ -147,23 +147,10 @@ def test_the_same_image_gives_the_same_probabilities_in_predict_export_and_pytho
 
 
 def test_resumed_fine_tuning_continues_exactly(own, tiny, tmp_path, monkeypatch):
-    from alexnet import train as train_module
+    from conftest import straight_and_resumed
     cfg = lambda out: config.resolve("quick", sets=sets(tiny, out, *OWN, f"train.init={own}", "train.epochs=2",  # noqa: E731
                                                         "train.deterministic=true", "train.freeze=features"))
-    train(cfg(tmp_path / "straight"), progress=False)
-    real = train_module.train_epoch
-
-    def stop_in_second_epoch(*args, **kwargs):
-        if args[1] == 1:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "train_epoch", stop_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg(tmp_path / "split"), progress=False)
-    monkeypatch.setattr(train_module, "train_epoch", real)
-    train(cfg(tmp_path / "split"), progress=False)
-    a, b = checkpoint.load(tmp_path / "straight" / "last.pt"), checkpoint.load(tmp_path / "split" / "last.pt")
+    a, b = straight_and_resumed(cfg, tmp_path, monkeypatch)
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     source = checkpoint.load(own)["model"]

@@ -17,7 +17,10 @@ def test_the_gpu_check_runs_every_stage_in_smoke_mode(tmp_path):
     stages = {k: v["status"] for k, v in report.items() if isinstance(v, dict) and "status" in v}
     assert stages["environment"] == stages["bench"] == stages["train fast"] == "ok", stages
     assert set(stages) == {"environment", "cuda tests", "data", "nvjpeg twice", "bench", "resident", "train fast",
-                           "train 2 processes"}
+                           "train --minutes", "train 2 processes"}
+    minutes = report["train --minutes"]  # issue 22: the budget recipe's run, timed whole
+    assert stages["train --minutes"] == "ok" and 0 <= minutes["top1"] <= 1 and minutes["images_per_s"] > 0
+    assert minutes["views"] == 2 and any(line.startswith("chosen:") for line in minutes["recipe"])
     assert stages["data"] == stages["resident"] == "ok" and stages["nvjpeg twice"] == "skipped"
     resident = report["resident"]  # the resident path's step fed against the step alone, at two crops and on photos
     fed = {k: v for k, v in resident.items() if isinstance(v, dict) and "data_share" in v}
@@ -41,7 +44,7 @@ def test_the_gpu_check_runs_every_stage_in_smoke_mode(tmp_path):
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     second = json.loads((tmp_path / "gpu_check.json").read_text())
     assert second["train fast"]["images_per_s"] > 0
-    assert second["bench"]["status"] == second["resident"]["status"] == "skipped"
+    assert second["bench"]["status"] == second["resident"]["status"] == second["train --minutes"]["status"] == "skipped"
 
 
 def test_data_rate_times_neither_warm_up_nor_prefetched_batches_and_cycles_small_sets(monkeypatch):

@@ -49,7 +49,7 @@ def trained(tmp_path_factory):
     for i in range(40):
         buf = io.BytesIO()
         Image.fromarray(synthetic.draw(i % 10, synthetic.image_rng(11, "val", i), 90 + i)).save(buf, "PNG")
-        probs = {v: net.probabilities(net.preprocess([open_rgb(buf.getvalue())], v))[0] for v in (1, 10)}
+        probs = {v: net.probabilities(net.preprocess([open_rgb(buf.getvalue())], v))[0] for v in (1, 2, 10)}
         top = probs[1].sort(descending=True).values[:6]
         if (top[:-1] - top[1:]).min() > 1e-4:
             photos.append({"png": buf.getvalue(), "probs": probs})
@@ -133,6 +133,9 @@ def test_predict_answers_as_the_network_does_in_process(server, trained):
     status, _, r = server.request("POST", "/v1/predict?topk=3&views=10", body, headers)
     assert status == 200
     assert_matches(r, photo["probs"][10], net, 3)
+    status, _, r = server.predict(photo["png"], "?topk=3&views=2")  # the centre crop and its reflection
+    assert status == 200
+    assert_matches(r, photo["probs"][2], net, 3)
     status, _, r = server.predict(photo["png"], "?topk=50", kind="application/octet-stream")
     assert status == 200 and len(r["predictions"]) == len(net.classes)  # topk beyond the classes: all of them
 

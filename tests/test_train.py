@@ -44,23 +44,9 @@ def test_a_run_writes_a_self_describing_folder(tiny, tmp_path):
 
 
 def test_resume_continues_and_matches_an_uninterrupted_run(tiny, tmp_path, monkeypatch):
-    from alexnet import train as train_module
+    from conftest import straight_and_resumed
     cfg = lambda out: tiny_cfg(tiny, out, "train.epochs=3", "train.deterministic=true")  # noqa: E731
-    train(cfg(tmp_path / "straight"), progress=False)
-    real = train_module.train_epoch
-
-    def stop_in_second_epoch(*args, **kwargs):
-        if args[1] == 1:  # epoch index: the first epoch and its checkpoint are done
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "train_epoch", stop_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg(tmp_path / "split"), progress=False)
-    assert checkpoint.load(tmp_path / "split" / "last.pt")["epoch"] == 1
-    monkeypatch.setattr(train_module, "train_epoch", real)
-    train(cfg(tmp_path / "split"), progress=False)  # the same command again: continues the run
-    a, b = checkpoint.load(tmp_path / "straight" / "last.pt"), checkpoint.load(tmp_path / "split" / "last.pt")
+    a, b = straight_and_resumed(cfg, tmp_path, monkeypatch)  # "split": stopped after epoch 1, then resumed
     assert a["epoch"] == b["epoch"] == 3
     for key in a["model"]:
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0, msg=key)

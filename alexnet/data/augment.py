@@ -270,11 +270,17 @@ def _box_grid(top, left, bh, bw, flip, h, w, crop):
 
 
 def view_offsets(h: int, w: int, crop: int, views: int) -> list[tuple[int, int, bool]]:
-    """(top, left, flip) of the evaluation views: the centre crop, or §4.1's ten in the order of
-    torchvision's TenCrop (corners tl, tr, bl, br, centre; then the same crops of the mirror image)."""
+    """(top, left, flip) of the evaluation views: the centre crop (views=1); the centre crop and its
+    reflection (2: test-time reflection, the one view §4.1's training augmentation makes as likely
+    as the image itself); or §4.1's ten in the order of torchvision's TenCrop (corners tl, tr, bl,
+    br, centre; then the same crops of the mirror image). Raises ValueError for another count."""
     ct, cl = int(round((h - crop) / 2.0)), int(round((w - crop) / 2.0))
     if views == 1:
         return [(ct, cl, False)]
+    if views == 2:  # the mirror of the centre crop at (t, l) is the crop at (t, w - crop - l)
+        return [(ct, cl, False), (ct, w - crop - cl, True)]
+    if views != 10:
+        raise ValueError(f"views must be 1, 2 or 10, got {views}")
     five = [(0, 0), (0, w - crop), (h - crop, 0), (h - crop, w - crop), (ct, cl)]
     # a crop at (t, l) of the mirrored image is the mirror of the crop at (t, w - crop - l)
     return [(t, l, False) for t, l in five] + [(t, w - crop - l, True) for t, l in five]
@@ -282,7 +288,7 @@ def view_offsets(h: int, w: int, crop: int, views: int) -> list[tuple[int, int, 
 
 def eval_views(images, crop: int, views: int, norm: Normalize, dtype=torch.float32,
                channels_last=False, impl: str | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, 3, H, W) uint8 (tensor or list) -> (B, 3, C, C) for views=1, or (B, 10, 3, C, C).
+    """(B, 3, H, W) uint8 (tensor or list) -> (B, 3, C, C) for views=1, or (B, V, 3, C, C) for V = 2, 10.
     out: a (B * views, 3, C, C) tensor to write into (the loop implementation)."""
     first = images[0]
     dev = first.device

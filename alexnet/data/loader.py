@@ -460,8 +460,8 @@ class Loader:
         for slot, labels, indices in it:
             rows = len(indices) * (1 if self.train else self.options["views"])
             images = self.pool[slot][:rows]
-            if not self.train and self.options["views"] == 10:
-                images = images.view(len(indices), 10, *images.shape[1:])
+            if not self.train and self.options["views"] > 1:
+                images = images.view(len(indices), self.options["views"], *images.shape[1:])
             yield Batch(images, labels, indices)
 
     def _timed(self, it):

@@ -2,7 +2,7 @@
 
     app = create_app(net, Settings(max_batch=32), gallery=None)   # served by uvicorn (server.py)
 
-    POST /v1/predict?topk=5&views=1|10&neighbors=0   multipart (field `file`) or raw image bytes
+    POST /v1/predict?topk=5&views=1|2|10&neighbors=0   multipart (field `file`) or raw image bytes
          -> {"predictions": [{"index", "class", "name", "probability"}, ...], "model": {...},
              "timing_ms": {...}, "batch_size": n[, "neighbors": [...]]}
     GET  /v1/health     /v1/model     /v1/filters.png     /v1/images/{index}     /openapi.json
@@ -46,6 +46,7 @@ from .batching import Batcher, Busy
 from .figures import Gallery, filters_png
 
 STATIC = Path(__file__).parent / "static"
+VIEWS = (1, 2, 10)  # the centre crop; it and its reflection; §4.1's ten (alexnet.data.augment.view_offsets)
 ACCEPTED = "multipart/form-data with the image in a field named 'file', or the image bytes as image/* or " \
            "application/octet-stream"
 DRAIN = 64 << 20  # bytes of an over-limit body still read (and dropped) so the client sees the 413, not a reset
@@ -184,7 +185,7 @@ def describe_model(net: Network, settings: Settings, gallery: Gallery | None) ->
             "sha256": net.sha256, "num_classes": len(net.classes),
             "classes": [{"index": i, "class": c["id"], "name": c["name"]} for i, c in enumerate(net.classes)],
             "input_size": net.crop, "resize": net.size, "normalisation": normalisation,
-            "views": [1, 10], "device": str(net.device), "features": gallery.describe() if gallery else None,
+            "views": list(VIEWS), "device": str(net.device), "features": gallery.describe() if gallery else None,
             "limits": {**asdict(settings), "max_upload_bytes": int(settings.max_upload_mb * (1 << 20))},
             "validation": validation_of(net), "version": __version__}
 
@@ -262,12 +263,13 @@ def create_app(net: Network, settings: Settings | None = None, gallery: Gallery 
     @app.post("/v1/predict", openapi_extra=PREDICT_DOC)
     async def predict(request: Request,
                       topk: int = Query(5, ge=1, description="classes returned, most probable first"),
-                      views: int = Query(1, description="1: the centre crop; 10: the paper's ten views (§4.1)"),
+                      views: int = Query(1, description="1: the centre crop; 2: and its reflection; "
+                                                        "10: the paper's ten views (§4.1)"),
                       neighbors: int = Query(0, ge=0, description="nearest training images (needs --features)")):
         """The top-k classes of one image."""
         start = time.perf_counter()
-        if views not in (1, 10):
-            raise ApiError(422, f"views must be 1 or 10, got {views}")
+        if views not in VIEWS:
+            raise ApiError(422, f"views must be 1, 2 or 10, got {views}")
         if neighbors and gallery is None:
             raise ApiError(400, "this server has no training images to compare with: start it with --features FILE")
         if neighbors > settings.max_neighbors:

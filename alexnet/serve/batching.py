@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from ..data.augment import eval_views
 from ..inference import Network
 
-CENTRE_VIEW = {1: 0, 10: 4}  # index of the centre crop among the views (augment.view_offsets order)
+CENTRE_VIEW = {1: 0, 2: 0, 10: 4}  # index of the centre crop among the views (augment.view_offsets order)
 
 
 class Busy(Exception):

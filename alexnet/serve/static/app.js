@@ -88,7 +88,7 @@ async function predict() {
   const t = body.timing_ms;
   $("timing").textContent = `${t.total.toFixed(0)} ms in all: decode ${t.decode.toFixed(0)} ms, queue ` +
     `${t.queue.toFixed(0)} ms, forward pass ${t.forward.toFixed(0)} ms (batch of ${body.batch_size}); ` +
-    `${views === "10" ? "10 views averaged" : "centre crop"}`;
+    `${views === "10" ? "10 views averaged" : views === "2" ? "centre crop and its reflection averaged" : "centre crop"}`;
 }
 
 function drawBars(predictions) {
