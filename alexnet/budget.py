@@ -285,7 +285,7 @@ def recipe(cfg, width: float, final: int, size: int, batch: int, epochs: float, 
         "optim.update": "torch", "optim.nesterov": True, "optim.momentum": 0.9, "optim.label_smoothing": 0.1,
         "optim.lr": 0.002 if init else LR_PER_128, "optim.lr_batch": 64 if init else 128,
         "optim.weight_decay": 1e-4 if init else 5e-4, "optim.head_lr_mult": 10.0 if init else 1.0,
-        "schedule.name": "linear", "schedule.warmup_epochs": round(max(0.5, min(2.0, 0.03 * epochs)), 2),
+        "schedule.name": "linear", "schedule.warmup_epochs": warmup(epochs, cfg, given),
         "train.batch_size": batch, "train.epochs": 100_000, "train.precision": "auto", "train.channels_last": True,
         "eval.views": 2, "eval.crop": eval_crop(final, size), "eval.every": 100_000,
     })
@@ -294,6 +294,12 @@ def recipe(cfg, width: float, final: int, size: int, batch: int, epochs: float, 
     if init:
         v["data.pca_std"] = 0.0
     return v
+
+
+def warmup(epochs: float, cfg, given: set[str]) -> float:
+    """Warm-up epochs: 3% of the planned epochs, 0.5 to 2; at most half of a train.epochs the user gave."""
+    w = round(max(0.5, min(2.0, 0.03 * epochs)), 2)
+    return min(w, cfg.train.epochs / 2) if "train.epochs" in given else w
 
 
 RECIPE_KEYS = {f"model.{k}" for k in (*MODEL, "width", "hidden")} | {

@@ -122,6 +122,9 @@ def test_the_rules_numbers():
     assert budget.eval_crop(128, 160) == 144 and budget.eval_crop(128, 140) == 140  # 1.15x, at most S
     assert budget.min_scale(40) == 0.25 and budget.min_scale(8) == 0.5 and budget.min_scale(20) == 0.375
     assert budget.start_crop(128) == 96 and budget.start_crop(64) == 64
+    one = config.resolve("paper", sets=["train.epochs=1"])  # a given train.epochs bounds the warm-up (validate)
+    assert budget.warmup(100, one, set()) == 2.0 and budget.warmup(100, one, {"train.epochs"}) == 0.5
+    assert budget.warmup(10, one, set()) == 0.5
 
 
 class FakeSplit:
