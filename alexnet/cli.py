@@ -38,6 +38,11 @@ COMMANDS: dict[str, tuple[str | None, int, str]] = {
     "info": ("alexnet.info:main", 2, "layer table of a network (the paper's Fig. 2), or this machine"),
 }
 
+# The default of every command's --workers, as alexnet.runtime.loader_workers computes it (kept here, in
+# words, because the command line is parsed before torch is imported)
+WORKERS_RULE = ("default: this process's share of the cores (cores / processes on the node) less one on a GPU; "
+                "a quarter of the share on a CPU, where the network computes on the rest")
+
 # Explicit flags of config-driven commands and the config keys they set (`--set` reaches all keys).
 CONFIG_FLAGS = {
     "--data": ("data.path", "prepared data set folder (default: the built-in generated set)"),
@@ -51,7 +56,7 @@ CONFIG_FLAGS = {
     "--device": ("train.device", "auto | cpu | cuda | cuda:N | mps"),
     "--precision": ("train.precision", "fp32 | bf16 | fp16 (autocast) | auto (bf16 where native, else fp32)"),
     "--seed": ("train.seed", "seed of every random stream"),
-    "--workers": ("data.workers", "loader processes (default: one per core)"),
+    "--workers": ("data.workers", "loader processes (alexnet.runtime.loader_workers' " + WORKERS_RULE + ")"),
     "--init": ("train.init", "start from weights: torchvision | CKPT | a state-dict .pth (fine-tuning)"),
     "--freeze": ("train.freeze", "none | features (conv1..conv5) | all-but-head"),
 }
@@ -162,6 +167,8 @@ def build_parser() -> Parser:
                    help="side of the evaluation crops (default: the checkpoint's eval.crop, else its training crop)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (under torchrun: each rank's GPU)")
     p.add_argument("--json", metavar="OUT", help="write the report as JSON")
+    p.add_argument("--workers", type=at_least(0), default=None,
+                   help="loader processes (alexnet.runtime.loader_workers' " + WORKERS_RULE + ")")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"],
                    help="autocast dtype of the forward pass (default fp32, exact; auto: bf16 where native)")
 
@@ -187,6 +194,8 @@ def build_parser() -> Parser:
     p.add_argument("--split", default="train")
     p.add_argument("--out", required=True, metavar="FILE", help="where to write the vectors (.npy)")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    p.add_argument("--workers", type=at_least(0), default=None,
+                   help="loader processes (alexnet.runtime.loader_workers' " + WORKERS_RULE + ")")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"],
                    help="number format of the forward pass, the weights converted once (default fp32, exact; auto: bf16 where native)")
@@ -200,6 +209,8 @@ def build_parser() -> Parser:
     p.add_argument("--k", type=at_least(1), default=6, help="neighbours per query (default 6)")
     p.add_argument("--split", default="train", help="split searched (default train)")
     p.add_argument("--features", metavar="FILE", help="precomputed codes of that split (alexnet features)")
+    p.add_argument("--workers", type=at_least(0), default=None,
+                   help="loader processes (alexnet.runtime.loader_workers' " + WORKERS_RULE + ")")
     p.add_argument("--sheet", metavar="OUT.png", help="draw the queries and their neighbours")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"],

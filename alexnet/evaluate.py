@@ -11,8 +11,11 @@ the views is averaged per image before ranking (§4.1); several networks (an ens
 softmaxes too. Ties count against the model: an image is top-k correct when fewer than k other
 classes score at least as high as the true one, so a network that outputs the same score for every
 class is never right by luck. The JSON report has top1_error, top5_error, top1, top5, loss,
-n_images, views, per_class, the checkpoints and the data set's checksum; a confusion-matrix PNG
-and the most confused class pairs are written beside it.
+n_images, views, per_class, best_classes and worst_classes (20 each, with names), most_confused
+(pairs with names and an example image), the checkpoints and the data set's checksum; beside it
+three figures that stay readable at 1,000 classes (alexnet.class_report): the confusion matrix
+(whole up to 40 classes, else the 40 most confused), the per-class accuracies (best and worst
+20), and the most confused pairs, each with an image that was taken for the other class.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import distributed, runtime
+from . import class_report, distributed, runtime
 from .checkpoint import unwrap
 from .model import evaluating
 from .errors import UserError
@@ -65,8 +68,14 @@ class Tally:
         self.per_class = torch.zeros(2, num_classes, dtype=torch.float64, device=device)  # right, total
         self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=device) \
             if confusion else None
+        # with the confusion matrix: one image index per (true, predicted) pair (the largest: the
+        # same whatever the batches and ranks), so that a report can show what was confused
+        self.examples = torch.full((num_classes * num_classes,), -1, dtype=torch.long, device=device) \
+            if confusion else None
 
-    def add(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
+    def add(self, probs: torch.Tensor, labels: torch.Tensor, index: torch.Tensor | None = None) -> None:
+        """probs (B, K) scores, labels (B,) long; index (B,) long: the images' indices in the split,
+        kept as examples of the pairs they fall in (with the confusion matrix only)."""
         right1 = topk_correct(probs, labels, 1)
         right5 = topk_correct(probs, labels, min(5, probs.shape[1]))
         nll = -torch.log(probs.gather(1, labels[:, None]).clamp_min(1e-12)).squeeze(1)
@@ -77,19 +86,25 @@ class Tally:
         if self.confusion is not None:
             pairs = labels * self.confusion.shape[0] + probs.argmax(1)
             self.confusion.view(-1).index_add_(0, pairs, torch.ones_like(pairs, dtype=torch.float64))
+            if index is not None:
+                self.examples.scatter_reduce_(0, pairs, index.to(pairs.device), "amax")
 
     def result(self) -> dict:
         for t in (self.sums, self.per_class, self.confusion):
             if t is not None:
                 distributed.all_reduce_sum(t)
+        if self.examples is not None:
+            distributed.all_reduce_max(self.examples)
         n, r1, r5, loss = self.sums.tolist()
         m = max(n, 1.0)
         acc = (self.per_class[0] / self.per_class[1].clamp_min(1)).tolist()
         out = {"n_images": int(n), "top1": r1 / m, "top5": r5 / m, "top1_error": 1 - r1 / m,
                "top5_error": 1 - r5 / m, "loss": loss / m,
-               "per_class": [a if t > 0 else None for a, t in zip(acc, self.per_class[1].tolist())]}
+               "per_class": [a if t > 0 else None for a, t in zip(acc, self.per_class[1].tolist())],
+               "per_class_images": [int(t) for t in self.per_class[1].tolist()]}
         if self.confusion is not None:
             out["confusion"] = self.confusion.long().cpu()
+            out["examples"] = self.examples.cpu()
         return out
 
 
@@ -172,7 +187,7 @@ class Images(torch.utils.data.Dataset):
         from .data.sources import read_bytes
 
         if self.prepared:
-            return self.split.images([i])[0].contiguous(), i  # a copy of raw pixels, not a view of the map
+            return self.split.images([i])[0].contiguous(), i  # contiguous: raw pixels come as a permuted view
         try:
             arr = resize_crop(open_rgb(read_bytes(self.samples[i]), self.size), self.size)
         except (BadImage, OSError) as e:
@@ -209,8 +224,9 @@ def _collate(items):
 
 
 def evaluate_networks(networks, data: str, split: str = "val", views: int = 1, batch_size: int = 64,
-                      workers: int = 2, progress: bool = True, crop: int | None = None) -> dict:
+                      workers: int | None = None, progress: bool = True, crop: int | None = None) -> dict:
     """Evaluate one network or an ensemble on a prepared split or an image folder (this rank's share).
+    workers: loader processes (None: the rule of alexnet.runtime.loader_workers).
     crop: the side of the evaluation crops in px (default: each network's own, its checkpoint's
     eval.crop or training crop); at most the size the images are resized to (UserError)."""
     from tqdm import tqdm
@@ -229,6 +245,7 @@ def evaluate_networks(networks, data: str, split: str = "val", views: int = 1, b
     remap = label_map([c["id"] for c in images.classes], ids, data)
     ctx = distributed.init(first.device.type)
     plan = eval_plan(len(images), batch_size, ctx.world_size, ctx.rank)
+    workers = runtime.loader_workers(first.device) if workers is None else workers
     loader = torch.utils.data.DataLoader(images, batch_sampler=[list(b) for b in plan], num_workers=workers,
                                          collate_fn=_collate)
     tally = Tally(len(ids), first.device, confusion=True)
@@ -244,7 +261,7 @@ def evaluate_networks(networks, data: str, split: str = "val", views: int = 1, b
             from .data.augment import eval_views
             x = eval_views(batch, crop or net.crop, views, net.norm_for(batch.shape[-1]))
             probs = probs + net.probabilities(x)
-        tally.add(probs / len(networks), labels)
+        tally.add(probs / len(networks), labels, idx)
     result = tally.result()
     if result["n_images"] == 0:
         raise UserError(f"no image of {data} ({split}) could be read ({len(failures)} failed, e.g. "
@@ -252,44 +269,8 @@ def evaluate_networks(networks, data: str, split: str = "val", views: int = 1, b
                         f"nothing to evaluate")
     result.update({"views": views, "crop": crop or first.crop, "split": split, "data": str(Path(data).resolve()), "data_checksum": images.checksum,
                    "checkpoints": [{"source": n.source, "sha256": n.sha256} for n in networks],
-                   "skipped": failures, "classes": first.classes})
+                   "skipped": failures, "classes": first.classes, "images": images})
     return result
-
-
-def confused_pairs(confusion: torch.Tensor, classes: list[dict], n: int = 10) -> list[dict]:
-    c = confusion.clone()
-    c.fill_diagonal_(0)
-    values, flat = c.flatten().topk(min(n, c.numel()))
-    out = []
-    for v, f in zip(values.tolist(), flat.tolist()):
-        if v <= 0:
-            break
-        t, p = divmod(f, c.shape[0])
-        out.append({"true": classes[t]["name"], "predicted": classes[p]["name"], "count": int(v),
-                    "true_id": classes[t]["id"], "predicted_id": classes[p]["id"]})
-    return out
-
-
-def confusion_png(confusion: torch.Tensor, classes: list[dict], path: Path) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    c = confusion.double()
-    rows = c / c.sum(1, keepdim=True).clamp_min(1)  # each true class's predictions, as shares
-    k = len(classes)
-    fig, ax = plt.subplots(figsize=(min(14, 3 + 0.45 * k), min(12, 2.5 + 0.4 * k)))
-    im = ax.imshow(rows.numpy(), cmap="Blues", vmin=0, vmax=1)
-    if k <= 40:
-        names = [c["name"][:18] for c in classes]
-        ax.set_xticks(range(k), names, rotation=90, fontsize=7)
-        ax.set_yticks(range(k), names, fontsize=7)
-    ax.set(xlabel="predicted", ylabel="true", title="confusion matrix (rows: share of each true class)")
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def main(args) -> int:
@@ -305,26 +286,42 @@ def main(args) -> int:
     networks = [load(c, rt.device, rt.dtype) for c in args.checkpoints]
     if args.weights:
         networks.append(load_weights(args.weights, rt.device, rt.dtype))
-    r = evaluate_networks(networks, args.data, args.split, args.views, args.batch_size, crop=args.crop)
+    r = evaluate_networks(networks, args.data, args.split, args.views, args.batch_size, crop=args.crop,
+                          workers=args.workers)
     if not rt.main:
         return 0
-    confusion = r.pop("confusion")
+    confusion, examples, counts = r.pop("confusion"), r.pop("examples"), r.pop("per_class_images")
+    images = r.pop("images")
     classes = r.pop("classes")
-    r["per_class"] = [{"id": c["id"], "name": c["name"], "accuracy": a} for c, a in zip(classes, r["per_class"])]
-    r["most_confused"] = confused_pairs(confusion, classes)
+    rank = class_report.ranked(r["per_class"], counts, classes, n=20)
+    r["per_class"] = [{"id": c["id"], "name": c["name"], "accuracy": a, "images": k}
+                      for c, a, k in zip(classes, r["per_class"], counts)]
+    r["most_confused"] = class_report.confused_pairs(confusion, classes, n=20, examples=examples)
+    for pair in r["most_confused"]:  # the example by its file, not only its index
+        if "example" in pair:
+            pair["example_path"] = images.keys[pair["example"]]
+    r["best_classes"], r["worst_classes"] = rank["best"], rank["worst"]
     print(f"{r['n_images']:,} images, {args.views} view(s) of {r['crop']} px, {len(networks)} network(s): top-1 error "
           f"{100 * r['top1_error']:.2f}%, top-5 error {100 * r['top5_error']:.2f}% (top-1 {100 * r['top1']:.3f}%, "
           f"top-5 {100 * r['top5']:.3f}%), loss {r['loss']:.4f}")
     for note in result_notes(r["top1_error"], len(classes)):
         print(note)
+    if r["most_confused"]:
+        print("most confused (true taken for predicted):")
     for p in r["most_confused"][:5]:
         print(f"  {p['count']:>5} x {p['true']} taken for {p['predicted']}")
+    if len(classes) > 10:  # with few classes the per-class list is short enough to read in the JSON
+        print("worst classes (top-1): " + ", ".join(f"{c['name']} {100 * c['accuracy']:.0f}%" for c in rank["worst"][:5]))
     if r["skipped"]:
         print(f"  {len(r['skipped'])} image(s) could not be read and were not counted, e.g. "
               f"{r['skipped'][0]['path']}: {r['skipped'][0]['error']}")
     if args.json:
         out = Path(args.json)
-        r["confusion_png"] = str(confusion_png(confusion, classes, out.with_suffix(".confusion.png")))
+        r["confusion_png"] = str(class_report.confusion_png(confusion, classes, out.with_suffix(".confusion.png")))
+        r["per_class_png"] = str(class_report.per_class_png(rank, out.with_suffix(".per_class.png")))
+        if r["most_confused"]:
+            r["confused_png"] = str(class_report.confused_png(r["most_confused"][:12], images,
+                                                              out.with_suffix(".confused.png")))
         out.write_text(json.dumps(r, indent=2) + "\n")
-        print(f"report: {out}; confusion matrix: {r['confusion_png']}")
+        print(f"report: {out}; figures: {', '.join(r[k] for k in ('confusion_png', 'per_class_png', 'confused_png') if k in r)}")
     return 0

@@ -60,15 +60,29 @@ def _ours(out: Path, meta_path: Path) -> dict | None:
     return meta
 
 
+def progress_path(out: Path) -> Path:
+    """OUT.progress.json: how far an unfinished `features` run got ({"done": images, "failed": [...]})."""
+    return out.with_suffix(".progress.json")
+
+
 def write_features(net: Network, data: str, split: str, out: str | Path, batch_size: int = 128,
-                   dtype: str = "float32", workers: int = 2, progress: bool = True) -> dict:
-    """fc7 codes of every image of the split -> OUT (.npy, memory-mapped) + OUT.json; resumable."""
+                   dtype: str = "float32", workers: int | None = None, progress: bool = True) -> dict:
+    """fc7 codes of every image of the split -> OUT (N x 4096 .npy, memory-mapped) + OUT.json; resumable.
+
+    What is written, and how often (issue 23: nothing may grow faster than the data): OUT.json
+    (the identity, every image's id and label, the classes: tens of MB at ImageNet's size) twice,
+    at the start and at the end; after each batch only its rows of OUT and OUT.progress.json, a
+    few bytes (the images done, and those that could not be read), which the end removes. An
+    interrupted run continues from OUT.progress.json. workers: loader processes (None: the rule
+    of alexnet.runtime.loader_workers). Returns the metadata; raises UserError for an OUT that is
+    not ours, of another checkpoint or data set, or a split none of whose images can be read."""
     from tqdm import tqdm
 
     from .evaluate import Images
+    from .fileio import atomic_write
 
     out = Path(out)
-    meta_path = out.with_suffix(".json")
+    meta_path, marker = out.with_suffix(".json"), progress_path(out)
     images = Images(data, split, net.size)
     n, dim = len(images), net.model.fc7.out_features
     if n == 0:
@@ -80,6 +94,12 @@ def write_features(net: Network, data: str, split: str, out: str | Path, batch_s
     if meta is not None and out.is_file():
         if {k: meta.get(k) for k in identity} != identity:
             raise UserError(f"{out} holds features of another checkpoint or data set; choose another --out")
+        if marker.is_file() and meta["done"] < n:  # an unfinished run: its progress is in the marker
+            try:
+                state = json.loads(marker.read_text(encoding="utf-8"))
+                meta["done"], meta["failed"] = int(state["done"]), list(state["failed"])
+            except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError):
+                meta["done"], meta["failed"] = 0, []  # unreadable: start again (the rows are rewritten)
         done = meta["done"]
         if progress and done < n:
             print(f"resuming {out} at image {done:,} of {n:,}")
@@ -88,6 +108,8 @@ def write_features(net: Network, data: str, split: str, out: str | Path, batch_s
         array = np.lib.format.open_memmap(out, mode="w+", dtype=dtype, shape=(n, dim))
         meta = {**identity, "data": str(Path(data).resolve()), "done": 0, "ids": images.keys,
                 "labels": images.labels.tolist(), "classes": images.classes, "failed": []}
+        atomic_write(meta_path, json.dumps(meta).encode())  # once: what does not change
+    workers = runtime.loader_workers(net.device) if workers is None else workers
     for batch, idx, bad in tqdm(_loader(images, done, batch_size, workers), disable=not progress, desc="features", unit="batch"):
         meta["failed"] += [{"index": i, "path": images.keys[i], "error": e} for i, e in bad]
         if bad:  # NaN rows: an unreadable image has no code, and no search may take zeros for one
@@ -96,14 +118,17 @@ def write_features(net: Network, data: str, split: str, out: str | Path, batch_s
             array[idx.numpy()] = codes(net, batch).cpu().numpy().astype(dtype)
         done = max([done] + [int(i) + 1 for i in idx.tolist()] + [i + 1 for i, _ in bad])
         array.flush()
-        meta["done"] = done  # only after the rows are on disk: a rerun redoes at most one batch
-        meta_path.write_text(json.dumps(meta))
+        # only after the rows are on disk: a rerun redoes at most one batch
+        atomic_write(marker, json.dumps({"done": done, "failed": meta["failed"]}).encode(), durable=False)
+    meta["done"] = done
     if n and len(meta["failed"]) == n:  # a result computed on nothing is an error, and is not kept
         del array
-        out.unlink(missing_ok=True)
-        meta_path.unlink(missing_ok=True)
+        for path in (out, meta_path, marker):
+            path.unlink(missing_ok=True)
         f = meta["failed"][0]
         raise UserError(f"none of the {n:,} images of {data} ({split}) could be read (e.g. {f['path']}: {f['error']})")
+    atomic_write(meta_path, json.dumps(meta).encode())  # complete: OUT.json says so, the marker goes
+    marker.unlink(missing_ok=True)
     return meta
 
 
@@ -129,7 +154,11 @@ def knn(queries: torch.Tensor, chunks, k: int) -> tuple[torch.Tensor, torch.Tens
 
 
 def neighbours(net: Network, data: str, split: str, queries: list[Path], k: int = 6, features: str | None = None,
-               batch_size: int = 256, workers: int = 2, progress: bool = True) -> dict:
+               batch_size: int = 256, workers: int | None = None, progress: bool = True) -> dict:
+    """Each query image's k nearest training images by fc7 distance (§6.1, Fig. 4): from a features
+    file when given, else computed on the fly with `workers` loader processes (None: the rule of
+    alexnet.runtime.loader_workers). Raises UserError for unreadable queries or a split with no
+    readable image."""
     from tqdm import tqdm
 
     from .data.decode import BadImage, read_file
@@ -148,7 +177,7 @@ def neighbours(net: Network, data: str, split: str, queries: list[Path], k: int 
         chunks = (finite_rows(torch.from_numpy(np.array(store[i:i + batch_size], dtype=np.float32)),  # a copy
                               torch.arange(i, min(i + batch_size, len(store)))) for i in range(0, len(store), batch_size))
     else:
-        loader = _loader(images, 0, batch_size, workers)
+        loader = _loader(images, 0, batch_size, runtime.loader_workers(net.device) if workers is None else workers)
         chunks = ((codes(net, batch).cpu(), idx) for batch, idx, _ in
                   tqdm(loader, disable=not progress, desc="neighbours", unit="batch") if batch is not None)
     dist, index = knn(query_codes, chunks, k)
@@ -243,7 +272,7 @@ def _network(args) -> Network:
 def main_features(args) -> int:
     writable_output(args.out, "features file")
     net = _network(args)
-    meta = write_features(net, args.data, args.split, args.out, dtype=args.dtype)
+    meta = write_features(net, args.data, args.split, args.out, dtype=args.dtype, workers=args.workers)
     print(f"{meta['done']:,} fc7 codes ({meta['dim']}-d, {meta['dtype']}) in {args.out}; ids, labels and classes in "
           f"{Path(args.out).with_suffix('.json')}; {len(meta['failed'])} image(s) could not be read")
     return 0
@@ -256,7 +285,8 @@ def main_neighbors(args) -> int:
     if missing:
         raise UserError(f"query image not found: {missing[0]}")
     net = _network(args)
-    result = neighbours(net, args.data, args.split, [Path(q) for q in args.query], args.k, args.features)
+    result = neighbours(net, args.data, args.split, [Path(q) for q in args.query], args.k, args.features,
+                        workers=args.workers)
     for q, keys, labels, dists in zip(result["queries"], result["keys"], result["labels"], result["distances"]):
         print(q)
         for key, label, d in zip(keys, labels, dists):

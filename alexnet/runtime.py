@@ -142,6 +142,29 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers and taskset narrow;
+    os.cpu_count() counts the whole machine)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def loader_workers(device: torch.device | str, processes_on_node: int | None = None) -> int:
+    """The default number of loader processes of every command (train, evaluate, features,
+    neighbors): the one rule (alexnet.cli.WORKERS_RULE says it in each --workers help; the flag
+    overrides it).
+
+    Each process of the node gets an equal share of its cores (`LOCAL_WORLD_SIZE` under torchrun).
+    On a GPU the workers decode while the device computes, so they get the whole share less one
+    core for the process itself; on the CPU the network's own threads need the cores, so the
+    workers get a quarter of the share (at least 1). E.g. 16 cores, one GPU: 15 workers; 8 ranks
+    on 64 cores: 7 each; a 2-core CPU: 1."""
+    processes = processes_on_node or int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    share = max(1, usable_cores() // max(1, processes))
+    if torch.device(device).type == "cpu":
+        return max(1, share // 4)
+    return max(1, share - 1)
+
+
 @dataclass(frozen=True)
 class Runtime:
     """A process's device, autocast dtype (None: fp32) and place in the job (rank, world size)."""

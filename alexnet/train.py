@@ -206,8 +206,7 @@ class Run:
 
 
 def loader_options(c: config_mod.Config, rt: runtime.Runtime, crop: int) -> dict:
-    workers = c.data.workers if c.data.workers is not None else (
-        max(1, (os.cpu_count() or 1) // 4) if rt.device.type == "cpu" else min(8, os.cpu_count() or 1))
+    workers = c.data.workers if c.data.workers is not None else runtime.loader_workers(rt.device)
     return dict(crop=crop, seed=c.train.seed, rank=rt.ctx.rank, world_size=rt.ctx.world_size, workers=workers,
                 device=rt.device, mean=c.data.mean, dtype="float32", channels_last=c.train.channels_last)
 

@@ -2,6 +2,8 @@
 
     python benchmarks/budget_curve.py --json out.json                      # 2, 5, 10, 20 min each (~75 min)
     python benchmarks/budget_curve.py --minutes 10 --which ours --seeds 0 1 --ablate --json abl.json
+    python benchmarks/budget_curve.py --minutes 20 --which ours --size 192 --json s192.json   # prepared at 192 px
+    python benchmarks/budget_curve.py --minutes 10 --which ours --seeds 0 --ablate --ablate-only --json abl.json
     python benchmarks/budget_curve.py --plot out.json --png docs/img/budget-curve.png   # the figure only
 
 Ours: `alexnet train --data P160 --minutes M` on Imagenette prepared at 160 px; M is the wall time
@@ -128,6 +130,8 @@ def main() -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--ablate", action="store_true", help="each training-time part off in turn (ours only)")
     p.add_argument("--parts", type=int, nargs="+", help="with --ablate: only these parts (0-based, in ABLATIONS order)")
+    p.add_argument("--ablate-only", action="store_true", help="with --ablate: not the full recipe's runs (done before)")
+    p.add_argument("--size", type=int, default=160, help="the size ours is prepared at (px, shorter side; default 160)")
     p.add_argument("--work", type=Path, default=None, help="folder for the prepared data and runs (default: a temp dir)")
     p.add_argument("--json", type=Path, help="results, rewritten after every run")
     p.add_argument("--plot", type=Path, help="only draw the figure from this results JSON")
@@ -142,23 +146,23 @@ def main() -> int:
         return 0
     work = args.work or Path(tempfile.mkdtemp(prefix="budget-curve-"))
     work.mkdir(parents=True, exist_ok=True)
-    data = {"ours": prepared(160, work), "reference": prepared(144, work)}
+    data = {"ours": prepared(args.size, work), "reference": prepared(144, work)}
     results = {"machine": os.uname().nodename, "cores": os.cpu_count(), "torch": torch.__version__,
                "date": time.strftime("%Y-%m-%d"), "runs": []}
     jobs = []
     for m in args.minutes:
         for seed in args.seeds:
-            for which in args.which:
+            for which in ([] if args.ablate and args.ablate_only else args.which):
                 jobs.append((which, m, seed, None))
             if args.ablate:
                 jobs += [("ours", m, seed, name) for i, name in enumerate(ABLATIONS)
                          if args.parts is None or i in args.parts]
     for which, m, seed, ablation in jobs:
-        tag = f"{which}-{m:g}min-seed{seed}" + (f"-{list(ABLATIONS).index(ablation)}" if ablation else "")
+        tag = f"{which}-{m:g}min-seed{seed}" + (f"-S{args.size}" if which == "ours" and args.size != 160 else "") + (f"-{list(ABLATIONS).index(ablation)}" if ablation else "")
         flags = (["--minutes", f"{m:g}"] + (ABLATIONS[ablation] if ablation else []) if which == "ours" else
                  DOCUMENTED + ["--set", f"train.budget_minutes={m:g}"])
         r = train(["--data", str(data[which]), "--seed", str(seed), *flags], work / tag, work / f"{tag}.log")
-        r.update(recipe=which, minutes=m, seed=seed, ablation=ablation)
+        r.update(recipe=which, minutes=m, seed=seed, ablation=ablation, size=args.size if which == "ours" else 144)
         if which == "ours" and not ablation:
             r["evaluation_parts"] = evaluation_parts(r, data[which])
         results["runs"].append(r)

@@ -103,6 +103,50 @@ def test_evaluate_command_writes_report_and_confusion(run, tmp_path, capsys):
     assert r["views"] == 10 and r["n_images"] == 30 and len(r["per_class"]) == 10
     assert Path(r["confusion_png"]).is_file() and Path(r["confusion_png"]).parent == tmp_path
     assert "top-1 error" in capsys.readouterr().out
+    # issue 23, item 5: per-class accuracy ranked with names and image counts; confused pairs with an example
+    names = [c["name"] for c in json.loads((Path(run["data"]) / "manifest.json").read_text())["classes"]]
+    acc = {c["name"]: c["accuracy"] for c in r["per_class"]}
+    assert [c["name"] for c in r["worst_classes"]] == sorted(names, key=lambda n: (acc[n], n))
+    assert [c["name"] for c in r["best_classes"]] == sorted(names, key=lambda n: (-acc[n], n))
+    assert sum(c["images"] for c in r["per_class"]) == 30
+    keys = (Path(run["data"]) / "val" / "keys.txt").read_text().splitlines()
+    labels = np.load(Path(run["data"]) / "val" / "index.npy")["label"]
+    for pair in r["most_confused"]:
+        i = names.index(pair["true"])
+        assert keys[pair["example"]] == pair["example_path"] and labels[pair["example"]] == i
+    assert Path(r["per_class_png"]).is_file() and (not r["most_confused"] or Path(r["confused_png"]).is_file())
+
+
+def test_a_thousand_class_report_shows_what_a_person_can_read(tmp_path):
+    """Issue 23, item 5: at 1,000 classes the confusion matrix is drawn for the 40 most confused
+    classes with their names (not 1.2 px cells), pairs carry names and an example, ranks are exact."""
+    from alexnet import class_report
+    from alexnet.data.classes import ilsvrc2012
+    classes = [c.to_json() for c in ilsvrc2012()]
+    rng = np.random.default_rng(0)
+    confusion = torch.zeros(1000, 1000, dtype=torch.long)
+    confusion[torch.arange(1000), torch.arange(1000)] = torch.from_numpy(rng.integers(10, 50, 1000))
+    dogs = torch.arange(151, 200)  # ImageNet's dog breeds: confused among themselves
+    confusion[dogs[:, None], dogs[None]] += torch.from_numpy(rng.integers(0, 6, (49, 49)))
+    confusion[7, 8] = 99  # the most confused pair
+    keep = class_report.most_confused_classes(confusion, 40)
+    off = confusion.double().fill_diagonal_(0)
+    involvement = (off.sum(0) + off.sum(1)).tolist()
+    assert len(keep) == 40 and sorted(keep) == keep
+    assert min(involvement[i] for i in keep) >= max(involvement[i] for i in range(1000) if i not in keep)
+    examples = torch.full((10**6,), -1, dtype=torch.long)
+    examples[7 * 1000 + 8] = 1234
+    pairs = class_report.confused_pairs(confusion, classes, 5, examples)
+    assert pairs[0] == {"true": classes[7]["name"], "predicted": classes[8]["name"], "count": 99,
+                        "true_id": classes[7]["id"], "predicted_id": classes[8]["id"], "example": 1234}
+    per_class = (confusion.diagonal() / confusion.sum(1)).tolist()
+    rank = class_report.ranked(per_class, confusion.sum(1).tolist(), classes, n=20)
+    assert len(rank["best"]) == len(rank["worst"]) == 20
+    assert [r["accuracy"] for r in rank["worst"]] == sorted(per_class)[:20]
+    assert [r["accuracy"] for r in rank["best"]] == sorted(per_class, reverse=True)[:20]
+    png = class_report.confusion_png(confusion, classes, tmp_path / "c.png")
+    assert Image.open(png).size[0] < 2000  # a page, with 40 named rows, not 1,000 unnamed ones
+    assert class_report.per_class_png(rank, tmp_path / "p.png").is_file()
 
 
 def image_folder(root: Path) -> Path:
@@ -219,6 +263,30 @@ def test_knn_matches_brute_force():
     assert index[4, 0] == 7 and index[4, 1] == 50
 
 
+def test_features_writes_its_metadata_once_not_per_batch(run, tmp_path, monkeypatch):
+    """Issue 23, item 1: the bytes features writes beside the array do not grow with the number of
+    batches (the whole metadata JSON was rewritten after every batch: 550 GB at ImageNet's size)."""
+    import alexnet.features as feat
+    import alexnet.fileio as fileio
+    net = inference.load(run["a"])
+    written = []
+    real = fileio.atomic_write
+    monkeypatch.setattr(fileio, "atomic_write", lambda path, data, **k: written.append((Path(path).name, len(data)))
+                        or real(path, data, **k))
+    metas = {}
+    for batch in (60, 2):  # 1 batch, then 30
+        written.clear()
+        out = tmp_path / f"b{batch}.npy"
+        write_features(net, str(run["data"]), "train", out, batch_size=batch, workers=0, progress=False)
+        metas[batch] = (sum(n for name, n in written if name == out.with_suffix(".json").name),
+                        [n for name, n in written if name == feat.progress_path(out).name])
+    meta_bytes = len(out.with_suffix(".json").read_bytes())
+    for batch, (json_bytes, progress) in metas.items():
+        assert json_bytes <= 2 * meta_bytes + 64  # the metadata twice: the start and the end
+        assert len(progress) == 60 // batch and max(progress) < 64  # a few bytes per batch
+    assert not any(path.name.endswith(".tmp") for path in tmp_path.iterdir())
+
+
 def test_features_are_fc7_and_resume(run, tmp_path, monkeypatch):
     net = inference.load(run["a"])
     out = tmp_path / "f.npy"
@@ -235,13 +303,15 @@ def test_features_are_fc7_and_resume(run, tmp_path, monkeypatch):
     monkeypatch.setattr(feat, "codes", flaky)
     with pytest.raises(KeyboardInterrupt):
         write_features(net, str(run["data"]), "train", out, batch_size=16, workers=0, progress=False)
-    assert 0 < json.loads(out.with_suffix(".json").read_text())["done"] < 60
+    assert json.loads(out.with_suffix(".json").read_text())["done"] == 0  # written once, at the start
+    assert 0 < json.loads(feat.progress_path(out).read_text())["done"] < 60  # the progress, on its own
     monkeypatch.setattr(feat, "codes", real)
     meta = write_features(net, str(run["data"]), "train", out, batch_size=16, workers=0, progress=False)
     whole = tmp_path / "whole.npy"
     write_features(net, str(run["data"]), "train", whole, batch_size=16, workers=0, progress=False)
     a, b = np.load(out), np.load(whole)
     assert a.shape == (60, 64) and meta["done"] == 60 and np.array_equal(a, b)
+    assert json.loads(out.with_suffix(".json").read_text())["done"] == 60 and not feat.progress_path(out).exists()
     from alexnet.data.store import open_prepared
     split = open_prepared(run["data"]).split("train")
     img = torch.from_numpy(np.asarray(Image.open(io.BytesIO(split[5][0])).convert("RGB")).copy()).permute(2, 0, 1)

@@ -120,6 +120,38 @@ def test_evaluate_under_torchrun_asks_the_runtime_for_the_ranks_device(monkeypat
     assert asked == [("cuda", "fp32"), ("auto", "fp32")]
 
 
+def test_one_workers_rule_for_every_command_and_a_flag_on_each(monkeypatch, tiny, tmp_path):
+    """Issue 23, item 4: evaluate, features and neighbors always used 2 loader workers; train's help
+    said "one per core" but used cores / 4. One rule (runtime.loader_workers), a --workers on each."""
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 16)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert runtime.loader_workers("cuda") == 15 and runtime.loader_workers("cpu") == 4
+    assert runtime.loader_workers("cuda", 8) == 1 and runtime.loader_workers("cpu", 8) == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert runtime.loader_workers("cuda") == 3
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 8)  # the default on CPU: 8 // 4 = 2 workers
+
+    from alexnet import cli
+    from alexnet.train import loader_options, train
+    ckpt = tmp_path / "run"
+    train(config.resolve("quick", sets=tiny_sets(tiny, ckpt)[3::2]), progress=False)
+    used = []
+    real = torch.utils.data.DataLoader
+    monkeypatch.setattr(torch.utils.data, "DataLoader", lambda *a, **k: used.append(k.get("num_workers")) or real(*a, **k))
+    last, out = str(ckpt / "last.pt"), tmp_path / "f.npy"
+    for argv in (["evaluate", last, "--data", str(tiny)], ["evaluate", last, "--data", str(tiny), "--workers", "0"],
+                 ["features", last, "--data", str(tiny), "--out", str(out), "--workers", "1"],
+                 ["features", last, "--data", str(tiny), "--out", str(tmp_path / "g.npy")]):
+        assert cli.main(argv) == 0, argv
+    assert used == [2, 0, 1, 2]
+    cfg = config.resolve("quick", sets=[f"data.path={tiny}"])
+    assert loader_options(cfg, runtime.setup("cpu"), 56)["workers"] == 2
+    help_text = {c: " ".join(cli.build_parser()._subparsers._group_actions[0].choices[c].format_help().split())
+                 for c in ("train", "evaluate", "features", "neighbors")}
+    assert all("--workers" in h and "cores / processes on the node" in h for h in help_text.values()), help_text
+
+
 # ---------------------------------------------------------------- (3): one-time side effects
 
 def test_two_processes_on_an_empty_cache_generate_the_built_in_data_once(tmp_path):

@@ -125,7 +125,7 @@ class BatchSource(torch.utils.data.Dataset):
 
     def __getitem__(self, key):
         epoch, step, idx, slot = key
-        labels, indices = torch.from_numpy(self.split.labels[idx]), torch.from_numpy(idx)
+        labels, indices = torch.from_numpy(self.split.labels_at(idx)), torch.from_numpy(idx)
         o = self.o
         g = torch.Generator().manual_seed(step_seed(o["seed"], epoch, o["rank"], step))
         if o["gpu_decode"]:  # bytes only: the main process decodes them on the GPU
@@ -140,7 +140,7 @@ class BatchSource(torch.utils.data.Dataset):
         return slot, labels, indices  # the main process owns the buffer: only its number travels
 
     def decode(self, idx) -> list[torch.Tensor]:
-        """[(3, S, S) uint8] for the samples `idx` (raw: views of the memory map, no copy)."""
+        """[(3, S, S) uint8] for the samples `idx` (raw: the pixels as read, no further copy)."""
         return self.split.images(idx)
 
     def _per_image_crops(self, idx, g) -> list[torch.Tensor]:

@@ -189,7 +189,7 @@ def _decode_into(out: torch.Tensor, split: PreparedSplit, size: int, device: tor
 
     if split.raw or device.type == "cpu":
         def work(idx):
-            images = split.images(idx)  # raw: views of the memory map; JPEG: libjpeg-turbo; checksums first
+            images = split.images(idx)  # raw: the pixels as read; JPEG: libjpeg-turbo; checksums first
             check(images, idx)
             for img, i in zip(images, idx):
                 out[i].copy_(img.permute(1, 2, 0))
