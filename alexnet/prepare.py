@@ -388,6 +388,11 @@ def run_shards(job: Job, keys: list[tuple[str, int]], checksums: bool = False) -
         with sigterm_as_interrupt():
             _run(tasks, sum(len(t.samples) for t in tasks), job.workers, job.progress)
     except KeyboardInterrupt:
+        # the pool's workers are stopped now; a signal can land in one before its shard writer's
+        # own cleanup is armed (seen under load: a train-00002.tar.tmp left behind), so sweep here
+        for split in {t.split for t in tasks}:
+            for stale in (job.out / split).glob("*.tmp"):
+                stale.unlink(missing_ok=True)
         print("\ninterrupted: run the same command again to resume from the completed shards",
               file=sys.stderr)
         raise

@@ -32,6 +32,7 @@ import math
 import os
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -791,7 +792,14 @@ def worker_death(error: BaseException) -> RuntimeError | None:
     """torch's "DataLoader worker ... killed by signal" error, if `error` is it or was raised while
     handling it: the SIGCHLD handler raises it wherever the main process is, and inside a checkpoint
     write torch's zip writer then fails on its own ("unexpected pos"; atomic_write keeps the old file)."""
-    return in_chain(error, lambda e: isinstance(e, RuntimeError) and "DataLoader worker" in str(e))
+    found = in_chain(error, lambda e: isinstance(e, RuntimeError) and "DataLoader worker" in str(e))
+    if found is None:  # killed while the main process fetched a tensor it shares by descriptor: the
+        # fetch fails (Connection reset by peer) before the SIGCHLD handler speaks (seen under load)
+        lost = in_chain(error, lambda e: isinstance(e, (ConnectionError, EOFError)) and any(
+            "resource_sharer" in f.filename or "reductions" in f.filename for f in traceback.extract_tb(e.__traceback__)))
+        if lost is not None:
+            found = RuntimeError(f"DataLoader worker exited while handing over a batch ({type(lost).__name__}: {lost})")
+    return found
 
 
 def quiet_worker_deaths(hook: Callable) -> Callable:

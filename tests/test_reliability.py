@@ -397,3 +397,18 @@ def test_train_ends_as_interrupted_when_the_interrupt_broke_a_checkpoint_write(t
     assert cli.main(args(tiny, tmp_path / "run", "train.epochs=1")) == 130
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "alexnet train: interrupted"
+
+
+def test_a_worker_killed_while_handing_over_a_batch_is_a_worker_death():
+    """Seen under load: the kill lands while the main process fetches a tensor the worker shares by
+    descriptor, and multiprocessing's resource sharer raises ConnectionResetError before torch's
+    SIGCHLD handler says "DataLoader worker ... killed": it is the same death, one line, exit 2."""
+    from alexnet.train import worker_death
+    try:
+        exec(compile("raise ConnectionResetError(104, 'Connection reset by peer')",
+                     "/usr/lib/python3.11/multiprocessing/resource_sharer.py", "exec"))
+    except ConnectionResetError as e:
+        fetch_failed = e
+    death = worker_death(fetch_failed)
+    assert isinstance(death, RuntimeError) and "DataLoader worker exited" in str(death)
+    assert worker_death(ConnectionResetError(104, "a socket of the user's own")) is None
