@@ -116,15 +116,22 @@ def test_the_quick_network_can_overfit_one_batch(tiny):
 def test_a_time_budget_stops_the_run_and_drives_the_decay(tiny, tmp_path):
     out = tmp_path / "budget"
     summary = train(tiny_cfg(tiny, out, "train.epochs=1000", "train.budget_minutes=0.05",
-                             "eval.every=1000"), progress=False)
+                             "schedule.warmup_epochs=0", "eval.every=1000"), progress=False)
     assert 0 < summary["training_time_s"] < 60 and summary["epochs_done"] < 1000
     state = checkpoint.load(out / "last.pt")
     # the budget ends the run at the first epoch end or step past 3 s; the last save is at most one
     # (tiny) epoch earlier than that check
     assert state["elapsed_s"] >= 2.5 and state["epoch"] < 1000
-    lrs = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()
-           if '"train"' in line]
-    assert lrs[-1] < 0.5 * max(lrs)  # linear decay by the clock: near 0 when the time is up
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"train"' in line]
+    lrs = [r["lr"] for r in records]
+    assert len(lrs) >= 2 and all(b <= a for a, b in zip(lrs, lrs[1:])), lrs  # the clock only moves forward
+    # The decay is driven by the clock, not by the steps. By steps alone (1,000 epochs of at least one step)
+    # the lr would fall by at most (t_last - t_first) / 1000 between the first and the last record; by the
+    # clock it falls by the share of the 3 s that passed. How far the clock got depends on the machine's
+    # load, so the test asks for a fall well beyond the steps' share, never for a level.
+    t_first, t_last = records[0]["step"] - 1, records[-1]["step"] - 1  # steps taken before each logged step
+    by_steps = (1 - t_last / 1000) / (1 - t_first / 1000)
+    assert lrs[-1] / lrs[0] < by_steps - 0.01, (lrs, by_steps)
 
 
 def test_progressive_resizing(tiny, tmp_path, capsys):
