@@ -145,6 +145,12 @@ def build_parser() -> Parser:
     p.add_argument("--workers", type=at_least(0), default=None, help="processes (default: all cores; 0 or 1: in this process)")
     p.add_argument("--shard-size", type=at_least(1), default=None,
                    help="samples per shard (default: about 64 shards per split, 16..8192)")
+    p.add_argument("--decoder", default="auto", choices=["auto", "pillow", "simplejpeg"],
+                   help="JPEG decoder and encoder (default auto: simplejpeg from 2,000 images per worker, else "
+                        "pillow; a resumed or re-checked OUT keeps its own)")
+    p.add_argument("--resampler", default="auto", choices=["auto", "pillow", "torch"],
+                   help="the antialiased bicubic resize (default auto: torch from 2,000 images per worker, where "
+                        "its import pays, else pillow)")
 
     p = command("train", "Examples:\n  alexnet train                       # the built-in data set, on this machine\n"
                          "  alexnet train --data prepared/ --preset paper\n"

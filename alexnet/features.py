@@ -61,8 +61,42 @@ def _ours(out: Path, meta_path: Path) -> dict | None:
 
 
 def progress_path(out: Path) -> Path:
-    """OUT.progress.json: how far an unfinished `features` run got ({"done": images, "failed": [...]})."""
+    """OUT.progress.json: how far an unfinished `features` run got, in JSON Lines: one line
+    {"done": images, "failed": [...]} per batch, its "failed" that batch's unreadable images only,
+    so that a batch appends a few bytes however many failures came before (rewriting the whole list
+    each batch was quadratic in them). The name keeps its suffix: the one JSON object earlier
+    versions wrote there is a valid one-line file of the same meaning, and their runs resume."""
     return out.with_suffix(".progress.json")
+
+
+def _progress_line(done: int, failed: list) -> bytes:
+    """One line of the progress file, its newline included: the next append starts a line of its own."""
+    return (json.dumps({"done": done, "failed": failed}) + "\n").encode()
+
+
+def read_progress(path: Path) -> tuple[int, list] | None:
+    """(images done, every failure so far) from the lines of a progress file, or None when it
+    cannot be read (a run starts again then: its rows are rewritten). A last line that is not a
+    whole JSON object is the torn end of a run killed mid-append and is ignored: its batch is done
+    again, from the line before. A damaged line before the last is not a torn append: None."""
+    try:
+        text = path.read_bytes()
+    except OSError:
+        return None
+    done, failed, start = 0, [], 0
+    while start < len(text):
+        end = text.find(b"\n", start)
+        stop = len(text) if end < 0 else end + 1
+        try:
+            state = json.loads(text[start:stop].decode("utf-8"))
+            done, more = int(state["done"]), list(state["failed"])
+        except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+            if stop < len(text):
+                return None
+            break  # the torn last line
+        failed += more
+        start = stop
+    return done, failed
 
 
 def write_features(net: Network, data: str, split: str, out: str | Path, batch_size: int = 128,
@@ -71,9 +105,10 @@ def write_features(net: Network, data: str, split: str, out: str | Path, batch_s
 
     What is written, and how often (issue 23: nothing may grow faster than the data): OUT.json
     (the identity, every image's id and label, the classes: tens of MB at ImageNet's size) twice,
-    at the start and at the end; after each batch only its rows of OUT and OUT.progress.json, a
-    few bytes (the images done, and those that could not be read), which the end removes. An
-    interrupted run continues from OUT.progress.json. workers: loader processes (None: the rule
+    at the start and at the end; after each batch only its rows of OUT and one line appended to
+    OUT.progress.json, a few bytes (the images done, and the batch's images that could not be
+    read), which the end removes. An interrupted run continues from OUT.progress.json, which it
+    first rewrites once as one line (its torn end dropped). workers: loader processes (None: the rule
     of alexnet.runtime.loader_workers). Returns the metadata; raises UserError for an OUT that is
     not ours, of another checkpoint or data set, or a split none of whose images can be read."""
     from tqdm import tqdm
@@ -95,11 +130,8 @@ def write_features(net: Network, data: str, split: str, out: str | Path, batch_s
         if {k: meta.get(k) for k in identity} != identity:
             raise UserError(f"{out} holds features of another checkpoint or data set; choose another --out")
         if marker.is_file() and meta["done"] < n:  # an unfinished run: its progress is in the marker
-            try:
-                state = json.loads(marker.read_text(encoding="utf-8"))
-                meta["done"], meta["failed"] = int(state["done"]), list(state["failed"])
-            except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError):
-                meta["done"], meta["failed"] = 0, []  # unreadable: start again (the rows are rewritten)
+            state = read_progress(marker)
+            meta["done"], meta["failed"] = state if state is not None else (0, [])  # None: start again
         done = meta["done"]
         if progress and done < n:
             print(f"resuming {out} at image {done:,} of {n:,}")
@@ -110,16 +142,23 @@ def write_features(net: Network, data: str, split: str, out: str | Path, batch_s
                 "labels": images.labels.tolist(), "classes": images.classes, "failed": []}
         atomic_write(meta_path, json.dumps(meta).encode())  # once: what does not change
     workers = runtime.loader_workers(net.device) if workers is None else workers
-    for batch, idx, bad in tqdm(_loader(images, done, batch_size, workers), disable=not progress, desc="features", unit="batch"):
-        meta["failed"] += [{"index": i, "path": images.keys[i], "error": e} for i, e in bad]
-        if bad:  # NaN rows: an unreadable image has no code, and no search may take zeros for one
-            array[[i for i, _ in bad]] = np.nan
-        if batch is not None:
-            array[idx.numpy()] = codes(net, batch).cpu().numpy().astype(dtype)
-        done = max([done] + [int(i) + 1 for i in idx.tolist()] + [i + 1 for i, _ in bad])
-        array.flush()
-        # only after the rows are on disk: a rerun redoes at most one batch
-        atomic_write(marker, json.dumps({"done": done, "failed": meta["failed"]}).encode(), durable=False)
+    # the state so far as the first line, once (a resumed run's torn end, or a stale marker, goes);
+    # then one line per batch, appended and flushed, never fsynced: the marker is cheap to rebuild
+    atomic_write(marker, _progress_line(done, meta["failed"]), durable=False)
+    with open(marker, "ab") as log:
+        for batch, idx, bad in tqdm(_loader(images, done, batch_size, workers), disable=not progress, desc="features",
+                                    unit="batch"):
+            failed = [{"index": i, "path": images.keys[i], "error": e} for i, e in bad]
+            meta["failed"] += failed
+            if bad:  # NaN rows: an unreadable image has no code, and no search may take zeros for one
+                array[[i for i, _ in bad]] = np.nan
+            if batch is not None:
+                array[idx.numpy()] = codes(net, batch).cpu().numpy().astype(dtype)
+            done = max([done] + [int(i) + 1 for i in idx.tolist()] + [i + 1 for i, _ in bad])
+            array.flush()
+            # only after the rows are on disk: a rerun redoes at most one batch
+            log.write(_progress_line(done, failed))
+            log.flush()
     meta["done"] = done
     if n and len(meta["failed"]) == n:  # a result computed on nothing is an error, and is not kept
         del array

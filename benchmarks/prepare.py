@@ -2,7 +2,8 @@
 
     python benchmarks/prepare.py                           # ImageNet-sized photos + large photos, 2 workers
     python benchmarks/prepare.py --workers 1 --rounds 5 --json out.json
-    python benchmarks/prepare.py --cases imagenet --repeat 4 --profile
+    python benchmarks/prepare.py --cases imagenet --repeat 10 --profile       # 3,000 photos
+    python benchmarks/prepare.py --cases imagenet --repeat 10 --decoder pillow --resampler pillow
 
 Inputs (paper.md §2; house style 17: the photo sizes users have):
 - "imagenet": the 300 ImageNet photographs at their original size in ../shared/data/imagenet-photos
@@ -47,6 +48,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from alexnet.data import codecs  # noqa: E402
 from alexnet.data.decode import encode_jpeg, open_rgb, resize_crop  # noqa: E402
 from alexnet.data.store import open_prepared  # noqa: E402
 from alexnet.prepare import DEFAULT_QUALITY, Stats  # noqa: E402
@@ -120,7 +122,8 @@ def timed(cmd: list[str]) -> tuple[float, float]:
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def run_case(name: str, files: list[Path], workers: int, quality: int, rounds: int, tmp: Path) -> dict:
+def run_case(name: str, files: list[Path], workers: int, quality: int, rounds: int, tmp: Path,
+             codec_args: tuple[str, ...] = ()) -> dict:
     # an ImageFolder of one class, so that `alexnet prepare` reads exactly these files, in this order
     src = tmp / f"{name}_src" / "train" / "c0"
     src.mkdir(parents=True)
@@ -134,7 +137,7 @@ def run_case(name: str, files: list[Path], workers: int, quality: int, rounds: i
     ref_cmd = [sys.executable, str(ROOT / "benchmarks" / "pillow_loop.py"), str(listed), str(ref_out),
                "--workers", str(workers), "--quality", str(quality)]
     ours_cmd = [sys.executable, "-m", "alexnet", "prepare", str(src.parent.parent), str(ours_out),
-                "--workers", str(workers), "--quality", str(quality)]
+                "--workers", str(workers), "--quality", str(quality), *codec_args]
     ref_s, ours_s, ref_cpu, ours_cpu = [], [], [], []
     for r in range(rounds):  # alternate which side goes first
         for side in ((0, 1) if r % 2 == 0 else (1, 0)):
@@ -143,7 +146,9 @@ def run_case(name: str, files: list[Path], workers: int, quality: int, rounds: i
             (ours_s if side else ref_s).append(wall)
             (ours_cpu if side else ref_cpu).append(cpu)
 
-    split = open_prepared(ours_out).split("train")
+    ds = open_prepared(ours_out)
+    split, chosen = ds.split("train"), ds.manifest["options"]
+    pixels = codecs.Pixels(256, decoder=chosen.get("decoder", "pillow"), resampler=chosen.get("resampler", "pillow"))
     stored, before, left_out = [], [], 0
     for i, key in enumerate(split.keys()):
         n = int(Path(key).stem)
@@ -153,9 +158,10 @@ def run_case(name: str, files: list[Path], workers: int, quality: int, rounds: i
         ours = np.asarray(Image.open(io.BytesIO(split[i][0])).convert("RGB"))
         stored.append(psnr(ours, np.asarray(Image.open(ref_out / f"{n:06d}.jpg").convert("RGB"))))
         data = linked[n].read_bytes()
-        before.append(psnr(resize_crop(open_rgb(data, 256), 256), reference_pixels(data)))
+        before.append(psnr(pixels.load(data), reference_pixels(data)))
     n = len(files)
     return {"case": name, "images": n, "workers": workers, "quality": quality, "rounds": rounds,
+            "decoder": pixels.decoder, "resampler": pixels.resampler,
             "reference_s": ref_s, "ours_s": ours_s,
             "reference_images_per_s": n / min(ref_s), "images_per_s": n / min(ours_s),
             "ratio": min(ref_s) / min(ours_s), "reference_cpu_s": ref_cpu, "ours_cpu_s": ours_cpu,
@@ -181,11 +187,18 @@ def quality_table(files: list[Path], qualities=(75, 85, 90, 95, 100)) -> list[di
     return rows
 
 
-def profile_stages(files: list[Path], tmp: Path, quality: int) -> dict:
-    """Per-image milliseconds of each stage of `alexnet prepare`'s work, in this one process."""
+def profile_stages(files: list[Path], tmp: Path, quality: int, decoder: str = "pillow",
+                   resampler: str = "pillow") -> dict:
+    """Per-image milliseconds of each stage of `alexnet prepare`'s work with this decoder and
+    resampler (alexnet.data.codecs), in this one process."""
     import threadpoolctl
 
     threadpoolctl.threadpool_limits(1)  # as in prepare's workers
+    if resampler == "torch":
+        import torch
+
+        torch.set_num_threads(1)
+    pix = codecs.Pixels(256, decoder=decoder, resampler=resampler)
     stats = Stats(256)
     t = dict.fromkeys(("read", "decode", "resize", "encode", "statistics", "sha256"), 0.0)
     payloads, reference = [], 0.0
@@ -193,11 +206,14 @@ def profile_stages(files: list[Path], tmp: Path, quality: int) -> dict:
         c = time.perf_counter()
         data = f.read_bytes()
         c1 = time.perf_counter()
-        img = open_rgb(data, 256)
+        if decoder == "simplejpeg" and (img := codecs.decode_simplejpeg(data, 256)) is not None:
+            pass
+        else:
+            img = open_rgb(data, 256)
         c2 = time.perf_counter()
-        arr = resize_crop(img, 256)
+        arr = codecs.resize_crop_torch(np.asarray(img), 256) if resampler == "torch" else resize_crop(img, 256)
         c3 = time.perf_counter()
-        payloads.append(encode_jpeg(arr, quality))
+        payloads.append(pix.encode(arr, quality))
         c4 = time.perf_counter()
         stats.add(arr)
         c5 = time.perf_counter()
@@ -220,13 +236,14 @@ def profile_stages(files: list[Path], tmp: Path, quality: int) -> dict:
         fh.flush()
         os.fsync(fh.fileno())
     ms["write+fsync"] = 1000 * (time.perf_counter() - c) / len(files)
-    one = tmp / "startup_src" / "train" / "c0"
+    one = tmp / f"startup_src_{decoder}" / "train" / "c0"
     one.mkdir(parents=True)
     os.symlink(files[0].resolve(), one / ("x" + files[0].suffix))
-    startup = min(timed([sys.executable, "-m", "alexnet", "prepare", str(one.parent.parent), str(tmp / f"startup{i}"),
-                         "--workers", "1"])[0] for i in range(3))
+    startup = min(timed([sys.executable, "-m", "alexnet", "prepare", str(one.parent.parent),
+                         str(tmp / f"startup{decoder}{i}"), "--workers", "1", "--decoder", decoder,
+                         "--resampler", resampler])[0] for i in range(3))
     bare = min(timed([sys.executable, "-c", "import PIL.Image, multiprocessing"])[0] for _ in range(3))
-    return {"ms_per_image": ms, "startup_one_image_s": startup, "python_with_pillow_s": bare,
+    return {"decoder": decoder, "resampler": resampler, "ms_per_image": ms, "startup_one_image_s": startup, "python_with_pillow_s": bare,
             "interleaved": {"ours_ms_per_image": ours_ms, "reference_ms_per_image": 1000 * reference / len(files),
                             "ratio": 1000 * reference / len(files) / ours_ms}}
 
@@ -240,6 +257,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--rounds", type=int, default=3, help="timed runs per side, alternating")
     ap.add_argument("--quality", type=int, default=DEFAULT_QUALITY)
+    ap.add_argument("--decoder", default="auto", help="ours: alexnet prepare --decoder (default: its own choice)")
+    ap.add_argument("--resampler", default="auto", help="ours: alexnet prepare --resampler (default: its own choice)")
     ap.add_argument("--profile", action="store_true", help="also time each stage on the ImageNet photos")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
@@ -267,9 +286,11 @@ def main() -> None:
                 files = nette[:: max(1, len(nette) // args.nette_images)][: args.nette_images]
             else:
                 sys.exit(f"unknown case {case!r}")
-            results.append(run_case(case, files, args.workers, args.quality, args.rounds, tmp))
+            results.append(run_case(case, files, args.workers, args.quality, args.rounds, tmp,
+                                    ("--decoder", args.decoder, "--resampler", args.resampler)))
         if args.profile:
-            profile = profile_stages(photos, tmp, args.quality)
+            profile = [profile_stages(photos, tmp, args.quality, *pair)
+                       for pair in (("pillow", "pillow"), ("simplejpeg", "torch"))]
         table = quality_table(photos)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -281,7 +302,7 @@ def main() -> None:
               f"{r['psnr_vs_reference_stored_db']:>12.1f} dB ({r['psnr_vs_reference_stored_median_db']:.1f})"
               f"{r['psnr_vs_reference_before_encoding_db']:>13.1f} dB")
     for r in results:
-        print(f"  {r['case']}: wall reference {', '.join(f'{s:.2f}' for s in r['reference_s'])} s, "
+        print(f"  {r['case']}: decoder {r['decoder']}, resampler {r['resampler']} (prepare's choice); wall reference {', '.join(f'{s:.2f}' for s in r['reference_s'])} s, "
               f"ours {', '.join(f'{s:.2f}' for s in r['ours_s'])} s; CPU reference "
               f"{', '.join(f'{s:.2f}' for s in r['reference_cpu_s'])} s, ours {', '.join(f'{s:.2f}' for s in r['ours_cpu_s'])} s; "
               f"worst PSNR {r['psnr_vs_reference_stored_min_db']:.1f} dB; "
@@ -289,12 +310,12 @@ def main() -> None:
     print(f"\n{'JPEG quality':<14}{'KiB/image':>10}{'PSNR':>10}   (the ImageNet photos at 256x256)")
     for row in table:
         print(f"{row['quality']:<14}{row['kb_per_image']:>10.1f}{row['psnr_db']:>8.1f} dB")
-    if profile:
-        print("\nwhere the time goes (ImageNet photos, one process, ms per image): "
-              + ", ".join(f"{k} {v:.2f}" for k, v in profile["ms_per_image"].items()))
-        print(f"start-up: `alexnet prepare` of one image {profile['startup_one_image_s']:.2f} s; "
-              f"python with Pillow {profile['python_with_pillow_s']:.2f} s")
-        il = profile["interleaved"]
+    for p in profile or []:
+        print(f"\nwhere the time goes, decoder {p['decoder']}, resampler {p['resampler']} (ImageNet photos, one "
+              f"process, ms per image): " + ", ".join(f"{k} {v:.2f}" for k, v in p["ms_per_image"].items()))
+        print(f"start-up: `alexnet prepare` of one image {p['startup_one_image_s']:.2f} s; "
+              f"python with Pillow {p['python_with_pillow_s']:.2f} s")
+        il = p["interleaved"]
         print(f"per photo, the two sides alternating photo by photo in one process: ours "
               f"{il['ours_ms_per_image']:.2f} ms, reference {il['reference_ms_per_image']:.2f} ms: {il['ratio']:.2f}x")
     if args.json:

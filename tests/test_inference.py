@@ -283,7 +283,7 @@ def test_features_writes_its_metadata_once_not_per_batch(run, tmp_path, monkeypa
     meta_bytes = len(out.with_suffix(".json").read_bytes())
     for batch, (json_bytes, progress) in metas.items():
         assert json_bytes <= 2 * meta_bytes + 64  # the metadata twice: the start and the end
-        assert len(progress) == 60 // batch and max(progress) < 64  # a few bytes per batch
+        assert len(progress) == 1 and progress[0] < 64  # one short line at the start; the batches append
     assert not any(path.name.endswith(".tmp") for path in tmp_path.iterdir())
 
 
@@ -304,7 +304,7 @@ def test_features_are_fc7_and_resume(run, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         write_features(net, str(run["data"]), "train", out, batch_size=16, workers=0, progress=False)
     assert json.loads(out.with_suffix(".json").read_text())["done"] == 0  # written once, at the start
-    assert 0 < json.loads(feat.progress_path(out).read_text())["done"] < 60  # the progress, on its own
+    assert 0 < feat.read_progress(feat.progress_path(out))[0] < 60  # the progress, on its own
     monkeypatch.setattr(feat, "codes", real)
     meta = write_features(net, str(run["data"]), "train", out, batch_size=16, workers=0, progress=False)
     whole = tmp_path / "whole.npy"
@@ -320,6 +320,88 @@ def test_features_are_fc7_and_resume(run, tmp_path, monkeypatch):
     np.testing.assert_allclose(a[5], want[0].numpy(), rtol=1e-4, atol=1e-4)
     assert (a >= 0).all()  # after the ReLU
     del img
+
+
+def unreadable_folder(root: Path, good: int, bad: int) -> Path:
+    """An ImageFolder of the built-in classes, each with `good` images and `bad` files that are not."""
+    for label, name in enumerate(synthetic.CLASSES[:3]):
+        (root / name).mkdir(parents=True)
+        for i in range(good):
+            Image.fromarray(synthetic.draw(label, synthetic.image_rng(5, "val", 10 * label + i), 80)).save(
+                root / name / f"g{i}.jpg")
+        for i in range(bad):
+            (root / name / f"b{i:03d}.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    return root
+
+
+def test_features_progress_appends_a_bounded_line_per_batch(run, tmp_path, monkeypatch):
+    """The progress file held every failure so far and was rewritten whole after each batch: with
+    thousands of unreadable images its bytes written grew quadratically. Now a batch only appends
+    its own line: what is on disk is never rewritten, and each batch adds bytes bounded by its own
+    failures, however many came before."""
+    import alexnet.features as feat
+    net = inference.load(run["a"])
+    folder = unreadable_folder(tmp_path / "folder", good=2, bad=40)  # 126 images, 120 unreadable
+    out, batch = tmp_path / "f.npy", 6
+    marker, real, seen = feat.progress_path(out), feat._loader, []
+
+    def watched(*a, **k):  # the progress file as each batch (and the end) finds it
+        for item in real(*a, **k):
+            seen.append(marker.read_bytes() if marker.exists() else b"")
+            yield item
+        seen.append(marker.read_bytes())
+
+    monkeypatch.setattr(feat, "_loader", watched)
+    meta = write_features(net, str(folder), "train", out, batch_size=batch, workers=0, progress=False)
+    assert len(meta["failed"]) == 120 and len(seen) == 126 // batch + 1 and not marker.exists()
+    longest = max(len(json.dumps(f)) for f in meta["failed"])
+    for before, after in zip(seen, seen[1:]):
+        assert after.startswith(before), "the progress file was rewritten, not appended to"
+        assert len(after) - len(before) <= batch * (longest + 2) + 64  # this batch's failures, not all so far
+    assert seen[-1].count(b"\n") == 126 // batch + 1  # the first line, then one per batch
+
+
+def test_features_resume_ignores_a_torn_last_progress_line(run, tmp_path, monkeypatch):
+    """A run killed in the middle of an append leaves a last line that is not JSON: the resume
+    continues from the line before it (redoing that batch), and the result, failures included,
+    equals an uninterrupted run's. The interrupted resume after it appends whole lines again."""
+    import alexnet.features as feat
+    net = inference.load(run["a"])
+    folder = unreadable_folder(tmp_path / "folder", good=4, bad=6)  # 30 images, 18 unreadable
+    out, whole = tmp_path / "f.npy", tmp_path / "whole.npy"
+    marker, real = feat.progress_path(out), feat.codes
+
+    def stops_at(n):
+        calls = {"n": 0}
+
+        def flaky(*a, **k):
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise KeyboardInterrupt
+            return real(*a, **k)
+        return flaky
+
+    monkeypatch.setattr(feat, "codes", stops_at(3))
+    with pytest.raises(KeyboardInterrupt):
+        write_features(net, str(folder), "train", out, batch_size=4, workers=0, progress=False)
+    lines = marker.read_bytes().splitlines(keepends=True)
+    done_before = json.loads(lines[-2])["done"]
+    assert len(lines) > 2 and json.loads(lines[-1])["done"] > done_before
+    marker.write_bytes(b"".join(lines[:-1]) + lines[-1][:len(lines[-1]) // 2])  # killed mid-append
+    assert feat.read_progress(marker)[0] == done_before  # the torn line is not taken
+
+    monkeypatch.setattr(feat, "codes", stops_at(2))  # the resume, interrupted again
+    with pytest.raises(KeyboardInterrupt):
+        write_features(net, str(folder), "train", out, batch_size=4, workers=0, progress=False)
+    assert all(line.endswith(b"\n") and json.loads(line) for line in marker.read_bytes().splitlines(keepends=True))
+    assert feat.read_progress(marker)[0] > done_before
+
+    monkeypatch.setattr(feat, "codes", real)
+    meta = write_features(net, str(folder), "train", out, batch_size=4, workers=0, progress=False)
+    want = write_features(net, str(folder), "train", whole, batch_size=4, workers=0, progress=False)
+    assert meta["done"] == want["done"] == 30 and len(want["failed"]) == 18
+    assert meta["failed"] == want["failed"] == json.loads(out.with_suffix(".json").read_text())["failed"]
+    assert np.array_equal(np.load(out), np.load(whole), equal_nan=True) and not marker.exists()
 
 
 def test_neighbors_and_filters_commands(run, tmp_path, capsys):

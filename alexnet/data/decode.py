@@ -263,6 +263,18 @@ def target_size(width: int, height: int, size: int) -> tuple[int, int]:
     return max(size, round(width * scale)), max(size, round(height * scale))
 
 
+def crop_box(width: int, height: int, size: int, keep_aspect: bool = False) -> tuple[int, int, int, int, int, int]:
+    """(resized width, resized height, left, top, crop width, crop height), all px, of §2's shorter
+    side to `size` and the central size x size crop; with keep_aspect the whole resized image, at
+    most MAX_ASPECT x `size` on a side (its central part)."""
+    tw, th = target_size(width, height, size)
+    if keep_aspect:
+        cw, ch = min(tw, math.floor(MAX_ASPECT * size)), min(th, math.floor(MAX_ASPECT * size))
+    else:
+        cw, ch = size, size
+    return tw, th, (tw - cw) // 2, (th - ch) // 2, cw, ch
+
+
 def resize_crop_image(img: Image.Image, size: int, keep_aspect: bool = False,
                       resample: Image.Resampling = RESAMPLE) -> Image.Image:
     """§2: shorter side to `size`, then the central size x size crop, as a PIL image.
@@ -274,12 +286,7 @@ def resize_crop_image(img: Image.Image, size: int, keep_aspect: bool = False,
     back to source coordinates, so only the kept pixels are resampled.
     """
     w, h = img.size
-    tw, th = target_size(w, h, size)
-    if keep_aspect:
-        cw, ch = min(tw, math.floor(MAX_ASPECT * size)), min(th, math.floor(MAX_ASPECT * size))
-    else:
-        cw, ch = size, size
-    left, top = (tw - cw) // 2, (th - ch) // 2
+    tw, th, left, top, cw, ch = crop_box(w, h, size, keep_aspect)
     sx, sy = w / tw, h / th
     box = (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
     # reducing_gap: a large non-JPEG (no draft) is first shrunk by an integer factor with a box
