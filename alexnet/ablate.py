@@ -108,7 +108,7 @@ TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "G
 
 
 @dataclass
-class Run:
+class AblationRun:
     """One `alexnet train` run of the ablation."""
 
     claim: str  # "baseline" or a claim's name
@@ -132,7 +132,7 @@ class Plan:
     baseline: config_mod.Config
     claims: list[Claim]
     seeds: list[int]
-    runs: list[Run]
+    runs: list[AblationRun]
     budget: dict  # {"epochs": E} or {"minutes": M}
 
 
@@ -232,7 +232,7 @@ def make_plan(data: str | Path, out: str | Path, *, seeds: int = 3, only: str | 
                 config_mod.apply(cfg, {claim.key: claim.value}, source=f"the {name} variant")
             config_mod.apply(cfg, {"train.seed": seed, "train.out": str(folder)}, source="ablate")
             config_mod.validate(cfg)
-            runs.append(Run(name, seed, folder, args, cfg))
+            runs.append(AblationRun(name, seed, folder, args, cfg))
     for claim in claims:
         if claim.key is not None:
             variant = next(r for r in runs if r.claim == claim.name)
@@ -248,7 +248,7 @@ def make_plan(data: str | Path, out: str | Path, *, seeds: int = 3, only: str | 
 
 def write_baseline(plan: Plan) -> Path:
     """DIR/baseline.yaml, the --config of every run's command."""
-    from .data.store import atomic_write
+    from .fileio import atomic_write
     plan.out.mkdir(parents=True, exist_ok=True)
     atomic_write(plan.out / "baseline.yaml", config_mod.dump(plan.baseline).encode())
     return plan.out / "baseline.yaml"
@@ -273,7 +273,7 @@ def child_env(local_rank: int | None = None) -> dict[str, str]:
     return env
 
 
-def run_state(run: Run) -> str:
+def run_state(run: AblationRun) -> str:
     """"done" (summary.json), "failed" (a failure record, no summary), "partial" (a folder without a
     summary: interrupted, to be resumed) or "new"; a folder of another configuration is an error."""
     if (run.folder / "config.yaml").is_file():
@@ -330,7 +330,7 @@ def execute(argv: list[str], log: Path, env: dict[str, str]) -> int:
     return code
 
 
-def train_run(run: Run, env: dict[str, str], say) -> str:
+def train_run(run: AblationRun, env: dict[str, str], say) -> str:
     """Train one run (or continue it); returns its state afterwards: "done" or "failed"."""
     log = run.folder / "train.log"
     (run.folder / "failed.json").unlink(missing_ok=True)
@@ -367,7 +367,7 @@ def _stat(path: Path) -> os.stat_result | None:
         return None
 
 
-def wait_for(runs: list[Run], stall_s: float, say, poll_s: float = 5.0) -> list[Run]:
+def wait_for(runs: list[AblationRun], stall_s: float, say, poll_s: float = 5.0) -> list[AblationRun]:
     """Rank 0 under torchrun: wait until every run has a summary or a failure record, for as long as
     the other ranks make progress (a run folder's log or metrics grow); returns the runs still
     missing once nothing has changed for `stall_s` seconds (a rank that died without a word)."""

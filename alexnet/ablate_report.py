@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from .evaluate import at_chance  # noqa: F401 (the rule lives with the figures it judges)
+from .plots import pyplot, save
 
 THRESHOLD = 0.25  # §3.1 Figure 1: the training error the paper times ReLU and tanh to
 
@@ -302,17 +303,10 @@ def markdown(plan, r: dict) -> str:
     return "\n".join(lines)
 
 
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def plot_effects(claims: list[dict], rows: list[dict], path: Path) -> Path:
     """Left: top-1 error per configuration (bars: mean, error bars: std, dots: seeds). Right: each
     feature's effect in points, top-1 and top-5, with the paper's figures as markers."""
-    plt = _plt()
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 4.8))
     names = ["baseline"] + [c["name"] for c in claims if c["name"] != "views"]
     groups = [[100 * x["top1_error"] for x in rows if x["claim"] == n and x["state"] == "done"] for n in names]
@@ -341,15 +335,13 @@ def plot_effects(claims: list[dict], rows: list[dict], path: Path) -> Path:
     ax2.set_xticks(list(x), [f"{c['section']}\n{c['name']}" for c in claims])
     ax2.set(ylabel="effect (points of error)", title="error without the feature - error with it (> 0: it helps)")
     ax2.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path, dpi=110)
     return path
 
 
 def plot_relu_tanh(f: dict, path: Path) -> Path:
     """Figure 1 re-measured: training error against epochs, ReLU solid and tanh dashed, one line per seed."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.8))
     for side, style, color in (("relu", "-", "tab:blue"), ("tanh", "--", "tab:red")):
         for i, (seed, curve) in enumerate(f["curves"][side].items()):
@@ -360,7 +352,5 @@ def plot_relu_tanh(f: dict, path: Path) -> Path:
     ax.set(xlabel="epochs", ylabel="training error (%)", ylim=(0, None),
            title="Figure 1 re-measured: ReLU vs tanh" + (f" ({ratio:.2f}x at 25%)" if ratio else ""))
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path, dpi=110)
     return path

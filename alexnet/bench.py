@@ -74,7 +74,7 @@ def reference_loader(root: Path, batch: int, workers: int, crop: int = 224):
 def bench_data(data: str, device: str = "cpu", batch: int = 128, batches: int = 30, workers: int | None = None,
                source: str | None = None, crop: int | None = None, rounds: int = 2) -> dict:
     from .data.augment import Normalize, sample_params, train_batch
-    from .data.loader import Loader
+    from .data.loader import Loader, LoaderSpec
     from .data.store import open_prepared
 
     ds = open_prepared(data)
@@ -108,8 +108,8 @@ def bench_data(data: str, device: str = "cpu", batch: int = 128, batches: int = 
     reference = []
     for _ in range(rounds):
         for dtype, cl in (("float32", False), ("bfloat16", True)):
-            loader = Loader(split, ds, batch, train=True, crop=crop, workers=workers, device=dev,
-                            dtype=dtype, channels_last=cl)
+            loader = Loader(split, ds, LoaderSpec(batch, train=True, crop=crop, workers=workers, device=dev,
+                                                  dtype=dtype, channels_last=cl))
             ours[dtype].append(_rate(loader.epoch, batches, in_flight, sync))
         ref = reference_loader(Path(source), batch, workers, crop)
         reference.append(_rate(lambda _: ref, batches, in_flight))

@@ -155,7 +155,7 @@ def plan(cfg: config_mod.Config, ds, rt: runtime.Runtime, num_classes: int, seco
     measuring the candidates on rt.device. Every rank measures; rank 0's choice is everyone's.
     Raises UserError when the budget cannot hold even the final evaluation."""
     from .mfu import train_flops_per_image
-    from .model import from_config
+    from .model import build
 
     n, size = len(ds.split(cfg.data.train_split)), ds.size
     n_val = len(ds.split(cfg.data.val_split))
@@ -178,7 +178,7 @@ def plan(cfg: config_mod.Config, ds, rt: runtime.Runtime, num_classes: int, seco
     for w in widths:
         m = model_config(cfg, w, init, given)
         torch.manual_seed(0)
-        model = from_config(m, num_classes).to(rt.device, memory_format=torch.channels_last)
+        model = build(m, num_classes).to(rt.device, memory_format=torch.channels_last)
         flops[w] = {c: train_flops_per_image(model, c) for c in sorted(set(finals) | set(range(small, top + 1, 8)))}
         rates[w] = {finals[-1]: measure(model, rt, per_device, finals[-1], num_classes) * rt.ctx.world_size}
         if w == widths[0] and small != finals[-1]:

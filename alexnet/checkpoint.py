@@ -10,7 +10,7 @@ the optimizer's, the schedule's and the GradScaler's, epoch and step (the loader
 RNG states, the resolved config, the classes and the input normalisation, and the metrics so far.
 Everything `predict`, `evaluate` and `export` need travels with it. best.pt holds all of it but the
 optimizer's state ("optimizer": None): SGD's momentum is one more copy of the weights, which no
-reader of best.pt needs (issue 21, item 16); a resume from it restarts the momentum.
+reader of best.pt needs; a resume from it restarts the momentum.
 """
 from __future__ import annotations
 

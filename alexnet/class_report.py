@@ -7,7 +7,7 @@
     per_class_png(rank, "report.per_class.png")
 
 A full confusion matrix of 1,000 classes drawn on a page is 1.2 px a cell with no names: nothing
-can be read from it (issue 23, item 5). What a person reads at that scale is a list with names:
+can be read from it. What a person reads at that scale is a list with names:
 the pairs of classes most often taken for each other, each with a photograph that was, and the
 classes the network gets most and least right. The confusion matrix is drawn whole up to READABLE
 classes, and beyond that for the READABLE classes most involved in confusions (the rows and
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .plots import _plt
+from .plots import pyplot, save
 
 READABLE = 40  # classes whose names a confusion matrix can still print legibly on one figure
 
@@ -72,7 +72,7 @@ def most_confused_classes(confusion: torch.Tensor, n: int = READABLE) -> list[in
 def confusion_png(confusion: torch.Tensor, classes: list[dict], path: str | Path) -> Path:
     """The row-normalised confusion matrix with class names: whole up to READABLE classes, else the
     READABLE most confused classes (the title says how many of how many)."""
-    plt = _plt()
+    plt = pyplot()
     k = len(classes)
     keep = list(range(k)) if k <= READABLE else most_confused_classes(confusion, READABLE)
     c = confusion.double()
@@ -88,17 +88,14 @@ def confusion_png(confusion: torch.Tensor, classes: list[dict], path: str | Path
              f"confusion among the {m} most confused of {k:,} classes\n(rows: share of each true class)")
     ax.set(xlabel="predicted", ylabel="true", title=title)
     fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path, dpi=110)
 
 
 def confused_png(pairs: list[dict], images, path: str | Path, columns: int = 4) -> Path:
     """The most confused pairs as a sheet: per pair one image of the true class that was taken for
-    the other (`images[i]` -> ((3, S, S) uint8 | None, ...), e.g. evaluate.Images), titled
+    the other (`images[i]` -> ((3, S, S) uint8 | None, ...), e.g. alexnet.images.Images), titled
     "true -> predicted (count)"."""
-    plt = _plt()
+    plt = pyplot()
     pairs = [p for p in pairs if "example" in p] or pairs
     rows = max(1, -(-len(pairs) // columns))
     fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.9 * rows), squeeze=False)
@@ -110,15 +107,12 @@ def confused_png(pairs: list[dict], images, path: str | Path, columns: int = 4) 
             ax.imshow(img.permute(1, 2, 0).numpy())
         ax.set_title(f"{p['true'][:22]}\n-> {p['predicted'][:22]}  ({p['count']:,})", fontsize=8)
     fig.suptitle("most confused pairs: an image of the true class taken for the predicted one", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path, dpi=100)
 
 
 def per_class_png(rank: dict, path: str | Path) -> Path:
     """Two bar charts: the best and the worst classes by top-1 accuracy, with names."""
-    plt = _plt()
+    plt = pyplot()
     n = max(len(rank["best"]), len(rank["worst"]), 1)
     fig, axes = plt.subplots(1, 2, figsize=(11, 1.2 + 0.26 * n))
     for ax, key, colour in ((axes[0], "worst", "tab:red"), (axes[1], "best", "tab:green")):
@@ -127,7 +121,4 @@ def per_class_png(rank: dict, path: str | Path) -> Path:
         ax.set_yticks(range(len(rows)), [f"{r['name'][:24]} ({r['images']})" for r in rows], fontsize=7)
         ax.set(xlim=(0, 100), xlabel="top-1 accuracy (%)", title=f"the {len(rows)} {key} classes (images)")
         ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path, dpi=100)

@@ -19,23 +19,23 @@ import textwrap
 from . import __version__
 from .errors import UserError
 
-# command -> (handler "module:function" or None while its issue is open, issue number, one-line help)
-COMMANDS: dict[str, tuple[str | None, int, str]] = {
-    "prepare": ("alexnet.prepare:main", 3, "convert ImageNet-style data (folders, ILSVRC tars, Kaggle, WebDataset, CSV, "
-                         "Parquet) "
-                         "to the fast prepared format"),
-    "train": ("alexnet.train:main", 5, "train a network (the paper's recipe, torchvision's, or the fast one)"),
-    "evaluate": ("alexnet.evaluate:main", 7, "top-1/top-5 error of checkpoints (centre crop or the paper's 10 views)"),
-    "predict": ("alexnet.predict:main", 7, "top-k classes of image files"),
-    "features": ("alexnet.features:main_features", 7, "fc7 feature vectors of a data set"),
-    "neighbors": ("alexnet.features:main_neighbors", 7, "nearest training images in fc7 space (the paper's Fig. 4, right)"),
-    "filters": ("alexnet.plots:main", 7, "draw the conv1 kernels (the paper's Fig. 3)"),
-    "export": ("alexnet.export:main", 7, "export a checkpoint to ONNX or TorchScript"),
-    "serve": ("alexnet.serve.server:main", 14, "a web page and HTTP API for predictions"),
-    "bench": ("alexnet.bench:main", 4, "measure speed against torchvision's reference pipeline"),
-    "ablate": ("alexnet.ablate:main", 15, "re-measure the paper's claims (LRN, pooling, towers, PCA colour, dropout, "
-                                          "ReLU, 10 views) as a table with error bars"),
-    "info": ("alexnet.info:main", 2, "layer table of a network (the paper's Fig. 2), or this machine"),
+# command -> (handler "module:function", or None while the command is unwritten; the tracker entry an
+# unwritten command arrives with, None for one that is written; one-line help)
+COMMANDS: dict[str, tuple[str | None, int | None, str]] = {
+    "prepare": ("alexnet.data.prepare:main", None, "convert ImageNet-style data (folders, ILSVRC tars, Kaggle, "
+                                                   "WebDataset, CSV, Parquet) to the fast prepared format"),
+    "train": ("alexnet.train:main", None, "train a network (the paper's recipe, torchvision's, or the fast one)"),
+    "evaluate": ("alexnet.evaluate:main", None, "top-1/top-5 error of checkpoints (centre crop or the paper's 10 views)"),
+    "predict": ("alexnet.predict:main", None, "top-k classes of image files"),
+    "features": ("alexnet.features:main_features", None, "fc7 feature vectors of a data set"),
+    "neighbors": ("alexnet.features:main_neighbors", None, "nearest training images in fc7 space (the paper's Fig. 4, right)"),
+    "filters": ("alexnet.plots:main", None, "draw the conv1 kernels (the paper's Fig. 3)"),
+    "export": ("alexnet.export:main", None, "export a checkpoint to ONNX or TorchScript"),
+    "serve": ("alexnet.serve.server:main", None, "a web page and HTTP API for predictions"),
+    "bench": ("alexnet.bench:main", None, "measure speed against torchvision's reference pipeline"),
+    "ablate": ("alexnet.ablate:main", None, "re-measure the paper's claims (LRN, pooling, towers, PCA colour, "
+                                            "dropout, ReLU, 10 views) as a table with error bars"),
+    "info": ("alexnet.info:main", None, "layer table of a network (the paper's Fig. 2), or this machine"),
 }
 
 # The default of every command's --workers, as alexnet.runtime.loader_workers computes it (kept here, in
@@ -328,8 +328,8 @@ def run(args: argparse.Namespace) -> int:
             print(config.dump(args.cfg), end="")
             return 0
     if target is None:
-        print(f"alexnet {args.command}: not implemented yet (it arrives with issue #{issue})",
-              file=sys.stderr)
+        arrives = f" (it arrives with issue #{issue})" if issue is not None else ""
+        print(f"alexnet {args.command}: not implemented yet{arrives}", file=sys.stderr)
         return 1
     module, _, function = target.partition(":")
     try:
@@ -360,7 +360,7 @@ def run_folder_checkpoint(path: str) -> str:
 
 
 def checkpoint_forms(args: argparse.Namespace) -> None:
-    """One way to name a checkpoint everywhere (issue 21, item 13): CKPT as a positional or as
+    """One way to name a checkpoint everywhere: CKPT as a positional or as
     --checkpoint in every command, and a run folder for its best.pt."""
     from pathlib import Path
     flag = getattr(args, "checkpoint_flag", None)
@@ -394,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra:  # positionals typed after options (`export CKPT --format onnx OUT`), else a usage error
         if hasattr(args, "paths") and not any(a.startswith("-") for a in extra):
             args.paths += extra
-        else:  # named after the subcommand, with its help (issue 21, item 13)
+        else:  # named after the subcommand, with its help
             print(f"alexnet {args.command}: error: unrecognized arguments: {' '.join(extra)} "
                   f"(see alexnet {args.command} --help)", file=sys.stderr)
             raise SystemExit(2)

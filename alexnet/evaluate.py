@@ -19,11 +19,9 @@ three figures that stay readable at 1,000 classes (alexnet.class_report): the co
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -32,6 +30,7 @@ from .checkpoint import unwrap
 from .model import evaluating
 from .errors import UserError
 from .fileio import writable_output
+from .images import Images, collate
 
 
 def at_chance(top1_error: float, classes: int | None) -> bool:
@@ -41,7 +40,7 @@ def at_chance(top1_error: float, classes: int | None) -> bool:
 
 
 def result_notes(top1_error: float, classes: int) -> list[str]:
-    """What a reader must know before trusting the figures (issue 21, item 15): a top-1 at chance,
+    """What a reader must know before trusting the figures: a top-1 at chance,
     and a top-5 that is 100% by construction with 5 classes or fewer."""
     notes = []
     if at_chance(top1_error, classes):
@@ -135,66 +134,6 @@ def _evaluate(models, loader, device, amp_dtype, num_classes) -> dict:
 
 # ------------------------------------------------------------------------------- the command
 
-class Images(torch.utils.data.Dataset):
-    """(3, S, S) uint8 images of a prepared split or an image folder (decoded, §2-resized, on the
-    fly); an image that cannot be read comes back as None and is reported, not counted."""
-
-    def __init__(self, data: str, split: str, size: int):
-        from .data.store import open_prepared
-
-        self.size, self.prepared = size, (Path(data) / "manifest.json").is_file()
-        self.listed_skipped: list[dict] = []  # files of the split found but not readable as samples
-        if self.prepared:
-            ds = open_prepared(data)
-            self.split = ds.split(split)  # UserError naming the splits there are
-            self.classes = ds.classes
-            self.labels = self.split.labels
-            self.keys = self.split.keys()
-            self.checksum = ds.manifest["splits"][split]["sha256"]
-            if ds.manifest["options"]["keep_aspect"]:
-                raise UserError(f"{data} keeps aspect ratios; evaluate a centre-cropped prepared set or a folder")
-            self.stored = ds.size
-            skipped = ds.manifest["splits"][split]["skipped"]
-        else:
-            from .data.sources import list_source
-            listing = list_source(data)
-            if split not in listing.splits:
-                single = listing.kind == "folder" and len(listing.splits) == 1 and listing.root == str(Path(data))
-                raise UserError(f"{data} has no split {split!r}; it has {', '.join(sorted(listing.splits))}"
-                                + (" (a folder of class folders is one split, named after the folder when that is"
-                                   " train, val or test, else train)" if single else "")
-                                + ": choose one with --split")
-            self.samples = listing.splits[split]
-            self.listed_skipped = skipped = listing.skipped.get(split, [])
-            self.classes = [c.to_json() for c in listing.classes]
-            self.labels = np.array([s.label for s in self.samples], dtype=np.int64)
-            self.keys = [s.key for s in self.samples]
-            h = hashlib.sha256()
-            for s in self.samples:
-                nbytes = Path(s.path).stat().st_size if s.offset < 0 else s.size
-                h.update(f"{s.key}\t{s.label}\t{nbytes}\n".encode("utf-8", "surrogateescape"))
-            self.checksum = h.hexdigest()
-            self.stored = size
-        if len(self.labels) == 0:
-            why = f": {len(skipped)} file(s) skipped, e.g. {skipped[0]['path']}: {skipped[0]['reason']}" if skipped else ""
-            raise UserError(f"split {split!r} of {data} holds no images{why}")
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        from .data.decode import BadImage, open_rgb, resize_crop
-        from .data.sources import read_bytes
-
-        if self.prepared:
-            return self.split.images([i])[0].contiguous(), i  # contiguous: raw pixels come as a permuted view
-        try:
-            arr = resize_crop(open_rgb(read_bytes(self.samples[i]), self.size), self.size)
-        except (BadImage, OSError) as e:
-            return None, (i, str(e))
-        return torch.from_numpy(np.array(arr)).permute(2, 0, 1), i  # writable copy of PIL's buffer
-
-
 def _number(class_id: str) -> bool:
     return class_id.isascii() and class_id.isdigit()
 
@@ -214,13 +153,6 @@ def label_map(data_ids: list[str], network_ids: list[str], data: str) -> torch.T
         return torch.tensor([int(c) for c in data_ids])
     raise UserError(f"{data} has classes the network does not know: {', '.join(missing[:5])}"
                     f"{' ...' if len(missing) > 5 else ''}")
-
-
-def _collate(items):
-    good = [(x, i) for x, i in items if x is not None]
-    bad = [i for x, i in items if x is None]
-    images = torch.stack([x for x, _ in good]) if good else None
-    return images, torch.tensor([i for _, i in good], dtype=torch.long), bad
 
 
 def evaluate_networks(networks, data: str, split: str = "val", views: int = 1, batch_size: int = 64,
@@ -247,7 +179,7 @@ def evaluate_networks(networks, data: str, split: str = "val", views: int = 1, b
     plan = eval_plan(len(images), batch_size, ctx.world_size, ctx.rank)
     workers = runtime.loader_workers(first.device) if workers is None else workers
     loader = torch.utils.data.DataLoader(images, batch_sampler=[list(b) for b in plan], num_workers=workers,
-                                         collate_fn=_collate)
+                                         collate_fn=collate)
     tally = Tally(len(ids), first.device, confusion=True)
     failures = [{"path": e["path"], "error": e["reason"]} for e in images.listed_skipped] if ctx.main else []
     for batch, idx, bad in tqdm(loader, disable=not (progress and ctx.main), desc="evaluate", unit="batch"):

@@ -107,7 +107,7 @@ def export(net: Network, fmt: str, out: str | Path) -> Path:
     meta = metadata(net)
     if fmt == "torchscript":
         # TorchScript is in maintenance: torch's FutureWarnings about it say nothing a user of this
-        # command can act on (issue 21, item 17); the file is what it always was
+        # command can act on; the file is what it always was
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.simplefilter("ignore", FutureWarning)
@@ -142,7 +142,7 @@ def paths_and_format(paths: list[str], weights: str | None, fmt: str | None) -> 
     """(checkpoint or None, OUT, format) from `export`'s positionals (CKPT OUT, or OUT with
     --weights) and --format, the format taken from OUT's extension when not given. Raises UserError
     for the wrong number of paths, an extension that contradicts --format (a .pt holding ONNX), or
-    neither telling the format (issue 21, item 12)."""
+    neither telling the format."""
     if len(paths) not in (1, 2) or (len(paths) == 1) != bool(weights):
         raise UserError("give exactly one of a checkpoint or --weights, and the file to write: CKPT OUT, or "
                         f"--weights W OUT (got {len(paths)} path(s){' and --weights' if weights else ''})")

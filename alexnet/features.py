@@ -36,16 +36,16 @@ def codes(net: Network, images: torch.Tensor) -> torch.Tensor:
 
 def _loader(images, start: int, batch_size: int, workers: int):
     """Batches of (images, indices, failures) in order, from image `start` on."""
-    from .evaluate import _collate
+    from .images import collate
 
     order = [list(range(i, min(i + batch_size, len(images)))) for i in range(start, len(images), batch_size)]
-    return torch.utils.data.DataLoader(images, batch_sampler=order, num_workers=workers, collate_fn=_collate)
+    return torch.utils.data.DataLoader(images, batch_sampler=order, num_workers=workers, collate_fn=collate)
 
 
 def _ours(out: Path, meta_path: Path) -> dict | None:
     """The metadata of an earlier `features` run at OUT (to resume it), or None when neither file
     exists. Raises UserError when OUT or OUT.json exists but is not a `features` output: a user's file
-    of that name is never overwritten (issue 21, item 7)."""
+    of that name is never overwritten."""
     if not meta_path.exists():
         if out.exists():
             raise UserError(f"{out} exists and was not written by alexnet features (no {meta_path.name} beside it); "
@@ -104,7 +104,7 @@ def write_features(net: Network, data: str, split: str, out: str | Path, batch_s
                    dtype: str = "float32", workers: int | None = None, progress: bool = True) -> dict:
     """fc7 codes of every image of the split -> OUT (N x 4096 .npy, memory-mapped) + OUT.json; resumable.
 
-    What is written, and how often (issue 23: nothing may grow faster than the data): OUT.json
+    What is written, and how often (nothing may grow faster than the data): OUT.json
     (the identity, every image's id and label, the classes: tens of MB at ImageNet's size) twice,
     at the start and at the end; after each batch only its rows of OUT and one line appended to
     OUT.progress.json, a few bytes (the images done, and the batch's images that could not be
@@ -114,7 +114,7 @@ def write_features(net: Network, data: str, split: str, out: str | Path, batch_s
     not ours, of another checkpoint or data set, or a split none of whose images can be read."""
     from tqdm import tqdm
 
-    from .evaluate import Images
+    from .images import Images
     from .fileio import atomic_write
 
     out = Path(out)
@@ -249,7 +249,7 @@ def neighbours(net: Network, data: str, split: str, queries: list[Path], k: int 
     from tqdm import tqdm
 
     from .data.decode import BadImage, read_file
-    from .evaluate import Images
+    from .images import Images
 
     pictures = []
     for q in queries:
@@ -268,7 +268,7 @@ def neighbours(net: Network, data: str, split: str, queries: list[Path], k: int 
         chunks = ((codes(net, batch).cpu(), idx) for batch, idx, _ in
                   tqdm(loader, disable=not progress, desc="neighbours", unit="batch") if batch is not None)
     dist, index = knn(query_codes, chunks, k)
-    if index.shape[1] == 0:  # zero images searched is an error, never an empty answer (issue 21, item 6)
+    if index.shape[1] == 0:  # zero images searched is an error, never an empty answer
         raise UserError(f"none of the {len(images):,} images of {data} ({split}) could be read: there are no "
                         f"neighbours to show; check the folder's images (alexnet prepare lists what it skips)")
     return {"queries": [str(q) for q in queries], "distances": dist.tolist(), "indices": index.tolist(),
@@ -324,11 +324,10 @@ def open_features(path: str, net: Network, images, split: str | None) -> np.ndar
 
 def neighbour_sheet(result: dict, net: Network, path: str | Path) -> Path:
     """Fig. 4 (right): each query in the first column, its nearest training images to the right."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from .data.decode import read_file, resize_crop
+    from .plots import pyplot, save
+
+    plt = pyplot()
 
     images = result["images"]
     rows, k = len(result["queries"]), len(result["indices"][0])
@@ -344,10 +343,7 @@ def neighbour_sheet(result: dict, net: Network, path: str | Path) -> Path:
             axes[r, c].set_title(f"{result['labels'][r][c - 1][:14]}\n{d:.1f}", fontsize=7)
     for ax in axes.flat:
         ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path, dpi=110)
 
 
 def _network(args) -> Network:

@@ -1,4 +1,4 @@
-"""`alexnet bench feed`: does the data keep up with the training step? (the resident path, issue 20)
+"""`alexnet bench feed`: does the data keep up with the training step? (the resident path)
 
     alexnet bench feed --data prepared/imagenette144 [--device cuda] [--crop 128] [--json out.json]
 
@@ -30,11 +30,11 @@ import torch
 import torch.nn.functional as F
 
 from . import config, runtime
-from .data.loader import Loader
+from .data.loader import Loader, LoaderSpec
 from .data.resident import Resident, gib, load
 from .data.store import open_prepared
 from .errors import UserError
-from .model import from_config
+from .model import build
 
 WARMUP = 3  # batches (or steps) left untimed: thread/worker start-up, cuDNN's algorithm search
 
@@ -48,12 +48,12 @@ def cpu_seconds() -> float:
 def loader_alone(loader: Loader, epochs: int, sync) -> dict:
     """images/s after WARMUP batches (and in-flight ones), and CPU s per 1,000 images over `epochs`
     whole epochs (start-up included). Closes the loader (its workers' CPU time is counted then)."""
-    in_flight = 0 if loader.resident is not None else loader.workers * loader.prefetch
+    in_flight = 0 if loader.resident is not None else loader.spec.workers * loader.spec.prefetch
     cpu0, n, timed, t = cpu_seconds(), 0, 0, None
     for epoch in range(epochs):
         for batch in loader.epoch(epoch):
             n += len(batch.labels)
-            if t is None and n >= (WARMUP + in_flight) * loader.batch_size:
+            if t is None and n >= (WARMUP + in_flight) * loader.spec.batch_size:
                 sync()
                 t, timed = time.perf_counter(), 0
             elif t is not None:
@@ -68,7 +68,7 @@ def fast_model(num_classes: int, device: torch.device, sets: tuple = ()):
     """The `fast` preset's network on `device` (channels_last), its SGD and autocast dtype; `sets`:
     config overrides ("model.width=0.25": the smoke test's small network)."""
     cfg = config.resolve("fast", sets=list(sets))
-    model = from_config(cfg.model, num_classes, seed=0).to(device, memory_format=torch.channels_last).train()
+    model = build(cfg.model, num_classes, seed=0).to(device, memory_format=torch.channels_last).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=5e-5)
     return model, opt, runtime.amp_dtype("auto", device)
 
@@ -172,8 +172,9 @@ def train_loader(split, ds, res: Resident | None, device, batch: int, crop: int,
     reflections, PCA colour, channel means, bf16 channels_last where bf16 is native (else float32)."""
     dtype = "bfloat16" if runtime.amp_dtype("auto", torch.device(device)) == torch.bfloat16 else "float32"
     ratio = (1.0, 1.0) if tuple(scale) == (1.0, 1.0) else (3 / 4, 4 / 3)
-    return Loader(split, ds, batch, train=True, crop=crop, workers=workers, device=device, pca_std=0.1,
-                  scale=scale, ratio=ratio, mean="channel", dtype=dtype, channels_last=True, resident=res)
+    spec = LoaderSpec(batch, train=True, crop=crop, workers=workers, device=device, pca_std=0.1, scale=scale,
+                      ratio=ratio, mean="channel", dtype=dtype, channels_last=True)
+    return Loader(split, ds, spec, resident=res)
 
 
 def bench_feed(data: str, device: str = "cpu", batch: int = 128, crop: int | None = None, workers: int | None = None,

@@ -14,18 +14,16 @@ rename itself survives a power cut.
 """
 from __future__ import annotations
 
-import contextlib
 import glob
 import hashlib
 import os
 import secrets
-import signal
 import socket
-import threading
 from pathlib import Path
 from typing import BinaryIO, Callable
 
 from .errors import UserError
+from .process import alive
 
 
 class FolderBusy(UserError):
@@ -105,43 +103,14 @@ def temporary_path(path: str | Path) -> Path:
     return path.with_name(f"{path.name}.{_HOST}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
 
 
-@contextlib.contextmanager
-def sigterm_as_interrupt():
-    """SIGTERM (a scheduler's stop, `kill`) ends the work inside as Ctrl-C does: KeyboardInterrupt,
-    so that `finally` clauses remove temporary files and the command prints its one line, instead of
-    dying silently mid-write. Only the main thread can set handlers; elsewhere SIGTERM stays as it is."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _remove_stale_temporaries(path: Path) -> None:
     """Remove what killed writers of `path` on this machine left (<name>.<host>.<pid>-<hex>.tmp
     whose process is gone), so that a kill -9 during a checkpoint save leaves no copy for ever."""
     prefix = f"{path.name}.{_HOST}."
     for leftover in path.parent.glob(f"{glob.escape(prefix)}*-*.tmp"):
         pid = leftover.name[len(prefix):].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not alive(int(pid)):
             leftover.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, another user's
-        return True
-    return True
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -159,23 +128,6 @@ def cache_dir() -> Path:
     base = os.environ.get("ALEXNET_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "alexnet")
     return Path(base)
-
-
-def die_with_parent() -> None:
-    """Ask the kernel to SIGKILL this process when its parent dies (Linux's PR_SET_PDEATHSIG; a
-    no-op elsewhere). For worker processes (the loader's, prepare's pool): after a kill -9 of the
-    job they would otherwise live on, still mapping its files and using its memory, until they
-    next look for their parent."""
-    import ctypes
-    import signal
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        parent = os.getppid()
-        libc.prctl(1, int(signal.SIGKILL))  # 1: PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the parent died before the request took effect
-            os._exit(1)
-    except (OSError, AttributeError):
-        pass
 
 
 class FolderLock:
@@ -232,7 +184,7 @@ class FolderLock:
         holder wrote; never a process that is no longer alive."""
         f.seek(0)
         written = f.read().strip()
-        owner = self._holder(f) or (int(written) if written.isdigit() and _alive(int(written)) else None)
+        owner = self._holder(f) or (int(written) if written.isdigit() and alive(int(written)) else None)
         f.close()
         who = f"pid {owner}" if owner else "another process"
         raise FolderBusy(f"{self.what} {self.folder} is in use by {who} (another alexnet job); "

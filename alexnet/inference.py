@@ -25,7 +25,7 @@ from . import weights
 from .data import augment as A
 from .data.decode import open_rgb, resize_crop
 from .errors import UserError
-from .model import from_config
+from .model import build
 
 
 
@@ -96,7 +96,7 @@ class Network:
         return p.view(-1, views, p.shape[1]).mean(1)
 
 
-def norm_of(data: dict) -> A.Normalize:
+def normalisation_of(data: dict) -> A.Normalize:
     """The mean subtraction a network was trained with, from a checkpoint's "data" entry (or a
     weights.Source's): the §2 mean image, or per-channel mean/std, on the 0-255 scale."""
     if data["mean_mode"] == "pixel":
@@ -111,12 +111,12 @@ def from_source(src: weights.Source, device: str | torch.device = "cpu", dtype: 
         raise weights.WeightsError(f"{src.origin} ({src.kind}): not one of our checkpoints and not torchvision's "
                                    f"AlexNet layout (features.N / classifier.N keys); cannot tell which network it is")
     n = src.num_classes
-    model = from_config(src.model, n, init="kaiming")  # every tensor is loaded next
+    model = build(src.model, n, init="kaiming")  # every tensor is loaded next
     weights.load_into(model, src, strict=True)
     model.eval()
     classes = src.classes or [{"id": str(i), "name": f"class {i}"} for i in range(n)]
     d = src.data
-    return Network(model, classes, int(d["size"]), int(d["crop"]), norm_of(d), src.origin, src.sha256,
+    return Network(model, classes, int(d["size"]), int(d["crop"]), normalisation_of(d), src.origin, src.sha256,
                    validation=src.validation).to(device, dtype)
 
 

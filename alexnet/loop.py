@@ -47,7 +47,7 @@ LOSS_WINDOW = 8  # logged losses the running level is the median of
 
 
 class BlowUpGuard:
-    """Finite blow-ups (issue 21, item 8): a diverging run wrote weights with max |w| 6.6e19 to
+    """Finite blow-ups: a diverging run wrote weights with max |w| 6.6e19 to
     last.pt before its loss turned NaN, and every resume from them diverged at once. A checkpoint
     is refused, and the run stops, when either rule fires:
 
@@ -97,7 +97,7 @@ def times(ratio: float) -> str:
 
 def param_norm(model: torch.nn.Module) -> float:
     """The global L2 norm of all the model's parameters, frozen ones included (a sync point)."""
-    return norm_of(list(unwrap(model).parameters())).item()
+    return l2_norm(list(unwrap(model).parameters())).item()
 
 
 def train_epoch(run, epoch: int, start_step: int, stopper: "Stopper", progress: bool) -> tuple[int, int | None]:
@@ -120,7 +120,7 @@ def train_epoch(run, epoch: int, start_step: int, stopper: "Stopper", progress: 
     t_start, seen, stopped_at = time.perf_counter(), 0, None
     window = torch.zeros(3, dtype=torch.float64, device=rt.device)  # loss sum, right, n of this rank
     params = [p for p in unwrap(run.model).parameters() if p.requires_grad]
-    flops = run.flops_per_image(loader.options["crop"])
+    flops = run.flops_per_image(loader.spec.crop)
     try:  # the bar is closed on errors too, so that a message starts on a line of its own
         for step, batch in enumerate(loader.epoch(epoch, start_step), start=start_step):
             done = step + 1
@@ -158,7 +158,7 @@ def train_epoch(run, epoch: int, start_step: int, stopper: "Stopper", progress: 
                 if log_now:
                     run.log.log("train", epoch * steps + done, epoch=epoch + done / steps, loss=loss_sum / n,
                                 top1=right / n, lr=lr, images_per_s=rate, data_wait=wait, mfu=utilisation,
-                                grad_norm=grad_norm.item(), param_norm=norm_of(params).item(),  # sync points
+                                grad_norm=grad_norm.item(), param_norm=l2_norm(params).item(),  # sync points
                                 **mfu.peak_memory(rt.device))
                     window.zero_()
             bar.update(1)
@@ -200,7 +200,7 @@ def forward_backward(run, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return sums
 
 
-def norm_of(tensors) -> torch.Tensor:
+def l2_norm(tensors) -> torch.Tensor:
     """The L2 norm of a list of tensors taken as one vector (a 0-d tensor on their device)."""
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.detach().float()) for t in tensors]))
 
@@ -210,7 +210,7 @@ def grad_norm_of(params, scaler) -> torch.Tensor:
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return torch.zeros(())
-    norm = norm_of(grads)
+    norm = l2_norm(grads)
     return norm / scaler.get_scale() if scaler.is_enabled() else norm
 
 

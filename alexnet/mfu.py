@@ -29,7 +29,7 @@ def train_flops_per_image(model: torch.nn.Module, size: int) -> float:
     """FLOPs of one training image at `size` px: forward 2 x MACs; backward 2 x MACs for the weight
     gradients of every layer plus 2 x MACs for the input gradients of every layer but the first
     (the image needs none). LRN, pooling and ReLU are not counted, as in nanoGPT's estimate."""
-    from .info import layer_table
+    from .layers import layer_table
 
     macs = [r["macs"] for r in layer_table(model, size) if r["macs"]]
     return 2.0 * sum(macs) * 3 - 2.0 * macs[0]

@@ -3,6 +3,7 @@
     from alexnet import model
     net = model.build("alexnet2012", num_classes=1000)          # the paper's network, §3 / Fig. 2
     net = model.build("alexnet_owt", norm="batchnorm", dropout=0.2)
+    net = model.build(cfg.model, num_classes)                    # from a config.ModelConfig
     logits = net(images)                                          # (B, 3, 224, 224) -> (B, N)
     codes = net.embed(images)                                     # (B, 4096) fc7 after ReLU (§6.1)
 
@@ -25,7 +26,8 @@ on every side as torchvision does (224 -> 55, 227 -> 56). Both then go 27 -> 13 
 
 Other input sizes: an adaptive average pool to 6x6 before fc6 (a no-op at 224/227, as in
 torchvision) lets any input from `min_input_size` up (64 px for alexnet2012, 63 for alexnet_owt)
-work with the same classifier; smaller inputs raise a clear error. Options are documented on `build`.
+work with the same classifier; smaller inputs raise a clear error. Options are documented on `build`,
+which takes them as a config.ModelConfig (cfg.model) or as keywords.
 
 The paper's comparisons, as options (each off by default, so the networks above are unchanged; the
 `alexnet ablate` command trains them side by side):
@@ -41,7 +43,7 @@ The paper's comparisons, as options (each off by default, so the networks above 
 from __future__ import annotations
 
 import contextlib
-
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -49,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import ModelConfig
 from .errors import UserError
 from .lrn import LRN_CONVENTIONS, LocalResponseNorm  # noqa: F401 (part of this module's API)
 
@@ -256,14 +259,23 @@ def min_input_size(net: AlexNet) -> int:
     return size
 
 
-def build(name: str, num_classes: int = 1000, *, norm: str | None = None, dropout: float = 0.5,
-          init: str = "paper", init_bias: float = 1.0, lrn_convention: str = "authors",
-          lrn_k: float = 2.0, width: float = 1.0, hidden: int = 4096, pooling: str = "overlap",
-          towers: int | None = None, activation: str = "relu", seed: int | None = None) -> AlexNet:
-    """Build a member of the family, initialised.
+def build(model: str | ModelConfig | dict = "alexnet2012", num_classes: int = 1000, *, seed: int | None = None,
+          **options) -> AlexNet:
+    """Build a member of the family, initialised, from its configuration (nanoGPT's GPT(config)).
 
-    name: one of VARIANTS ("alexnet2012", "alexnet_owt").
-    norm: "lrn" | "batchnorm" | "none"; default the variant's own (lrn for 2012, none for owt).
+        net = build(cfg.model, num_classes)                      # a config.ModelConfig: what train builds
+        net = build(state["config"]["model"], num_classes)       # the dict a checkpoint holds
+        net = build("alexnet_owt", 10, norm="batchnorm")         # a variant by name, options as keywords
+
+    model: a config.ModelConfig, the model dict of a checkpoint (keys missing from checkpoints
+        written before an option existed take ModelConfig's defaults; keys it does not know are
+        ignored), or a variant's name (every other field ModelConfig's default).
+    num_classes: outputs of fc8 (the config's own model.num_classes is resolved by the caller,
+        who knows the data set's classes).
+    seed: initialise from torch.Generator().manual_seed(seed); None draws from torch's global RNG.
+    options: ModelConfig's fields, overriding `model`'s (an unknown name raises TypeError):
+    name: one of VARIANTS ("alexnet2012", "alexnet_owt"); UserError for another.
+    norm: "lrn" | "batchnorm" | "none"; default (None) the variant's own (lrn for 2012, none for owt).
         batchnorm: BatchNorm2d after every conv, before its ReLU (convs then have no bias).
     dropout: rate of the two dropout layers (§4.2: 0.5).
     init: "paper" (§5: weights N(0, 0.01); biases `init_bias` in conv2, conv4, conv5, fc6, fc7 and 0
@@ -278,16 +290,28 @@ def build(name: str, num_classes: int = 1000, *, norm: str | None = None, dropou
         half the kernels in conv1..conv4, no grouping, and conv5 and the FC layers unchanged
         (the paper's footnote 2); see the module docstring.
     activation: "relu" (§3.1) | "tanh", after every conv and FC layer.
-    seed: initialise from torch.Generator().manual_seed(seed); None draws from torch's global RNG.
     """
-    if name not in VARIANTS:
-        raise UserError(f"unknown model {name!r}; choose one of {', '.join(VARIANTS)}")
-    net = AlexNet(name, num_classes, norm=norm, dropout=dropout, lrn_convention=lrn_convention,
-                  lrn_k=lrn_k, width=width, hidden=hidden, pooling=pooling, towers=towers,
-                  activation=activation)
+    m = model_config(model, **options)
+    if m.name not in VARIANTS:
+        raise UserError(f"unknown model {m.name!r}; choose one of {', '.join(VARIANTS)}")
+    net = AlexNet(m.name, num_classes, norm=m.norm, dropout=m.dropout, lrn_convention=m.lrn_convention,
+                  lrn_k=m.lrn_k, width=m.width, hidden=m.hidden, pooling=m.pooling, towers=m.towers,
+                  activation=m.activation)
     generator = None if seed is None else torch.Generator().manual_seed(seed)
-    init_weights(net, init, init_bias=init_bias, generator=generator)
+    init_weights(net, m.init, init_bias=m.init_bias, generator=generator)
     return net
+
+
+def model_config(model: str | ModelConfig | dict, **options) -> ModelConfig:
+    """A ModelConfig from `build`'s first argument and options (see `build`); `model` itself is
+    never changed."""
+    if isinstance(model, str):
+        fields = {"name": model}
+    else:
+        given = model if isinstance(model, dict) else vars(model)
+        known = {f.name for f in dataclasses.fields(ModelConfig)}
+        fields = {k: v for k, v in given.items() if k in known}
+    return ModelConfig(**{**fields, **options})
 
 
 @contextlib.contextmanager
@@ -324,21 +348,6 @@ def freeze(net: AlexNet, mode: str) -> list[nn.Module]:
             p.requires_grad_(False)
         frozen += [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     return frozen
-
-
-MODEL_KEYS = ("norm", "dropout", "init", "init_bias", "lrn_convention", "lrn_k", "width", "hidden", "pooling",
-              "towers", "activation")  # the config's model section, passed to `build` as keywords
-
-
-def from_config(model_cfg, num_classes: int, *, init: str | None = None, seed: int | None = None) -> AlexNet:
-    """`build` from a config's model section: a config.ModelConfig, or the dict a checkpoint holds
-    (keys missing from checkpoints written before an option existed take `build`'s defaults).
-    init overrides the configured scheme (pointless work when weights are loaded next)."""
-    m = model_cfg if isinstance(model_cfg, dict) else vars(model_cfg)
-    options = {k: m[k] for k in MODEL_KEYS if k in m}
-    if init is not None:
-        options["init"] = init
-    return build(m["name"], num_classes, seed=seed, **options)
 
 
 def init_weights(net: nn.Module, scheme: str = "paper", init_bias: float = 1.0,

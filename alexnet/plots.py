@@ -1,7 +1,11 @@
-"""Pictures of a run: the training curves, and the conv1 kernels as in the paper's Figure 3.
+"""Pictures: the training curves, the conv1 kernels as in the paper's Figure 3, and the set-up and
+saving every figure of the project goes through.
 
     plots.curves(run_folder / "metrics.jsonl" records, "curves.png")
     plots.filters(model.conv1_weight(), towers=2, path="conv1.png")
+    plt = plots.pyplot()                 # every figure starts here: matplotlib on the Agg backend
+    fig, ax = plt.subplots(); ...
+    plots.save(fig, "x.png", dpi=110)    # and ends here: laid out, written, closed
 
 Figure 3 shows the 96 learned 11x11x3 conv1 kernels, the 48 of GPU 1 above the 48 of GPU 2: the
 two towers specialise (one largely colour-agnostic, one colour-specific). Each kernel is scaled to
@@ -16,16 +20,27 @@ import numpy as np
 import torch
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, imported on first use so that commands that
+    draw nothing do not pay for matplotlib's import."""
     import matplotlib
     matplotlib.use("Agg")  # files only; no display needed
     import matplotlib.pyplot as plt
     return plt
 
 
+def save(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Lay the figure out tightly, write it to path (the format from its suffix, e.g. .png) and close
+    it, so that a long run drawing many figures holds none in memory. Returns path as a Path."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return Path(path)
+
+
 def curves(records: list[dict], path: str | Path, title: str = "") -> Path:
     """Loss, top-1/top-5 error and learning rate against epochs, from metrics.jsonl records."""
-    plt = _plt()
+    plt = pyplot()
     train = [r for r in records if r["kind"] == "train"]
     val = [r for r in records if r["kind"] == "val"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
@@ -51,10 +66,7 @@ def curves(records: list[dict], path: str | Path, title: str = "") -> Path:
     ax.set(xlabel="epoch", ylabel="learning rate", title="learning rate")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path, dpi=110)
 
 
 def kernel_grid(weight: torch.Tensor, columns: int) -> np.ndarray:
@@ -74,7 +86,7 @@ def kernel_grid(weight: torch.Tensor, columns: int) -> np.ndarray:
 
 def filters(weight: torch.Tensor, path: str | Path, towers: int = 1, title: str = "") -> Path:
     """The conv1 kernels; with towers=2 the first half (GPU 1) above the second (GPU 2), as Fig. 3."""
-    plt = _plt()
+    plt = pyplot()
     k = weight.shape[0]
     parts = weight.chunk(towers) if towers > 1 else [weight]
     per = len(parts[0])  # the widest grid up to 16 columns that fills its rows (48 -> 16 x 3, as Fig. 3)
@@ -89,10 +101,7 @@ def filters(weight: torch.Tensor, path: str | Path, towers: int = 1, title: str 
             ax.set_title(f"tower {t + 1} (GPU {t + 1} in the paper): kernels {t * len(part)}-{(t + 1) * len(part) - 1}",
                          fontsize=9)
     fig.suptitle(title or f"conv1: {k} kernels of {weight.shape[2]}x{weight.shape[3]}x{weight.shape[1]}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path, dpi=120)
 
 
 def main(args) -> int:

@@ -30,7 +30,7 @@ from PIL import Image
 from . import runtime
 from .data.decode import BadImage, open_rgb, read_file
 from .data.folders import walk
-from .data.sources import printable
+from .data.listing import printable
 from .errors import UserError
 from .fileio import writable_output
 from .inference import Network, load_any
@@ -124,10 +124,9 @@ def sheet(results: list[dict], path: str | Path, columns: int = 4) -> Path:
     """The paper's Fig. 4 (left): each image above the bars of its top-5 probabilities."""
     import math
 
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .plots import pyplot, save
 
+    plt = pyplot()
     n = len(results)
     columns = min(columns, n)
     rows = math.ceil(n / columns)
@@ -151,10 +150,7 @@ def sheet(results: list[dict], path: str | Path, columns: int = 4) -> Path:
         bars.set_yticks(range(len(top)), names, fontsize=7)
         bars.set_xlim(0, 1)
         bars.tick_params(axis="x", labelsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path, dpi=110)
 
 
 def main(args) -> int:

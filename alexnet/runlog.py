@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from . import config as config_mod
-from .info import environment
+from .envinfo import environment
 
 
 def git_revision() -> dict:

@@ -7,7 +7,7 @@
 One path for every scale: torchrun's environment decides rank and world size, alexnet.runtime
 binds each rank to its device and picks the precision, each rank reads its share of every epoch
 (alexnet.data.loader), the global batch is per-device batch x world size x accumulation and is
-checked, and only rank 0 prints and writes. A run is four steps that pass one `Run` along, as
+checked, and only rank 0 prints and writes. A run is a few steps that pass one `Run` along, as
 torchvision's reference and ffcv's trainer chain theirs:
 
     run = setup(cfg, resume)   # device, data, global batch, model, optimizer, schedule, run folder
@@ -17,6 +17,8 @@ torchvision's reference and ffcv's trainer chain theirs:
     fit(run)                   # the epochs (alexnet.loop: the steps), validation, checkpoints
     finish(run)                # final validation, plots, summary.json
 
+setup is itself a list of steps (open_data, check_data, build_model, wrap, the loaders, and the run
+folder chosen and claimed by alexnet.runfolder); restore and initialise are alexnet.resume's.
 The run folder (alexnet.runlog) holds the config, versions, metrics, TensorBoard events,
 checkpoints (last.pt every epoch, the one before kept as last.prev.pt; best.pt, the weights without
 the optimizer's state, on a new best validation top-1), plots and summary.json, which with the
@@ -27,31 +29,29 @@ that are not finite or that blew up (alexnet.loop.BlowUpGuard); the error names 
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import sys
 import time
 import traceback
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from . import budget, checkpoint, config as config_mod, distributed, mfu, plots, runtime, weights
+from . import budget, checkpoint, config as config_mod, distributed, mfu, plots, runfolder, runtime
 from .data import augment as A
-from .data.loader import Loader
+from .data.loader import Loader, LoaderSpec
 from .data.store import PreparedDataset, open_prepared
 from .errors import UserError
 from .evaluate import at_chance, evaluate, result_notes
 from .ema import EMA
 from .fileio import FolderLock
 from .loop import NORM_GROWTH, BlowUpGuard, Diverged, Stopper, param_norm, train_epoch
-from .inference import norm_of
-from .model import freeze, from_config
+from .model import build, freeze
 from .optim import Schedule, build_optimizer, param_groups, scaled_lr
+from .resume import adopt_model, initialise, restore
 from .runlog import RunLog, folder_bytes, read_metrics, size_text
 
 __all__ = ["train", "Run", "setup", "restore", "fit", "finish", "Diverged"]
@@ -105,7 +105,7 @@ class Run:
         """Train and validate with the normalisation the initial weights were trained with."""
         self.norm = norm
         self.close_loaders()
-        self.train_loader = self.train_loader_for(self.train_loader.options["crop"])
+        self.train_loader = self.train_loader_for(self.train_loader.spec.crop)
         self.val_loader = val_loader(self.cfg, self.rt, self.ds, norm, self.resident)
 
     def hold_resident(self, progress: bool = True) -> None:
@@ -116,7 +116,7 @@ class Run:
         self.resident = resident_splits(self.cfg, self.rt, self.ds, self.say, progress)
         if self.resident:
             self.close_loaders()
-            self.train_loader = self.train_loader_for(self.train_loader.options["crop"])
+            self.train_loader = self.train_loader_for(self.train_loader.spec.crop)
             self.val_loader = val_loader(self.cfg, self.rt, self.ds, self.norm, self.resident)
 
     def close_loaders(self) -> None:
@@ -133,7 +133,7 @@ class Run:
     def save(self, epoch: int, step: int, name: str = "last.pt") -> None:
         """Checkpoint the state (every rank takes part; rank 0 writes): last.pt the whole of it,
         the one it replaces kept as last.prev.pt; best.pt all of it but the optimizer's state, with
-        no previous copy (issue 21, item 16: what predict, evaluate, export and --init read is half
+        no previous copy (what predict, evaluate, export and --init read is half
         the size). Raises Diverged, on every rank alike, rather than write weights that are not
         finite, or that blew up while finite (self.guard), over a good checkpoint."""
         bad = non_finite(self.model)  # sync point (a save)
@@ -174,7 +174,7 @@ class Run:
         """For Diverged's message: what to change, and which checkpoint to resume from: last.pt when
         it is good (this process wrote it, so it passed the checks; or this process started from it
         and its weights are not NORM_GROWTH x larger than best.pt's), else best.pt, whose weights
-        were good enough to validate best (issue 21, item 8)."""
+        were good enough to validate best."""
         o, s, last, best = self.cfg.optim, self.cfg.schedule, self.out / "last.pt", self.out / "best.pt"
         change = (f"lower optim.lr (now {o.lr:g}; e.g. --set optim.lr={o.lr / 10:g}) or warm up for longer "
                   f"(schedule.warmup_epochs, now {s.warmup_epochs:g})")
@@ -206,27 +206,28 @@ class Run:
         return ratio if ratio > NORM_GROWTH else None
 
 
-def loader_options(c: config_mod.Config, rt: runtime.Runtime, crop: int) -> dict:
+def loader_spec(c: config_mod.Config, rt: runtime.Runtime, *, train: bool, batch_size: int, crop: int) -> LoaderSpec:
+    """A loader of this run (LoaderSpec.from_config) placed on this rank: its device, its share of
+    the world, data.workers processes (None: the rule of alexnet.runtime.loader_workers)."""
     workers = c.data.workers if c.data.workers is not None else runtime.loader_workers(rt.device)
-    return dict(crop=crop, seed=c.train.seed, rank=rt.ctx.rank, world_size=rt.ctx.world_size, workers=workers,
-                device=rt.device, mean=c.data.mean, dtype="float32", channels_last=c.train.channels_last)
+    return LoaderSpec.from_config(c, train=train, batch_size=batch_size, crop=crop, rank=rt.ctx.rank,
+                                  world_size=rt.ctx.world_size, device=rt.device, workers=workers)
 
 
 def train_loader(c: config_mod.Config, rt: runtime.Runtime, ds: PreparedDataset, per_device: int, crop: int,
                  norm: A.Normalize | None = None, resident: dict | None = None) -> Loader:
     """This rank's training batches (§4.1 augmentation) at `crop` px, from the resident split
     when `resident` holds it, else streamed by worker processes."""
-    return Loader(ds.split(c.data.train_split), ds, per_device * c.train.accumulation, train=True, flip=c.data.flip,
-                  pca_std=c.data.pca_std, scale=c.data.scale, ratio=c.data.ratio, norm=norm,
-                  resident=(resident or {}).get(c.data.train_split), **loader_options(c, rt, crop))
+    spec = loader_spec(c, rt, train=True, batch_size=per_device * c.train.accumulation, crop=crop)
+    return Loader(ds.split(c.data.train_split), ds, spec, norm=norm, resident=(resident or {}).get(c.data.train_split))
 
 
 def val_loader(c: config_mod.Config, rt: runtime.Runtime, ds: PreparedDataset, norm: A.Normalize | None = None,
                resident: dict | None = None) -> Loader:
     """This rank's share of the validation images (the centre crop, with its reflection, or the 10
     views, of eval.crop px, by default data.crop), each counted once."""
-    return Loader(ds.split(c.data.val_split), ds, c.eval.batch_size, train=False, views=c.eval.views, norm=norm,
-                  resident=(resident or {}).get(c.data.val_split), **loader_options(c, rt, eval_crop(c)))
+    spec = loader_spec(c, rt, train=False, batch_size=c.eval.batch_size, crop=eval_crop(c))
+    return Loader(ds.split(c.data.val_split), ds, spec, norm=norm, resident=(resident or {}).get(c.data.val_split))
 
 
 def eval_crop(c: config_mod.Config) -> int:
@@ -276,20 +277,44 @@ def builtin_data(cfg: config_mod.Config, progress: bool) -> Path:
                             progress=progress)
 
 
-def default_out(cfg: config_mod.Config) -> Path:
-    what = f"{cfg.train.minutes:g}min" if cfg.train.minutes else cfg.preset
-    return Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{what}"
-
-
 def setup(cfg: config_mod.Config, resume: str | None = None, progress: bool = True) -> Run:
-    """Device and precision, data, the global batch, model, optimizer, schedule and run folder."""
+    """Device and precision, data, the global batch, model, optimizer, schedule and run folder, in
+    that order; raises UserError (on every rank alike) for what cannot work, before any is claimed."""
     c = cfg
     rt = runtime.setup(c.train.device, c.train.precision, c.train.deterministic)
     say = print if rt.main and progress else (lambda *a, **k: None)
+    data_path, ds = open_data(c, rt, progress)
+    per_device, num_classes = check_data(c, rt, ds, data_path, say)
+    model, frozen_norms = build_model(c, rt, num_classes)
+    lr = scaled_lr(c, c.train.batch_size)
+    optimizer = build_optimizer(c, param_groups(model, c, lr), lr)
+    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == torch.float16)
+    out = runfolder.choose(c, resume)
+    ddp, net = wrap(model, c, rt)
+    loader = train_loader(c, rt, ds, per_device, c.data.crop)
+    steps = loader.steps(0)
+    if steps == 0:
+        raise UserError(f"the training split has {len(loader.split)} images: too few for one global batch "
+                        f"of {c.train.batch_size}")
+    lock = runfolder.claim(out, rt)  # last: a failed setup leaves no lock behind
+    return Run(c, rt, out, data_path, ds, num_classes, per_device, model, net, ddp, optimizer,
+               Schedule(c, lr, steps), scaler, loader, val_loader(c, rt, ds), steps,
+               runtime.once_per_node(mfu.ceiling, rt.device, rt.dtype), say=say,  # probed once per node
+               frozen_norms=frozen_norms, lock=lock)
 
-    # data: the built-in set is generated by one rank per node while the others wait
+
+def open_data(c: config_mod.Config, rt: runtime.Runtime, progress: bool) -> tuple[Path, PreparedDataset]:
+    """The prepared data set of data.path, or the built-in shapes, generated by one rank per node
+    while the others wait: (its folder, the opened set)."""
     data_path = Path(c.data.path) if c.data.path else runtime.once_per_node(builtin_data, c, rt.main and progress)
-    ds = open_prepared(data_path)
+    return data_path, open_prepared(data_path)
+
+
+def check_data(c: config_mod.Config, rt: runtime.Runtime, ds: PreparedDataset, data_path: Path,
+               say: Callable) -> tuple[int, int]:
+    """(images per device per optimizer step, classes): the global batch = per device x world size
+    x accumulation, checked, and the crops, splits and classes the run needs; says the sizes.
+    Raises UserError for what does not fit."""
     train_split, val_split = ds.split(c.data.train_split), ds.split(c.data.val_split)
     if c.data.crop > ds.size:
         raise UserError(f"data.crop {c.data.crop} is larger than the prepared images ({ds.size} px)")
@@ -300,7 +325,7 @@ def setup(cfg: config_mod.Config, resume: str | None = None, progress: bool = Tr
     if rest:
         raise UserError(f"train.batch_size {c.train.batch_size} is not divisible by world size "
                         f"{rt.ctx.world_size} x accumulation {c.train.accumulation}")
-    if len(val_split) == 0:  # a validation top-1 over zero images would read 0.00% (issue 21, item 6)
+    if len(val_split) == 0:  # a validation top-1 over zero images would read 0.00%
         raise UserError(f"split {c.data.val_split!r} of {data_path} holds no images, so there is nothing to "
                         f"validate on: prepare a source with a val/ folder (or labelled validation files), or "
                         f"set data.val_split to a split that has images ({', '.join(ds.split_names)})")
@@ -316,57 +341,35 @@ def setup(cfg: config_mod.Config, resume: str | None = None, progress: bool = Tr
     say(f"global batch {c.train.batch_size} = {per_device} per device x {rt.ctx.world_size} process(es) "
         f"x {c.train.accumulation} accumulation step(s); {len(train_split):,} training and "
         f"{len(val_split):,} validation images, {num_classes} classes; device {rt.device}, precision {rt.precision}")
+    return per_device, num_classes
 
-    # model, optimizer, schedule
-    torch.manual_seed(c.train.seed + 1_000_003 * rt.ctx.rank)  # dropout masks differ across ranks
-    model = from_config(c.model, num_classes, seed=c.train.seed)
+
+def build_model(c: config_mod.Config, rt: runtime.Runtime, num_classes: int) -> tuple[torch.nn.Module, list]:
+    """The network of model.*, initialised from train.seed, on the device in its memory format, with
+    train.freeze's parts frozen: (the network, its frozen batch-norm layers). Seeds torch's global
+    RNG per rank first (dropout masks differ across ranks). UserError when the crops are too small."""
+    torch.manual_seed(c.train.seed + 1_000_003 * rt.ctx.rank)
+    model = build(c.model, num_classes, seed=c.train.seed)
     smallest = min(c.data.crop, c.data.progressive_from or c.data.crop)
     if smallest < model.min_input_size:
         raise UserError(f"{c.model.name} needs crops of at least {model.min_input_size} px; data.crop / "
                         f"data.progressive_from ask for {smallest}")
     model.to(rt.device, memory_format=torch.channels_last if c.train.channels_last else torch.preserve_format)
-    frozen_norms = freeze(model, c.train.freeze)
-    lr = scaled_lr(c, c.train.batch_size)
-    optimizer = build_optimizer(c, param_groups(model, c, lr), lr)
-    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == torch.float16)
-    out = Path(c.train.out) if c.train.out else (
-        Path(resume).parent if resume not in (None, "auto") else distributed.broadcast(default_out(c)))
+    return model, freeze(model, c.train.freeze)
+
+
+def wrap(model: torch.nn.Module, c: config_mod.Config, rt: runtime.Runtime):
+    """(the DDP wrapper or None, what the loop calls): under torchrun DDP, whose gradients are
+    all-reduced in buckets while the backward pass still runs (compressed as train.grad_compression
+    says), and torch.compile around it with train.compile."""
     ddp, net = None, model
-    if rt.ctx.distributed:  # gradients all-reduced in buckets while the backward pass still runs
+    if rt.ctx.distributed:
         ddp = net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
         distributed.compress_gradients(ddp, c.train.grad_compression)
     if c.train.compile:
         net = torch.compile(net)
-    loader = train_loader(c, rt, ds, per_device, c.data.crop)
-    steps = loader.steps(0)
-    if steps == 0:
-        raise UserError(f"the training split has {len(train_split)} images: too few for one global batch "
-                        f"of {c.train.batch_size}")
-    lock = claim_run_folder(out, rt)  # last: a failed setup leaves no lock behind
-    return Run(c, rt, out, data_path, ds, num_classes, per_device, model, net, ddp, optimizer,
-               Schedule(c, lr, steps), scaler, loader, val_loader(c, rt, ds), steps,
-               runtime.once_per_node(mfu.ceiling, rt.device, rt.dtype), say=say,  # probed once per node
-               frozen_norms=frozen_norms, lock=lock)
-
-
-def is_run_folder(out: Path) -> bool:
-    """Empty (dot-files aside), or written by `alexnet train`: its env.json, metrics or checkpoints."""
-    if not out.exists():
-        return True
-    names = {p.name for p in out.iterdir() if not p.name.startswith(".")}
-    if not names or names & {"last.pt", "last.prev.pt", "best.pt", "metrics.jsonl"}:
-        return True
-    try:  # a folder `alexnet ablate` made for this run: its log of the command comes first
-        if (out / "train.log").read_text(errors="replace").lstrip().startswith("$ alexnet train"):
-            return True
-    except OSError:
-        pass
-    try:
-        env = json.loads((out / "env.json").read_text())
-        return isinstance(env, dict) and "command" in env and "torch" in env
-    except (OSError, ValueError):
-        return False
+    return ddp, net
 
 
 def non_finite(model: torch.nn.Module) -> list[str]:
@@ -374,160 +377,6 @@ def non_finite(model: torch.nn.Module) -> list[str]:
     under fp16 an overflow can fill batch norm's running statistics with NaN while the loss scaler
     skips the step and the weights stay finite."""
     return [n for n, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
-
-
-def claim_run_folder(out: Path, rt: runtime.Runtime) -> FolderLock | None:
-    """Rank 0 takes the run folder's exclusive lock (a second run with the same --out is refused:
-    "in use by pid N") after checking it is a run folder, not a user's own; every rank gets the
-    same error. Returns the lock (None on other ranks)."""
-    lock, error = None, None
-    if rt.main:
-        try:
-            if out.exists() and not out.is_dir():
-                raise UserError(f"--out {out} is a file, not a folder")
-            if not is_run_folder(out):
-                raise UserError(f"--out {out} is not empty and is not a run folder (no env.json, metrics or "
-                                f"checkpoint of alexnet train); choose another folder so that nothing in it is overwritten")
-            lock = FolderLock(out, "run folder").acquire()
-        except UserError as e:
-            error = str(e)
-        except OSError as e:  # read-only, no permission, /proc: one line on every rank, not a traceback
-            error = f"cannot use --out {out}: {e.strerror or e}"
-    error = distributed.broadcast(error)
-    if error:
-        raise UserError(error)
-    return lock
-
-
-def restore(run: Run, resume: str | None) -> bool:
-    """Continue from `resume` (a checkpoint path; "auto": the run folder's last), or from the run
-    folder's checkpoint when it has one. Sets the weights, optimizer, schedule, scaler, RNG states,
-    the position (epoch, step) and the normalisation in place; False when there is nothing to resume."""
-    out, state, path = run.out, None, None
-    if resume not in (None, "auto"):
-        state, path = checkpoint.load(resume), Path(resume)
-    elif resume == "auto" or (out / "last.pt").exists() or (out / "last.prev.pt").exists():
-        state, path = checkpoint.load_latest(out, warn=run.say, set_aside=run.rt.main)
-        if resume == "auto" and state is None:
-            raise UserError(f"--resume: no checkpoint in {out}; start a new run without --resume")
-    if state is None:
-        return False
-    defaults = config_mod.to_dict(config_mod.Config())["model"]  # keys added since the checkpoint was written
-    if {**defaults, **state["config"]["model"]} != config_mod.to_dict(run.cfg)["model"]:
-        raise UserError(f"{path} was trained with another model configuration; "
-                        f"use another --out, or the same model settings")
-    theirs, ours = [c["id"] for c in state["classes"]], [c["id"] for c in run.ds.classes]
-    if theirs != ours:
-        extra, missing = sorted(set(theirs) - set(ours)), sorted(set(ours) - set(theirs))
-        diff = (f"only the checkpoint has {', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}; " if extra else "") + \
-               (f"only the data set has {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}" if missing
-                else "the same classes in another order")
-        raise UserError(f"{path} was trained on {len(theirs)} classes and {run.data_path} has {len(ours)}: {diff}. "
-                        f"Resume with the data it was trained on, or fine-tune from it: --init {path} with a new --out")
-    if state.get("weights") == "ema":  # a best.pt holding the moving average: continue from those weights
-        run.say(f"  {path.name} holds the moving average of the weights (train.ema): training continues from it")
-    run.model.load_state_dict(state["model"])
-    run.ema_state = state.get("ema")
-    if state.get("optimizer") is not None:
-        run.optimizer.load_state_dict(state["optimizer"])
-    run.schedule.load_state_dict(state["schedule"])
-    run.scaler.load_state_dict(state["scaler"])
-    rng, ctx = state["rng"], run.rt.ctx  # one state per rank; another world size reuses rank 0's
-    checkpoint.set_rng_state(rng[ctx.rank] if isinstance(rng, list) and len(rng) == ctx.world_size
-                             else rng[0] if isinstance(rng, list) else rng)
-    run.epoch, run.step, run.best = state["epoch"], state["step"], state["best"]
-    run.elapsed = state.get("elapsed_s", 0.0)
-    if state["data"].get("normalisation") == "weights":  # a fine-tuning run: its initial weights' normalisation
-        run.set_norm(norm_of(state["data"]))
-    run.resumed_from, run.resumed_at = path, f"epoch {run.epoch + 1}, step {run.step}"
-    run.say(f"resuming {path} at epoch {run.epoch + 1}, step {run.step}")
-    if state.get("optimizer") is None:  # best.pt keeps the weights only (issue 21, item 16)
-        run.say(f"  {path.name} holds no optimizer state (a best.pt keeps the weights and what inference needs): "
-                f"the optimizer starts again, its momentum from zero")
-    written_by = len(rng) if isinstance(rng, list) else 1
-    if written_by != ctx.world_size:  # issue 21, item 10: say it; the position is exact either way
-        run.say(f"  the checkpoint was written by {written_by} process(es), this run has {ctx.world_size}: the "
-                f"global batch and the order of the images are unchanged, so the run continues at the same image; "
-                f"only the ranks' dropout streams start from rank 0's saved state")
-    return True
-
-
-def initialise(run: Run) -> None:
-    """Start from the weights of train.init (fine-tuning, §6): copy every tensor whose name and
-    shape match, re-initialise the rest (a new head for other classes), print the load table, and
-    train with the normalisation those weights expect. Raises WeightsError when the weights are for
-    another architecture or nothing fits."""
-    cfg = run.cfg
-    src = runtime.once_per_node(weights.read, cfg.train.init)  # a download happens once per node
-    holds, asks = f"{src.origin} holds {held(src)}", f"this run builds {built(cfg, run.num_classes)}"
-    if src.model is not None and src.model.get("name") != cfg.model.name:
-        hint = " (torchvision's architecture): use --model alexnet_owt or --preset finetune" \
-            if src.model["name"] == "alexnet_owt" else ""
-        raise weights.WeightsError(f"{src.origin} holds weights of {src.model['name']}{hint}; this run builds "
-                                   f"{cfg.model.name}, a different architecture" if hint else
-                                   f"{holds}; {asks}, a different architecture: leave model.name out to use the "
-                                   f"checkpoint's")
-    reinit = match_classes(src, run.ds.classes)
-    rows = weights.load_into(run.model, src, reinit=reinit)
-    convs = [r for r in rows if r["key"].startswith("conv") and r["key"].endswith(".weight")]
-    if not any(r["action"] == "loaded" for r in convs):  # fc layers alone (hidden x hidden) are no start
-        first = next((f"{r['key']}: {r['why']}" for r in convs), "no conv layer")
-        raise weights.WeightsError(f"nothing of the feature extractor (conv1..conv5) in {src.origin} fits this "
-                                   f"network ({first}): {holds}; {asks}. Leave the model settings out to adopt "
-                                   f"the checkpoint's, or set them to its values")
-    run.say(weights.table(rows, src))
-    if src.data is not None:
-        run.set_norm(norm_of(src.data))
-
-
-def held(src: weights.Source) -> str:
-    """What a weights Source is, for messages: model name, width, hidden units, classes (ours
-    carry their config; for other files, width and hidden are read off conv1's and fc7's shapes)."""
-    from .model import VARIANTS
-
-    m, state = src.model or {}, weights.our_names(src.state)
-    name = m.get("name", "an unknown network")
-    width, hidden = m.get("width"), m.get("hidden")
-    if hidden is None and "fc7.weight" in state:
-        hidden = state["fc7.weight"].shape[0]
-    if width is None and name in VARIANTS and "conv1.weight" in state:
-        width = state["conv1.weight"].shape[0] / VARIANTS[name].channels[0]
-    parts = [name] + [f"{k} {v:g}" for k, v in (("width", width), ("hidden", hidden)) if v is not None]
-    extra = [f"{k} {m[k]}" for k in ("norm", "towers") if m.get(k) is not None]
-    n = src.num_classes
-    return ", ".join(parts + extra + ([f"{n} classes"] if n else []))
-
-
-def built(cfg: config_mod.Config, num_classes: int) -> str:
-    """What a run's network is, in `held`'s words."""
-    m = cfg.model
-    extra = [f"{k} {getattr(m, k)}" for k in ("norm", "towers") if getattr(m, k) is not None]
-    return ", ".join([m.name, f"width {m.width:g}", f"hidden {m.hidden}"] + extra + [f"{num_classes} classes"])
-
-
-def adopt_model(cfg: config_mod.Config, given: set[str], say: Callable = print) -> config_mod.Config:
-    """Starting from one of our checkpoints (train.init), build its network: the model settings
-    (model.*, but num_classes, which the data decides) are the checkpoint's, except the keys in
-    `given`, those the user wrote (alexnet.config.given); a preset's are only defaults. Says which
-    settings it took. Returns a new Config; `cfg` itself when train.init is not one of ours."""
-    spec = cfg.train.init
-    if not spec or spec == "torchvision":
-        return cfg
-    src = weights.read(spec)  # a missing or foreign file: the same one-line error as initialise's
-    if src.kind != "alexnet checkpoint":
-        return cfg
-    defaults = config_mod.to_dict(config_mod.Config())["model"]  # keys added since it was written
-    theirs = {**defaults, **src.model}
-    changes = {f"model.{k}": v for k, v in theirs.items()
-               if k in defaults and k != "num_classes" and f"model.{k}" not in given and getattr(cfg.model, k) != v}
-    if not changes:
-        return cfg
-    adopted = config_mod.apply(copy.deepcopy(cfg), changes, source=f"the model settings of {spec}")
-    config_mod.validate(adopted)
-    say(f"model settings from {spec}: " + ", ".join(f"{k}={v} (not {getattr(cfg.model, k.split('.')[1])})"
-                                                     for k, v in changes.items())
-        + "; set any of them (--set model.KEY=VALUE) to choose otherwise")
-    return adopted
 
 
 def preset_keys(name: str | None) -> set[str]:
@@ -543,24 +392,6 @@ def written(args) -> set[str]:
     flags = {flag: (key, getattr(args, "flag_" + key.replace(".", "__"), None))
              for flag, (key, _) in CONFIG_FLAGS.items()}
     return config_mod.given(getattr(args, "config", None) or (), getattr(args, "set", None) or (), flags)
-
-
-def match_classes(src: weights.Source, classes: list[dict]) -> dict[str, str]:
-    """Keep a loaded head only where its outputs mean this data set's classes: the same classes in
-    another order are put in this order (fc8's rows permuted, noted); other classes get a new head.
-    Returns {key: reason} for the tensors to re-initialise."""
-    ids = [c["id"] for c in classes]
-    have = [c["id"] for c in src.classes] if src.classes else None
-    head = [k for k in src.state if k.startswith(("fc8.", "classifier.6."))]
-    if have is None or have == ids or not head or len(have) != len(ids):
-        return {}
-    if sorted(have) == sorted(ids):
-        order = torch.tensor([have.index(i) for i in ids])
-        for key in head:
-            src.state[key] = src.state[key][order]
-        src.notes.append("the head's outputs were reordered to this data set's class order")
-        return {}
-    return {k.replace("classifier.6.", "fc8."): "the source's classes are not this data set's (a new head)" for k in head}
 
 
 def fit(run: Run, progress: bool = True) -> dict:
@@ -585,7 +416,7 @@ def fit(run: Run, progress: bool = True) -> dict:
         while run.epoch < cfg.train.epochs and not stopper.agreed_out_of_time():
             epoch, t0 = run.epoch, time.time()
             crop = progressive_crop(cfg, epoch, stopper)
-            if crop != run.train_loader.options["crop"]:  # progressive resizing: a loader for the new size
+            if crop != run.train_loader.spec.crop:  # progressive resizing: a loader for the new size
                 run.train_loader.close()
                 run.train_loader = run.train_loader_for(crop)
                 say(f"training crops: {crop} px")
@@ -676,7 +507,7 @@ def finish(run: Run, result: dict, progress: bool = True) -> dict:
                "at_chance": at_chance(val["top1_error"], len(run.ds.classes)),
                "ceiling": {k: run.ceiling[k] for k in ("flops_per_s", "best", "dtype", "device", "threads")},
                **mfu.peak_memory(rt.device),
-               # what the run leaves on disk and what its checkpoints wrote (issue 21, item 16)
+               # what the run leaves on disk and what its checkpoints wrote (best.pt: half of last.pt)
                "folder_bytes": sum(files.values()),
                "checkpoint_bytes": {n: files[n] for n in sorted((n for n in files if n.endswith(".pt")),
                                                                 key=lambda n: (CHECKPOINTS.get(n, 3), n))},
@@ -748,14 +579,14 @@ def plan_budget(cfg: config_mod.Config, resume: str | None, given: set[str], sta
     rt = runtime.setup(cfg.train.device, precision, cfg.train.deterministic)
     say = print if rt.main and progress else (lambda *a, **k: None)
     cfg = copy.deepcopy(cfg)
-    out = Path(cfg.train.out) if cfg.train.out else Path(resume).parent if resume not in (None, "auto") else None
+    out = runfolder.named(cfg, resume)
     previous = Path(resume) if resume not in (None, "auto") else next(
-        (out / n for n in ("last.pt", "last.prev.pt") if out is not None and (out / n).is_file()), None)
+        (out / n for n in runfolder.CHECKPOINTS if out is not None and (out / n).is_file()), None)
     if previous is not None:
         try:
             chosen = config_mod.flatten(checkpoint.load(previous)["config"])
         except (checkpoint.CheckpointError, KeyError, TypeError):
-            chosen = None  # restore() reports what is wrong with it
+            chosen = None  # resume.restore reports what is wrong with it
         if chosen is not None:
             keep = {k: v for k, v in chosen.items()
                     if (k in budget.RECIPE_KEYS or k == "train.budget_minutes") and k not in given}

@@ -1,4 +1,4 @@
-"""Top-1 against minutes: `alexnet train --minutes M` against the documented recipe it replaces (issue 22).
+"""Top-1 against minutes: `alexnet train --minutes M` against the documented recipe it replaces.
 
     python benchmarks/budget_curve.py --json out.json                      # 2, 5, 10, 20 min each (~75 min)
     python benchmarks/budget_curve.py --minutes 10 --which ours --seeds 0 1 --ablate --json abl.json
@@ -97,10 +97,9 @@ def evaluation_parts(run: dict, data: Path) -> dict:
 
 
 def plot(results: dict, png: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from alexnet.plots import pyplot, save
 
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     styles = {"ours": ("alexnet train --minutes M", "o", "-"),
               "reference": ("documented recipe (train.budget_minutes=M)", "s", "-")}
@@ -117,10 +116,8 @@ def plot(results: dict, png: Path) -> None:
            title="Imagenette on a 2-core CPU: top-1 against the clock")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    save(fig, png, dpi=120)
 
 
 def main() -> int:

@@ -1,4 +1,4 @@
-"""Benchmark the input pipeline against torchvision's reference, side by side (issue #4).
+"""Benchmark the input pipeline against torchvision's reference, side by side.
 
     python benchmarks/data.py                          # prepares Imagenette (JPEG and raw) in a temp dir
     python benchmarks/data.py --data prepared/imagenette --json out.json
@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from alexnet.bench import bench_data, print_data  # noqa: E402
-from alexnet.prepare import prepare  # noqa: E402
+from alexnet.data.prepare import prepare  # noqa: E402
 
 IMAGENETTE = ROOT.parent / "shared" / "data" / "imagenette"
 

@@ -1,4 +1,4 @@
-"""Fine-tuning against training from scratch, for the same wall-clock budget, on real photos (issue 13).
+"""Fine-tuning against training from scratch, for the same wall-clock budget, on real photos.
 
     python benchmarks/finetune.py                              # about 25 minutes on a 2-core CPU
     python benchmarks/finetune.py --pretrain-minutes 2 --minutes 0.5 --seeds 1 --json out.json

@@ -1,4 +1,4 @@
-"""The one script that proves the GPU path the first time a GPU is at hand (issue 10).
+"""The one script that proves the GPU path the first time a GPU is at hand.
 
     python benchmarks/gpu_check.py                         # on a CUDA machine: ~4 minutes on one H200
     python benchmarks/gpu_check.py --source COPY --train-minutes 1   # a machine without ../shared
@@ -13,12 +13,12 @@ In order, each stage recorded as ok / failed / skipped with its figures:
 3. `alexnet bench data`, `bench train`, `bench infer` on the device, each against torchvision's
    reference on the same GPU (img/s, ratio, share of the measured bf16 ceiling);
 4. nvJPEG's stream hazard: the same batches decoded twice behind queued work, compared bit for bit;
-5. the resident data path (issue 20): an ImageNet-shaped resident set (1,281,167 random images at
+5. the resident data path: an ImageNet-shaped resident set (1,281,167 random images at
    128 px, 63 GB, made on the GPU) and the photos resident at 256 px with 224 crops, the fast
    recipe's step fed by it against the step alone (target: data under 5% of the time);
 6. a 2-minute `fast` training run on Imagenette (resident where it fits: img/s, data-wait share,
    MFU, top-1);
-7. `alexnet train --minutes 2` on Imagenette prepared at 256 px (issue 22: the budget recipe chooses
+7. `alexnet train --minutes 2` on Imagenette prepared at 256 px (the budget recipe chooses
    the network and crops for this GPU): top-1, images/s, the whole command's wall time, the choice;
 8. a 2-process NCCL training run when the machine has 2 or more GPUs, else skipped with the reason.
 The data: --data PREPARED, else --source DIR (default ../shared/data/imagenette) prepared once into
@@ -69,7 +69,7 @@ def stage(report: dict, name: str):
 def environment() -> dict:
     import torch
 
-    from alexnet.info import environment as env
+    from alexnet.envinfo import environment as env
     e = env()
     out = {"torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
            "devices": e.get("devices", []), "cpu_count": os.cpu_count()}
@@ -93,7 +93,7 @@ def cuda_tests(smoke: bool) -> dict:
 def data_set(args) -> tuple[Path, Path | None, Path]:
     """(prepared data set, its source ImageFolder for the reference pipeline, the same photos
     prepared at 256 px for the resident stage's 224 crops)."""
-    from alexnet.prepare import prepare
+    from alexnet.data.prepare import prepare
     if args.data:
         return Path(args.data), None, Path(args.data)
     out = Path(args.out)
@@ -167,7 +167,7 @@ def train_run(device: str, data: Path, out: Path, smoke: bool, nproc: int = 1, m
 
 
 def minutes_run(device: str, data: Path, out: Path, smoke: bool, minutes: float = 2) -> dict:
-    """`alexnet train --minutes M` (issue 22), timed whole: what the recipe chose and what it reached."""
+    """`alexnet train --minutes M`, timed whole: what the recipe chose and what it reached."""
     if out.exists():
         shutil.rmtree(out)
     # smoke: 30 s, of which start-up takes 5-7 s alone and 15 s or more when the test suite loads
@@ -192,7 +192,7 @@ def minutes_run(device: str, data: Path, out: Path, smoke: bool, minutes: float 
             "raw_top1": (s.get("raw") or {}).get("top1"), "recipe": recipe}
 
 
-RESIDENT_TARGET = 0.05  # issue 20: data under 5% of step time on an H200, at every crop size
+RESIDENT_TARGET = 0.05  # the target: data under 5% of step time on an H200, at every crop size
 
 
 def resident_stage(device: str, data: Path, data_224: Path, smoke: bool) -> dict:

@@ -1,4 +1,4 @@
-"""Imagenette under the same wall-clock budget: ours against torchvision's reference recipe (issue #5).
+"""Imagenette under the same wall-clock budget: ours against torchvision's reference recipe.
 
     python benchmarks/imagenette_budget.py                  # 20 minutes each side (about 45 min in all)
     python benchmarks/imagenette_budget.py --minutes 5 --json out.json

@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 from alexnet.data import codecs  # noqa: E402
 from alexnet.data.decode import encode_jpeg, open_rgb, resize_crop  # noqa: E402
 from alexnet.data.store import open_prepared  # noqa: E402
-from alexnet.prepare import DEFAULT_QUALITY, Stats  # noqa: E402
+from alexnet.data.shards import DEFAULT_QUALITY, Stats  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 PHOTOS = SHARED / "imagenet-photos"

@@ -1,4 +1,4 @@
-"""The resident data path against streaming, side by side in one run (issue 20).
+"""The resident data path against streaming, side by side in one run.
 
     python benchmarks/resident.py                       # ~25 minutes on 2 cores: both parts
     python benchmarks/resident.py --minutes 2 --json out.json

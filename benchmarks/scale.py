@@ -4,7 +4,7 @@
     python benchmarks/scale.py --per-class 3 12 --json s.json    # quicker
     python benchmarks/scale.py --classes 20 --per-class 1 4 --size 72 --quick   # seconds (the test's mode)
 
-A synthetic set shaped like ImageNet's folders (issue 23): one folder per ILSVRC-2012 WNID (1,000
+A synthetic set shaped like ImageNet's folders: one folder per ILSVRC-2012 WNID (1,000
 by default), train/<wnid>/<wnid>_<i>.JPEG, and val with a quarter as many per class, small
 photographs of random shapes. It is built at two sizes (--per-class SMALL LARGE, at least 4x
 apart) and every step runs on each as a whole command in a fresh process, as a user runs it:
@@ -21,8 +21,8 @@ For each: CPU seconds (the process and all it waited for: loader workers include
 peak memory (the sum of the RSS of the command's process tree, sampled every 20 ms; and the
 largest RSS of any one worker process), and bytes written (the block-layer writes the kernel
 accounts to the process tree, ru_oublock x 512), then the ratio LARGE / SMALL of each. Linear
-growth gives at most the data's ratio (4x; start-up costs make it less); the issue's target is
-every step within 4.5x for 4x the data, and per-worker memory that does not grow with the split.
+growth gives at most the data's ratio (4x; start-up costs make it less); the target is every
+step within 4.5x for 4x the data, and per-worker memory that does not grow with the split.
 Run it alone: on a 2-core machine anything else computing skews the CPU times.
 """
 from __future__ import annotations
@@ -134,8 +134,8 @@ import sys
 from alexnet.data.loader import Loader
 from alexnet.data.store import open_prepared
 ds = open_prepared(sys.argv[1]); split = ds.split("train")
-loader = Loader(split, ds, int(sys.argv[4]), train=True, crop=int(sys.argv[2]), workers=int(sys.argv[3]),
-                scale=(0.35, 1), ratio=(0.75, 4 / 3))
+loader = Loader(split, ds, batch_size=int(sys.argv[4]), train=True, crop=int(sys.argv[2]),
+                workers=int(sys.argv[3]), scale=(0.35, 1), ratio=(0.75, 4 / 3))
 n = sum(len(b.labels) for b in loader.epoch(0))
 loader.close()
 print(n, "images")
@@ -194,7 +194,7 @@ def main() -> int:
     args = p.parse_args()
     small, large = args.per_class
     if not args.quick and large < 4 * small:
-        p.error("--per-class LARGE must be at least 4x SMALL (the issue's comparison); --quick to allow less")
+        p.error("--per-class LARGE must be at least 4x SMALL (the comparison the target is stated for); --quick to allow less")
     work = args.work or Path(tempfile.mkdtemp(prefix="alexnet-scale-"))
     results = {"classes": args.classes, "per_class": args.per_class, "size": args.size, "workers": args.workers,
                "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d"), "sizes": [], "runs": {}}

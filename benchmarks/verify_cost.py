@@ -1,4 +1,4 @@
-"""What the per-sample check costs on the hot path (issue 11): the checksum (XXH3-64) of each stored
+"""What the per-sample check costs on the hot path: the checksum (XXH3-64) of each stored
 image, compared with its index row on every read, against decoding that image.
 
     python benchmarks/verify_cost.py --data prepared/imagenette-144 --json out.json
@@ -41,7 +41,7 @@ def per_sample_us(fn, n: int) -> float:
 
 
 def loader_rate(split, ds, batch: int, batches: int, crop: int) -> float:
-    loader = Loader(split, ds, batch, train=True, crop=crop, workers=0)
+    loader = Loader(split, ds, batch_size=batch, train=True, crop=crop, workers=0)
     it = loader.epoch(0)
     next(it)  # warm-up: buffers, first pages
     t = time.perf_counter()

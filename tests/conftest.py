@@ -1,4 +1,5 @@
-"""What several test files share: the tiny built-in data set and two helpers for subprocess tests."""
+"""What several test files share: the tiny built-in data set, one network trained on it with the
+tiny preset (trained once per pytest process), and helpers for subprocess and resume tests."""
 import socket
 import time
 from pathlib import Path
@@ -22,6 +23,18 @@ def tiny(tmp_path_factory):
     """The built-in shapes, 8 training and 3 validation images per class at 72 px (read-only)."""
     return synthetic.ensure(train_per_class=8, val_per_class=3, size=72, root=tmp_path_factory.mktemp("shapes"),
                             progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny, tmp_path_factory):
+    """last.pt of the tiny preset trained one epoch on `tiny` (read-only; its folder is a finished run
+    folder with best.pt beside it). Trained once per pytest process, for every test that needs some
+    trained network and not a particular one; copy the folder before writing into it."""
+    from alexnet import config
+    from alexnet.train import train
+    out = tmp_path_factory.mktemp("tiny-run") / "run"
+    train(config.resolve("tiny", sets=[f"data.path={tiny}", f"train.out={out}"]), progress=False)
+    return out / "last.pt"
 
 
 def free_port() -> int:

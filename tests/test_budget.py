@@ -1,4 +1,4 @@
-"""Budget training (issue 22): the moving average of the weights, evaluation at another crop, and
+"""Budget training: the moving average of the weights, evaluation at another crop, and
 `alexnet train --minutes M`, whose choices are checked against a brute-force search of the same rule."""
 import json
 import math
@@ -17,9 +17,8 @@ from conftest import straight_and_resumed
 
 
 def tiny_cfg(data, out, *sets):
-    base = [f"data.path={data}", f"train.out={out}", "train.epochs=2", "train.batch_size=16", "model.width=0.25",
-            "model.hidden=64", "data.workers=0", "train.log_every=2", "eval.batch_size=16"]
-    return config.resolve("quick", sets=base + list(sets))
+    base = [f"data.path={data}", f"train.out={out}", "train.epochs=2"]
+    return config.resolve("tiny", sets=base + list(sets))
 
 
 # ------------------------------------------------------------------------------ the moving average
@@ -157,7 +156,6 @@ def fake_speed(monkeypatch, flops_per_s: float):
 def test_the_choice_is_the_largest_crop_and_the_widest_width_that_affords_the_epochs(monkeypatch, n, size, seconds):
     from alexnet import runtime
     from alexnet.mfu import train_flops_per_image
-    from alexnet.model import from_config
     fake_speed(monkeypatch, 2e11)
     rt = runtime.setup("cpu", "fp32")
     cfg = config.resolve("paper", sets=["train.minutes=10"])
@@ -165,11 +163,11 @@ def test_the_choice_is_the_largest_crop_and_the_widest_width_that_affords_the_ep
     v = plan.values
     # brute force: every (width, crop), epochs from the same FLOP model and the same time accounting
     train_s = seconds - budget.final_seconds(500, 2, 3 * 2e11 / train_flops_per_image(
-        from_config(budget.model_config(cfg, 0.5, False, set()), 10), budget.crops(size)[-1])
+        build(budget.model_config(cfg, 0.5, False, set()), 10), budget.crops(size)[-1])
         * (budget.crops(size)[-1] / budget.eval_crop(budget.crops(size)[-1], size)) ** 2)
     table = []
     for w in budget.WIDTHS:
-        model = from_config(budget.model_config(cfg, w, False, set()), 10)
+        model = build(budget.model_config(cfg, w, False, set()), 10)
         for c in budget.crops(size)[-1:]:
             rate = budget.mean_rate(lambda k: 2e11 / train_flops_per_image(model, k), c)
             table.append((w, c, budget.REALISED * train_s * rate / n))
@@ -235,7 +233,7 @@ def test_minutes_runs_end_to_end_and_a_resume_keeps_its_recipe(tiny, tmp_path, c
 
 
 def test_minutes_fine_tunes_the_weights_own_network(tiny, tmp_path, capsys):
-    from alexnet.train import adopt_model
+    from alexnet.resume import adopt_model
     first = tmp_path / "first"
     train(tiny_cfg(tiny, first, "train.epochs=1"), progress=False)
     cfg = config.resolve(None, sets=[f"data.path={tiny}", f"train.out={tmp_path / 'ft'}", "data.workers=0",

@@ -1,4 +1,4 @@
-"""What a run folder keeps (issue 21, item 16): a fine-tuning run of alexnet_owt wrote 1.8 GB, four
+"""What a run folder keeps: a fine-tuning run of alexnet_owt wrote 1.8 GB, four
 full copies of 456 MB (best, last and a .prev of each). Now last.pt (the whole state), one previous
 copy of it, and best.pt without the optimizer's state (SGD's momentum is one more copy of the
 weights); every reader of best.pt still reads it, and the run says how much its folder holds."""
@@ -13,9 +13,7 @@ from alexnet.train import finish_message, train
 
 
 def cfg(data, out, *more):
-    return config.resolve("quick", sets=[f"data.path={data}", f"train.out={out}", "train.epochs=3",
-                                         "train.batch_size=16", "model.width=0.25", "model.hidden=64",
-                                         "data.workers=0", "train.log_every=2", "eval.batch_size=16", *more])
+    return config.resolve("tiny", sets=[f"data.path={data}", f"train.out={out}", "train.epochs=3", *more])
 
 
 def every_validation_a_new_best(monkeypatch, start: float = 0.0):

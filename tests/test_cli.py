@@ -126,7 +126,7 @@ def test_console_script_and_module_agree():
 
 
 def test_help_starts_a_newcomer_and_shows_every_choice(capsys):
-    """issue 21, item 17: `alexnet --help` spoke of internals ("dispatched lazily"); `prepare --help`
+    """`alexnet --help` spoke of internals ("dispatched lazily"); `prepare --help`
     showed OUT as optional; `train --help` left `auto` out of --precision."""
     for argv, phrases in ((["--help"], ["quick start:", "alexnet train  ", "alexnet prepare PHOTOS"]),
                           (["prepare", "--help"], ["usage: alexnet prepare SRC OUT [options]", "alexnet prepare --verify OUT"]),

@@ -1,4 +1,4 @@
-"""The standing check of issue 11: every ordinary mistake, for every command, is one line on stderr,
+"""The standing check: every ordinary mistake, for every command, is one line on stderr,
 exit status 2, no traceback, and nothing written. Grow the table with every new flag.
 
 Each case runs `alexnet` in-process against a small world made once (a prepared set, a checkpoint,
@@ -13,20 +13,17 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet import cli, config
+from alexnet import cli
 from alexnet.data import synthetic
-from alexnet.train import train
 
 NO_GPU = not torch.cuda.is_available()
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tiny_checkpoint, tmp_path_factory):
     root = tmp_path_factory.mktemp("world")
     data = synthetic.ensure(train_per_class=8, val_per_class=3, size=72, root=root / "cache", progress=False)
-    run = root / "run"
-    train(config.resolve("quick", sets=[f"data.path={data}", f"train.out={run}", "train.epochs=1", "train.batch_size=16",
-                                        "model.width=0.25", "model.hidden=64", "data.workers=0"]), progress=False)
+    run = Path(shutil.copytree(tiny_checkpoint.parent, root / "run"))  # inside root: a mistake writes nothing there either
     Image.fromarray(synthetic.draw(1, synthetic.image_rng(1, "val", 0), 90)).save(root / "photo.png")
     (root / "empty").mkdir()
     (root / "loose").mkdir()  # photos straight in the folder, no class folders
@@ -44,7 +41,7 @@ def world(tmp_path_factory):
     (root / "garbage.json").write_bytes(b"\xff\xfe\x00\x01 not text")
     for name, raw in {"latin1.yaml": b"train:\n  epochs: caf\xe9\n", "utf16.yaml": "train:\n".encode("utf-16"),
                       "binary.toml": bytes(range(256)), "section.yaml": b"train: 5\n",
-                      "broken.yaml": b"train:\n  epochs: [1,\n"}.items():  # config files (issue 21, item 3)
+                      "broken.yaml": b"train:\n  epochs: [1,\n"}.items():  # config files
         (root / "cfg").mkdir(exist_ok=True)
         (root / "cfg" / name).write_bytes(raw)
     damaged = Path(shutil.copytree(data, root / "damaged"))  # one byte of one validation image changed
@@ -53,7 +50,7 @@ def world(tmp_path_factory):
     b = bytearray(shard.read_bytes())
     b[int(row["offset"]) + int(row["size"]) // 2] ^= 0x01
     shard.write_bytes(bytes(b))
-    lists = root / "lists"  # CSV lists and class files a user hands prepare (issue 21, items 3 and 5)
+    lists = root / "lists"  # CSV lists and class files a user hands prepare
     lists.mkdir()
     for name, raw in {"binary.csv": bytes(range(256)), "utf16.csv": "path,label\nphoto.png,0\n".encode("utf-16"),
                       "latin1.csv": b"path,label\n../photo.png,caf\xe9\n", "latin1_path.csv": b"caf\xe9.png,0\n",
@@ -120,7 +117,7 @@ CASES = [  # (argv with {data} {ckpt} {photo} {root} placeholders, a phrase the 
     (["predict", "{photo}", "--checkpoint", "{ckpt}", "--json", R + "/p.json"], "cannot create the folder"),
     (["predict", "{photo}", "--checkpoint", "{ckpt}", "--sheet", R + "/s.png"], "cannot create the folder"),
     (["predict", "{photo}"], "give exactly one of a checkpoint or --weights"),
-    # issue 21, item 9: one reader for every CKPT, --init and --weights; no terminal escape bytes in a message
+    # one reader for every CKPT, --init and --weights; no terminal escape bytes in a message
     (["predict", "{photo}", "--checkpoint", "{root}/objects.pth"], "pickles Python objects (pathlib."),
     (["filters", "{root}/objects.pth"], "pickles Python objects (pathlib."),
     (["train", "--data", "{data}", "--preset", "quick", "--init", "{root}/objects.pth", "--out", "{root}/o6"],
@@ -135,7 +132,7 @@ CASES = [  # (argv with {data} {ckpt} {photo} {root} placeholders, a phrase the 
     (["neighbors", "{ckpt}", "--data", "{data}", "--query", "{photo}", "--features", "{root}/random.npy"],
      "features file"),
     (["neighbors", "{ckpt}", "--data", "{data}", "--query", "{photo}", "--features", "{root}/notes.json"],
-     "is the metadata of a features file"),  # issue 21, item 3: numpy's advice to load pickles unsafely
+     "is the metadata of a features file"),  # numpy's advice to load pickles unsafely
     (["neighbors", "{ckpt}", "--data", "{data}", "--query", "{photo}", "--features", "{root}/garbage.npy"],
      "is not the metadata alexnet features writes"),
     (["serve", "--checkpoint", "{ckpt}", "--data", "{data}", "--features", "{root}/notes.json"],
@@ -148,7 +145,7 @@ CASES = [  # (argv with {data} {ckpt} {photo} {root} placeholders, a phrase the 
     (["filters", "{root}/none.pt"], "checkpoint not found"),
     (["export", "{ckpt}", R + "/m.onnx", "--format", "onnx"], "cannot create the folder"),
     (["export", "{root}/m.onnx", "--format", "onnx"], "give exactly one of a checkpoint or --weights"),
-    # issue 21, items 12-13: the format and the file name agree; usage errors name the subcommand
+    # the format and the file name agree; usage errors name the subcommand
     (["export", "{ckpt}", "{root}/m.pt", "--format", "onnx"], "has the extension of a TorchScript file"),
     (["export", "{ckpt}", "{root}/m.bin"], "cannot tell the format from"),
     (["export", "{ckpt}", "{root}/a.onnx", "{root}/b.onnx"], "give exactly one of a checkpoint or --weights"),
@@ -158,7 +155,7 @@ CASES = [  # (argv with {data} {ckpt} {photo} {root} placeholders, a phrase the 
     (["bench", "train", "--json", R + "/b.json"], "cannot create the folder"),
     (["bench", "data"], "needs --data"),
     (["bench", "train", "--batch-size", "0"], "must be at least 1"),
-    # issue 21, items 3 and 5: CSV lists and class files that are not what we expect; absurd labels
+    # CSV lists and class files that are not what we expect; absurd labels
     (["prepare", "{root}/lists/binary.csv", "{root}/pl"], "binary.csv line 1 holds a NUL byte"),
     (["prepare", "{root}/lists/utf16.csv", "{root}/pl"], "utf16.csv is UTF-16 or UTF-32 text: save it as UTF-8"),
     (["prepare", "{root}/lists/latin1.csv", "{root}/pl"], "latin1.csv line 2 is not UTF-8 text (byte 0xe9)"),
@@ -180,14 +177,14 @@ CASES = [  # (argv with {data} {ckpt} {photo} {root} placeholders, a phrase the 
     (["evaluate", "{ckpt}", "--data", "{root}/damaged"], "val/val-00000.tar is damaged"),
     (["serve", "--checkpoint", "{ckpt}", "--max-batch", "0"], "--max-batch and --queue-size must be at least 1"),
     (["serve", "--checkpoint", "{ckpt}", "--device", "nonsense"], "unknown device"),
-    # issue 21: folders and files that are not ours are never written into, nor advised to be
+    # folders and files that are not ours are never written into, nor advised to be
     (["train", "--data", "{root}/mine"], "prepare them into a new folder with `alexnet prepare"),
     (["prepare", "{root}/broken", "{root}/broken"], "is SRC itself"),
     (["prepare", "{root}/broken", "{root}/broken/train/out"], "is inside SRC"),
     (["prepare", "{root}/broken", "{root}/mine"], "is not empty and holds no alexnet prepare output"),
     (["features", "{ckpt}", "--data", "{data}", "--out", "{root}/random.npy"], "was not written by alexnet features"),
     (["features", "{ckpt}", "--data", "{data}", "--out", "{root}/notes.npy"], "notes.json exists and was not written"),
-    # issue 21: zero images is an error wherever a figure would be reported
+    # zero images is an error wherever a figure would be reported
     (["neighbors", "{ckpt}", "--data", "{root}/broken", "--query", "{photo}"], "could be read"),
 ]
 if NO_GPU:
@@ -229,8 +226,8 @@ def test_an_output_folder_that_does_not_exist_yet_is_made(world, tmp_path):
 
 def test_a_validation_split_with_no_images_is_refused(tmp_path, capsys):
     """Its val files all undecodable, a set was prepared with 0 validation images; training then
-    reported "val top-1 0.00%" and exit 0 (issue 21, item 6)."""
-    from alexnet.prepare import prepare
+    reported "val top-1 0.00%" and exit 0."""
+    from alexnet.data.prepare import prepare
     src = tmp_path / "src"
     synthetic.write_folder(src, {"train": 4}, size=72, seed=0, workers=1)
     for c in [p.name for p in (src / "train").iterdir()]:
@@ -244,15 +241,15 @@ def test_a_validation_split_with_no_images_is_refused(tmp_path, capsys):
 
 
 def test_prepare_of_a_train_only_folder_says_training_will_want_validation_images(tmp_path, capsys):
-    """issue 21, item 17: it did not, and training then failed on the missing split."""
-    from alexnet.prepare import prepare
+    """it did not, and training then failed on the missing split."""
+    from alexnet.data.prepare import prepare
     synthetic.write_folder(tmp_path / "src", {"train": 2}, size=72, seed=0, workers=1)
     prepare(tmp_path / "src", tmp_path / "p", size=72, workers=0, progress=True)
     assert "note: no validation images (no val split)" in capsys.readouterr().out
 
 
 def test_a_checkpoint_is_named_the_same_way_everywhere(world, tmp_path, capsys):
-    """issue 21, item 13: CKPT positional in some commands and --checkpoint in others; a run folder
+    """CKPT positional in some commands and --checkpoint in others; a run folder
     nowhere. Now both forms everywhere, and a run folder means its best.pt (said on stderr)."""
     ckpt, data, photo = str(world["ckpt"]), str(world["data"]), str(world["photo"])
     run = str(world["ckpt"].parent)
@@ -282,7 +279,7 @@ def test_a_checkpoint_is_named_the_same_way_everywhere(world, tmp_path, capsys):
 
 
 def test_serve_with_a_missing_features_file_suggests_no_split_none(world, capsys):
-    """issue 21, item 17: the suggestion printed `--split None` when the split was unknown."""
+    """the suggestion printed `--split None` when the split was unknown."""
     assert cli.main(["serve", "--checkpoint", str(world["ckpt"]), "--features", str(world["root"] / "none.npy"),
                      "--data", str(world["data"])]) == 2
     err = capsys.readouterr().err

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet import prepare as prep
-from alexnet.data import codecs
+from alexnet.data import codecs, sources
+from alexnet.data import prepare as prep
 from alexnet.data.decode import BadImage, open_rgb, resize_crop
+from alexnet.data.shards import Options
 from alexnet.errors import UserError
 
 pytest.importorskip("simplejpeg")
@@ -144,9 +145,9 @@ def test_prepare_records_the_pair_and_resumes_and_rechecks_with_it(tmp_path, mon
     with pytest.raises(UserError, match="other data or options"):
         prep.prepare(src, out, size=64, workers=0, shard_size=8, progress=False, decoder="pillow", resampler="pillow")
     # Pillow's pair: the fingerprint of data sets prepared before the fields existed
-    listing = prep.list_source(src, "auto", None)
+    listing = sources.list_source(src, "auto", None)
     shards = prep.plan(listing, 8)
-    old = prep.Options(64)
+    old = Options(64)
     legacy = {k: v for k, v in old.__dict__.items() if k not in ("decoder", "resampler")}
     assert prep.fingerprint(listing, old, shards) == _fingerprint_before(listing, legacy, shards)
     monkeypatch.setattr(codecs, "simplejpeg_available", lambda: False)

@@ -1,4 +1,4 @@
-"""Reliability of the data side (issue 11): damage to a prepared data set is detected and named, never
+"""Reliability of the data side: damage to a prepared data set is detected and named, never
 a silent result; `alexnet prepare` re-checks and rebuilds what is damaged or missing; a full disk is
 one line at every stage; one prepare per output folder; an all-broken source lists what it skipped.
 
@@ -21,14 +21,13 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet import checkpoint, cli, config
-from alexnet import prepare as prep
+from alexnet import checkpoint, cli, config, fileio
+from alexnet.data import prepare as prep
 from alexnet.data import store, synthetic
 from alexnet.errors import UserError
 from alexnet.train import train
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-RUN = ["model.width=0.25", "model.hidden=64", "train.batch_size=16", "eval.batch_size=16", "train.log_every=2"]
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +35,7 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("data-reliability")
     synthetic.write_folder(root / "src", {"train": 8, "val": 3}, size=72, seed=0, workers=1)
     prep.prepare(root / "src", root / "clean", size=72, workers=0, progress=False)
-    train(config.resolve("quick", sets=[f"data.path={root / 'clean'}", f"train.out={root / 'run'}", "train.epochs=1",
-                                        "data.workers=0", *RUN]), progress=False)
+    train(config.resolve("tiny", sets=[f"data.path={root / 'clean'}", f"train.out={root / 'run'}"]), progress=False)
     return SimpleNamespace(root=root, src=root / "src", clean=root / "clean", ckpt=root / "run" / "last.pt")
 
 
@@ -84,8 +82,8 @@ def one_line(capsys, status) -> tuple[str, str]:
 
 
 def train_args(data: Path, out: Path, *more) -> list[str]:
-    sets = [f"data.path={data}", f"train.out={out}", "train.epochs=1", *RUN, *more]
-    return ["train", "--preset", "quick", *[a for s in sets for a in ("--set", s)]]
+    sets = [f"data.path={data}", f"train.out={out}", *more]
+    return ["train", "--preset", "tiny", *[a for s in sets for a in ("--set", s)]]
 
 
 # ------------------------------------------------------------------ item 1: corruption is detected
@@ -238,13 +236,13 @@ def test_disk_full_during_the_final_assembly_is_one_line_and_resumable(world, tm
         if real:
             filler = fill(disk, 8 * 1024)  # room for the shards' pieces, not for index + statistics
         else:
-            real_write = store.atomic_write
+            real_write = fileio.atomic_write
 
             def full(path, data, *a, **k):
                 if Path(path).name == "stats.npz":
                     raise OSError(errno.ENOSPC, "No space left on device")
                 return real_write(path, data, *a, **k)
-            monkeypatch.setattr(store, "atomic_write", full)
+            monkeypatch.setattr(fileio, "atomic_write", full)
         # today: an OSError traceback
         line, _ = one_line(capsys, cli.main(["prepare", str(world.src), str(out), "--size", "72", "--workers", "0"]))
         assert "disk full while writing" in line and "run the same command again" in line
@@ -252,7 +250,7 @@ def test_disk_full_during_the_final_assembly_is_one_line_and_resumable(world, tm
         if real:
             filler.unlink()
         else:
-            monkeypatch.setattr(store, "atomic_write", real_write)
+            monkeypatch.setattr(fileio, "atomic_write", real_write)
         assert cli.main(["prepare", str(world.src), str(out), "--size", "72", "--workers", "0"]) == 0
         assert same_files(out, world.clean)
     finally:
@@ -389,7 +387,7 @@ def test_a_rebuilt_shard_that_differs_remakes_its_split_and_a_format_1_set_is_re
     assert same_files(data, tmp_path / "fresh")
 
 
-# ------------------------------------------------------------------ issue 21, item 5: absurd sizes
+# ------------------------------------------------------------------ absurd sizes
 
 def wds_shard(path: Path, members: dict[str, bytes]) -> Path:
     import tarfile

@@ -136,7 +136,7 @@ def test_keep_aspect_and_encode():
 
 def test_formats_pillow_opens_but_we_do_not_read_are_not_images():
     """Only the formats of decode.FORMATS are read: TGA has no signature junk could be told from,
-    and the others are no photo formats (issue 21, item 5: look at the first bytes first)."""
+    and the others are no photo formats (look at the first bytes first)."""
     img = Image.new("RGB", (8, 8), (1, 2, 3))
     for fmt in ("TGA", "ICO", "PCX", "SGI"):
         with pytest.raises(BadImage, match="not an image: starts with"):
@@ -147,7 +147,7 @@ def test_formats_pillow_opens_but_we_do_not_read_are_not_images():
                                    TypeError("'str' object cannot be interpreted as an integer"),
                                    KeyError("strip offsets"), IndexError("list index out of range")])
 def test_any_decoder_error_is_a_bad_image_naming_its_class(monkeypatch, error):
-    """Issue 21, item 4: libavif's RuntimeError and a TypeError inside Pillow's TIFF reader escaped
+    """libavif's RuntimeError and a TypeError inside Pillow's TIFF reader escaped
     open_rgb (and stopped prepare, predict, evaluate; serve answered 500)."""
     def broken(self):
         raise error

@@ -14,9 +14,8 @@ from conftest import free_port, wait_for
 
 
 def train_args(data, out, *sets):
-    base = [f"data.path={data}", f"train.out={out}", "train.epochs=2", "train.batch_size=16", "model.width=0.25",
-            "model.hidden=64", "data.workers=0", "train.log_every=2", "eval.batch_size=16"]
-    return ["train", "--preset", "quick", *[a for s in base + list(sets) for a in ("--set", s)]]
+    base = [f"data.path={data}", f"train.out={out}", "train.epochs=2"]
+    return ["train", "--preset", "tiny", *[a for s in base + list(sets) for a in ("--set", s)]]
 
 
 # the same inputs whatever the world size: no random crops (crop = stored size), flips or colour

@@ -1,4 +1,4 @@
-"""Fine-tuning (issue 13): weights from torchvision and other tools' files, a new head, frozen layers,
+"""Fine-tuning: weights from torchvision and other tools' files, a new head, frozen layers,
 the head's learning rate, an exact resume, and the weights' normalisation carried everywhere."""
 import argparse
 import json
@@ -14,7 +14,8 @@ from alexnet import checkpoint, cli, config, inference, weights
 from alexnet.data import synthetic
 from alexnet.errors import UserError
 from alexnet.model import build
-from alexnet.train import match_classes, train
+from alexnet.resume import match_classes
+from alexnet.train import train
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +34,14 @@ def sets(data, out, *more):
     return base + list(more)
 
 
-OWN = ["model.width=0.25", "model.hidden=64", "model.norm=batchnorm", "model.name=alexnet_owt"]
+OWN = ["model.norm=batchnorm", "model.name=alexnet_owt"]  # on the tiny preset
 
 
 @pytest.fixture(scope="module")
 def own(tiny, tmp_path_factory):
     """A small alexnet_owt with batch norm of ours, trained one epoch: a source for fast fine-tuning tests."""
     out = tmp_path_factory.mktemp("own") / "run"
-    train(config.resolve("quick", sets=sets(tiny, out, *OWN)), progress=False)
+    train(config.resolve("tiny", sets=sets(tiny, out, *OWN)), progress=False)
     return out / "last.pt"
 
 
@@ -148,8 +149,8 @@ def test_the_same_image_gives_the_same_probabilities_in_predict_export_and_pytho
 
 def test_resumed_fine_tuning_continues_exactly(own, tiny, tmp_path, monkeypatch):
     from conftest import straight_and_resumed
-    cfg = lambda out: config.resolve("quick", sets=sets(tiny, out, *OWN, f"train.init={own}", "train.epochs=2",  # noqa: E731
-                                                        "train.deterministic=true", "train.freeze=features"))
+    cfg = lambda out: config.resolve("tiny", sets=sets(tiny, out, *OWN, f"train.init={own}", "train.epochs=2",  # noqa: E731
+                                                       "train.deterministic=true", "train.freeze=features"))
     a, b = straight_and_resumed(cfg, tmp_path, monkeypatch)
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
@@ -189,25 +190,21 @@ def test_architecture_mismatch_and_offline_are_one_line_errors(tv, tiny, tmp_pat
     assert not (tmp_path / "y" / "last.pt").exists()
 
 
-def test_the_paper_network_starts_from_its_own_checkpoint(tiny, tmp_path, capsys):
-    small = ["model.width=0.25", "model.hidden=64"]
-    train(config.resolve("quick", sets=sets(tiny, tmp_path / "a", *small)), progress=False)
+def test_the_paper_network_starts_from_its_own_checkpoint(tiny, tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "b"
-    train(config.resolve("quick", sets=sets(tiny, out, *small, f"train.init={tmp_path / 'a' / 'last.pt'}",
-                                            "train.freeze=all-but-head")), progress=True)
+    train(config.resolve("tiny", sets=sets(tiny, out, f"train.init={tiny_checkpoint}", "train.freeze=all-but-head")),
+          progress=True)
     assert "0 tensor(s) re-initialised" in capsys.readouterr().out  # the same 10 classes: the head is kept too
-    a, b = checkpoint.load(tmp_path / "a" / "last.pt")["model"], checkpoint.load(out / "last.pt")["model"]
+    a, b = checkpoint.load(tiny_checkpoint)["model"], checkpoint.load(out / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith("fc8."))  # batch-norm statistics included
     assert not torch.equal(a["fc8.weight"], b["fc8.weight"])
 
 
-def test_init_from_our_checkpoint_adopts_its_model_settings(tiny, tmp_path, capsys):
+def test_init_from_our_checkpoint_adopts_its_model_settings(tiny, tiny_checkpoint, tmp_path, capsys):
     """The README's `alexnet train --init runs/x/best.pt --freeze features --data prepared/mine`
-    for a run of another preset (issue 21, item 14): the checkpoint's model settings, not the
+    for a run of another preset: the checkpoint's model settings, not the
     paper preset's, unless the command line writes them; a conflict names both sides."""
-    train(config.resolve("quick", sets=sets(tiny, tmp_path / "x", "model.width=0.25", "model.hidden=64")),
-          progress=False)
-    best = tmp_path / "x" / "best.pt"
+    best = tiny_checkpoint.parent / "best.pt"  # a quarter-width run of the tiny preset
     more = lambda out: [a for s in sets(tiny, tmp_path / out)[1:] for a in ("--set", s)]  # noqa: E731 (no model.*)
     assert cli.main(["train", "--init", str(best), "--freeze", "features", "--data", str(tiny), *more("ft")]) == 0
     printed = capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""Damaged files of every format we decode, and junk of any size (issue 21, items 4 and 5).
+"""Damaged files of every format we decode, and junk of any size.
 
 Item 4: one changed byte of an AVIF ("Failed to decode image: Missing or empty image item") or three
 of a 16-bit TIFF (a TypeError inside Pillow) stopped `prepare`, ended `predict` and `evaluate` in a
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet import cli, config, inference
+from alexnet import cli, inference
 from alexnet.data import decode
 from alexnet.data.decode import FORMATS, BadImage, open_rgb, sniff
 
@@ -202,13 +202,8 @@ def test_a_large_junk_file_is_refused_without_being_read(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------ the commands
 
 @pytest.fixture(scope="module")
-def net_ckpt(tiny, tmp_path_factory):
-    from alexnet.train import train
-    run = tmp_path_factory.mktemp("fuzz") / "run"
-    sets = [f"data.path={tiny}", f"train.out={run}", "train.epochs=1", "train.batch_size=16", "model.width=0.25",
-            "model.hidden=64", "data.workers=0"]
-    train(config.resolve("quick", sets=sets), progress=False)
-    return run / "last.pt"
+def net_ckpt(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -27,15 +27,14 @@ from conftest import free_port
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A tiny built-in data set and two briefly trained checkpoints (an ensemble)."""
+def run(tiny_checkpoint, tmp_path_factory):
+    """A tiny built-in data set and two briefly trained checkpoints (an ensemble): the suite's, and
+    one trained on this set with another seed."""
     base = tmp_path_factory.mktemp("inference")
     data = synthetic.ensure(train_per_class=6, val_per_class=3, size=72, root=base, progress=False)
-    sets = [f"data.path={data}", "train.epochs=1", "train.batch_size=20", "model.width=0.25", "model.hidden=64",
-            "data.workers=0", "schedule.warmup_epochs=0", "eval.batch_size=16"]
-    for name, seed in (("a", 0), ("b", 1)):
-        train(config.resolve("quick", sets=sets + [f"train.out={base / name}", f"train.seed={seed}"]), progress=False)
-    return {"data": data, "a": base / "a" / "last.pt", "b": base / "b" / "last.pt", "base": base}
+    train(config.resolve("tiny", sets=[f"data.path={data}", f"train.out={base / 'b'}", "train.seed=1",
+                                       "train.batch_size=20", "schedule.warmup_epochs=0"]), progress=False)
+    return {"data": data, "a": tiny_checkpoint, "b": base / "b" / "last.pt", "base": base}
 
 
 def test_top_k_against_brute_force_with_ties():
@@ -103,7 +102,7 @@ def test_evaluate_command_writes_report_and_confusion(run, tmp_path, capsys):
     assert r["views"] == 10 and r["n_images"] == 30 and len(r["per_class"]) == 10
     assert Path(r["confusion_png"]).is_file() and Path(r["confusion_png"]).parent == tmp_path
     assert "top-1 error" in capsys.readouterr().out
-    # issue 23, item 5: per-class accuracy ranked with names and image counts; confused pairs with an example
+    # per-class accuracy ranked with names and image counts; confused pairs with an example
     names = [c["name"] for c in json.loads((Path(run["data"]) / "manifest.json").read_text())["classes"]]
     acc = {c["name"]: c["accuracy"] for c in r["per_class"]}
     assert [c["name"] for c in r["worst_classes"]] == sorted(names, key=lambda n: (acc[n], n))
@@ -118,7 +117,7 @@ def test_evaluate_command_writes_report_and_confusion(run, tmp_path, capsys):
 
 
 def test_a_thousand_class_report_shows_what_a_person_can_read(tmp_path):
-    """Issue 23, item 5: at 1,000 classes the confusion matrix is drawn for the 40 most confused
+    """at 1,000 classes the confusion matrix is drawn for the 40 most confused
     classes with their names (not 1.2 px cells), pairs carry names and an example, ranks are exact."""
     from alexnet import class_report
     from alexnet.data.classes import ilsvrc2012
@@ -198,7 +197,7 @@ def test_predict_on_odd_files(run, tmp_path, capsys):
     assert sheet.is_file()
     err = capsys.readouterr().err
     assert "4 image(s) predicted, 2 failure(s)" in err and "notes.txt" in err
-    # issue 11: nothing readable is an error (2), one line; some readable, the rest skipped: 0
+    # nothing readable is an error (2), one line; some readable, the rest skipped: 0
     assert cli.main(["predict", str(tmp_path / "odd" / "notes.txt"), "--checkpoint", str(run["a"])]) == 2
 
 
@@ -264,7 +263,7 @@ def test_knn_matches_brute_force():
 
 
 def test_features_writes_its_metadata_once_not_per_batch(run, tmp_path, monkeypatch):
-    """Issue 23, item 1: the bytes features writes beside the array do not grow with the number of
+    """the bytes features writes beside the array do not grow with the number of
     batches (the whole metadata JSON was rewritten after every batch: 550 GB at ImageNet's size)."""
     import alexnet.features as feat
     import alexnet.fileio as fileio
@@ -434,7 +433,7 @@ def test_onnx_and_torchscript_exports_match_pytorch(run, tmp_path):
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-4)
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
     assert json.loads(meta["class_names"]) == list(synthetic.CLASSES) and meta["input_size"] == str(net.crop)
-    # options between the positionals and the format from the extension (issue 21, item 12)
+    # options between the positionals and the format from the extension
     assert cli.main(["export", str(run["a"]), "--format", "onnx", str(tmp_path / "m2.onnx")]) == 0
     assert cli.main(["export", str(run["a"]), str(tmp_path / "m3.onnx")]) == 0
     assert (tmp_path / "m2.onnx").read_bytes() == (tmp_path / "m3.onnx").read_bytes() == (tmp_path / "m.onnx").read_bytes()
@@ -504,7 +503,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_oublock - before)
 
 
 def test_features_rows_are_written_once_not_with_the_whole_file_at_every_batch(tmp_path):
-    """The bytes features writes grow with the rows, not with rows x batches (issue 23: a memory map
+    """The bytes features writes grow with the rows, not with rows x batches (a memory map
     flushed per batch wrote 242 MB for a 49 MB array at 48,000 rows, 2.7 GB for 197 MB at 192,000).
     Measured as block writes (ru_oublock) of a subprocess; skipped where the file system counts none."""
     import subprocess

@@ -12,7 +12,7 @@ from PIL import Image
 from alexnet.data import augment as A
 from alexnet.data.loader import Loader, eval_plan, step_seed, train_plan
 from alexnet.data.store import decode_jpegs, open_prepared
-from alexnet.prepare import prepare
+from alexnet.data.prepare import prepare
 
 
 def make_source(root, n_per_class=(9, 8), size=(40, 48), seed=0):
@@ -78,11 +78,11 @@ def same(xs, ys):
 def test_batches_are_the_same_in_workers_and_alone_and_resume_exactly(data):
     ds = open_prepared(data / "jpeg")
     split = ds.split("train")
-    alone = Loader(split, ds, 4, train=True, crop=32, workers=0, pca_std=0.1)
-    workers = Loader(split, ds, 4, train=True, crop=32, workers=2, pca_std=0.1)
+    alone = Loader(split, ds, batch_size=4, train=True, crop=32, workers=0, pca_std=0.1)
+    workers = Loader(split, ds, batch_size=4, train=True, crop=32, workers=2, pca_std=0.1)
     full = batches(alone)
     assert same(full, batches(workers))  # the op alone == inside DataLoader workers
-    assert same(full, batches(Loader(split, ds, 4, train=True, crop=32, workers=0, pca_std=0.1)))
+    assert same(full, batches(Loader(split, ds, batch_size=4, train=True, crop=32, workers=0, pca_std=0.1)))
     assert not same(full, batches(alone, epoch=1))
     assert same(full[2:], batches(alone, start=2)) and same(full[2:], batches(workers, start=2))
     assert full[0][0].shape == (4, 3, 32, 32) and full[0][0].dtype == torch.float32
@@ -95,7 +95,7 @@ def test_train_batch_is_the_documented_augmentation_of_the_stored_images(data):
     import io
     ds = open_prepared(data / "jpeg")
     split = ds.split("train")
-    loader = Loader(split, ds, 4, train=True, crop=32, workers=0, pca_std=0.1, seed=5)
+    loader = Loader(split, ds, batch_size=4, train=True, crop=32, workers=0, pca_std=0.1, seed=5)
     got = next(iter(loader.epoch(2)))
     idx = loader.plan(2)[0]
     assert got.indices.tolist() == idx.tolist() and got.labels.tolist() == split.labels[idx].tolist()
@@ -113,23 +113,24 @@ def test_evaluation_batches_and_ten_views(data):
     ds = open_prepared(data / "jpeg")
     val = ds.split("val")
     for views, shape in ((1, (3, 32, 32)), (10, (10, 3, 32, 32))):
-        loader = Loader(val, ds, 3, train=False, crop=32, workers=0, views=views)
+        loader = Loader(val, ds, batch_size=3, train=False, crop=32, workers=0, views=views)
         got = batches(loader)
         assert all(b[0].shape[1:] == shape for b in got)
         assert sorted(torch.cat([b[2] for b in got]).tolist()) == list(range(len(val)))
-    loader = Loader(val, ds, 3, train=False, crop=32, workers=0, views=10, rank=1, world_size=2)
+    loader = Loader(val, ds, batch_size=3, train=False, crop=32, workers=0, views=10, rank=1, world_size=2)
     assert torch.cat([b[2] for b in batches(loader)]).tolist() == list(range(1, len(val), 2))
 
 
 def test_raw_and_keep_aspect_data_sets(data):
     ds = open_prepared(data / "raw")
-    loader = Loader(ds.split("train"), ds, 4, train=True, crop=32, workers=2, mean="channel", dtype="bfloat16")
+    loader = Loader(ds.split("train"), ds, batch_size=4, train=True, crop=32, workers=2, mean="channel",
+                    dtype="bfloat16")
     got = batches(loader)
     assert got[0][0].dtype == torch.bfloat16 and got[0][0].shape == (4, 3, 32, 32)
     ds = open_prepared(data / "aspect")
     assert len({(int(r["height"]), int(r["width"])) for r in ds.split("train").index}) > 1
     for train, kw in ((True, {}), (True, {"scale": (0.3, 1.0), "ratio": (0.75, 1.33)}), (False, {"views": 10})):
-        loader = Loader(ds.split("train" if train else "val"), ds, 4, train=train, crop=32, workers=0, **kw)
+        loader = Loader(ds.split("train" if train else "val"), ds, batch_size=4, train=train, crop=32, workers=0, **kw)
         got = batches(loader)
         assert got and all(torch.isfinite(b[0]).all() for b in got)
         assert got[0][0].shape[-2:] == (32, 32)
@@ -137,7 +138,7 @@ def test_raw_and_keep_aspect_data_sets(data):
 
 def test_scale_jitter_on_fixed_size_data(data):
     ds = open_prepared(data / "jpeg")
-    loader = Loader(ds.split("train"), ds, 4, train=True, crop=32, workers=0, mean="channel",
+    loader = Loader(ds.split("train"), ds, batch_size=4, train=True, crop=32, workers=0, mean="channel",
                     scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3))
     a, b = batches(loader), batches(loader)
     assert same(a, b) and a[0][0].shape == (4, 3, 32, 32)
@@ -148,7 +149,7 @@ def _gloo_worker(rank, world, init_file, root, out_dir):
     ds = open_prepared(root)
     seen = {}
     for name, train in (("train", True), ("val", False)):
-        loader = Loader(ds.split(name), ds, 3, train=train, crop=32, workers=0, rank=rank, world_size=world,
+        loader = Loader(ds.split(name), ds, batch_size=3, train=train, crop=32, workers=0, rank=rank, world_size=world,
                         drop_last=False)
         mine = [int(i) for b in loader.epoch(1) for i in b.indices]
         gathered = [None] * world
@@ -172,7 +173,7 @@ def test_two_process_gloo_run_covers_each_epoch_exactly_once(data, tmp_path):
 def test_pooled_buffers_stay_valid_for_keep_batches(data):
     """CPU batches are written into reused shared buffers: valid until `keep` more are requested."""
     ds = open_prepared(data / "jpeg")
-    loader = Loader(ds.split("train"), ds, 2, train=True, crop=32, workers=2, keep=2, pca_std=0.1)
+    loader = Loader(ds.split("train"), ds, batch_size=2, train=True, crop=32, workers=2, keep=2, pca_std=0.1)
     assert loader.pool is not None and len(loader.pool) == 2 * 2 + 2 + 1
     held = []
     for batch in loader.epoch(0):
@@ -180,7 +181,7 @@ def test_pooled_buffers_stay_valid_for_keep_batches(data):
         for images, copy in held[-3:]:  # the current batch and the `keep` before it are intact
             assert torch.equal(images, copy)
     assert len(held) == len(ds.split("train")) // 2 > len(loader.pool)
-    fresh = Loader(ds.split("train"), ds, 2, train=True, crop=32, workers=0, pool_bytes=0, pca_std=0.1)
+    fresh = Loader(ds.split("train"), ds, batch_size=2, train=True, crop=32, workers=0, pool_bytes=0, pca_std=0.1)
     assert fresh.pool is None and same(batches(fresh), batches(loader))
 
 
@@ -208,10 +209,10 @@ def test_cuda_augmentation_equals_the_cpu_and_nvjpeg_is_close_to_libjpeg(data):
     for train in (True, False):
         name = "train" if train else "val"
         kw = dict(crop=32, pca_std=0.1, views=1 if train else 10)
-        cpu = Loader(ds.split(name), ds, 4, train=train, workers=0, **kw)
-        gpu = Loader(ds.split(name), ds, 4, train=train, workers=2, device="cuda", **kw)
-        same = Loader(ds.split(name), ds, 4, train=train, workers=2, device="cuda", gpu_decode=False, **kw)
-        assert gpu.options["gpu_decode"] and not same.options["gpu_decode"]
+        cpu = Loader(ds.split(name), ds, batch_size=4, train=train, workers=0, **kw)
+        gpu = Loader(ds.split(name), ds, batch_size=4, train=train, workers=2, device="cuda", **kw)
+        same = Loader(ds.split(name), ds, batch_size=4, train=train, workers=2, device="cuda", gpu_decode=False, **kw)
+        assert gpu.spec.gpu_decode and not same.spec.gpu_decode
         for a, b, c in zip(cpu.epoch(0), gpu.epoch(0), same.epoch(0)):
             assert b.images.is_cuda and b.images.shape == a.images.shape
             assert torch.equal(a.indices, b.indices.cpu()) and torch.equal(a.indices, c.indices.cpu())
@@ -237,8 +238,8 @@ def test_workers_are_kept_across_epochs_and_an_abandoned_epoch_leaks_nothing(dat
     on an H200 host), the batches stay those of workers=0, and an epoch left after 2 batches stops
     the workers, so its prefetched batches never reach the next epoch."""
     ds = open_prepared(data / "jpeg")
-    alone = Loader(ds.split("train"), ds, 2, train=True, crop=32, workers=0, pca_std=0.1)
-    kept = Loader(ds.split("train"), ds, 2, train=True, crop=32, workers=2, pca_std=0.1)
+    alone = Loader(ds.split("train"), ds, batch_size=2, train=True, crop=32, workers=0, pca_std=0.1)
+    kept = Loader(ds.split("train"), ds, batch_size=2, train=True, crop=32, workers=2, pca_std=0.1)
     first = batches(kept, 0)
     workers = [w.pid for w in kept._dl._iterator._workers]
     assert same(first, batches(alone, 0)) and same(batches(kept, 1), batches(alone, 1))
@@ -256,7 +257,7 @@ def test_a_new_epoch_does_not_overwrite_the_batches_still_held_from_the_last(dat
     holds across an epoch boundary: the next epoch's workers write other buffers. Here the last
     batch of epoch 0 would share its buffer with epoch 1's first if slots restarted each epoch."""
     ds = open_prepared(data / "jpeg")
-    loader = Loader(ds.split("train"), ds, 2, train=True, crop=32, workers=2, keep=2, pca_std=0.1)
+    loader = Loader(ds.split("train"), ds, batch_size=2, train=True, crop=32, workers=2, keep=2, pca_std=0.1)
     assert loader.pool is not None and loader.steps(0) % len(loader.pool) == 1  # 8 steps, 7 buffers
     last = None
     for batch in loader.epoch(0):
@@ -270,7 +271,7 @@ def test_a_new_epoch_does_not_overwrite_the_batches_still_held_from_the_last(dat
 # the start of a child process's script: a small prepared set `ds` and the Loader class
 CHILD_WITH_A_SET = ("import sys; sys.path.insert(0, 'tests'); from pathlib import Path; import tempfile\n"
                     "from test_loader import make_source\n"
-                    "from alexnet.prepare import prepare\n"
+                    "from alexnet.data.prepare import prepare\n"
                     "from alexnet.data.store import open_prepared\n"
                     "from alexnet.data.loader import Loader\n"
                     "base = Path(tempfile.mkdtemp())\n"
@@ -284,7 +285,7 @@ def test_a_process_with_kept_workers_exits_promptly():
     import subprocess
     import sys
     code = CHILD_WITH_A_SET + (
-        "loader = Loader(ds.split('train'), ds, 2, train=True, crop=32, workers=2)\n"
+        "loader = Loader(ds.split('train'), ds, batch_size=2, train=True, crop=32, workers=2)\n"
         "print(sum(1 for _ in loader.epoch(0)), loader._dl is not None)\n")
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=root)
@@ -301,13 +302,13 @@ def test_workers_whose_iterator_was_lost_are_stopped_and_the_exit_does_not_wait_
     code = CHILD_WITH_A_SET + (
         "lost = []\n"
         "for close in (True, False):\n"
-        "    loader = Loader(ds.split('train'), ds, 2, train=True, crop=32, workers=2)\n"
+        "    loader = Loader(ds.split('train'), ds, batch_size=2, train=True, crop=32, workers=2)\n"
         "    assert sum(1 for _ in loader.epoch(0)) == 8\n"
         "    it = loader._dl._iterator; lost.append(it); loader._dl._iterator = None  # as when __iter__ raised\n"
         "    print(*[w.pid for w in it._workers])\n"
         "    if close:\n"
         "        loader.close(); assert not any(w.is_alive() for w in it._workers)\n"
-        "        again = Loader(ds.split('train'), ds, 2, train=True, crop=32, workers=2)\n"
+        "        again = Loader(ds.split('train'), ds, batch_size=2, train=True, crop=32, workers=2)\n"
         "        assert sum(1 for _ in again.epoch(0)) == 8; again.close()  # no error from the handler\n"
         "sys.stdout.flush()\n")
     root = Path(__file__).resolve().parents[1]
@@ -329,12 +330,12 @@ def test_a_second_epoch_while_one_is_open_is_refused_not_mixed(data):
     and silently mix or cut both short; it is refused, and works once the first is closed."""
     ds = open_prepared(data / "jpeg")
     for workers in (0, 2):
-        loader = Loader(ds.split("train"), ds, 2, train=True, crop=32, workers=workers, pca_std=0.1)
+        loader = Loader(ds.split("train"), ds, batch_size=2, train=True, crop=32, workers=workers, pca_std=0.1)
         first = loader.epoch(0)
         next(first)
         with pytest.raises(RuntimeError, match="epoch 0 of this Loader is still being read"):
             next(loader.epoch(1))
         first.close()
-        alone = Loader(ds.split("train"), ds, 2, train=True, crop=32, workers=0, pca_std=0.1)
+        alone = Loader(ds.split("train"), ds, batch_size=2, train=True, crop=32, workers=0, pca_std=0.1)
         assert same(batches(loader, 1), batches(alone, 1))
         loader.close()

@@ -1,4 +1,4 @@
-"""The data people really have (issue 12): each input is built here in tmp_path, and the right result
+"""The data people really have: each input is built here in tmp_path, and the right result
 is checked for `prepare`, `evaluate`/`features` (their shared Images reader) and `predict`.
 
 1 flat files beside class folders, splits that do not exist; 2 symbolic links; 3 junk folders and
@@ -16,13 +16,15 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet import prepare as prep
 from alexnet.data import augment as A
 from alexnet.data import sources, store
+from alexnet.data import prepare as prep
 from alexnet.data.classes import ilsvrc2012
 from alexnet.data.decode import BadImage, open_rgb
+from alexnet.data.listing import class_order
 from alexnet.errors import UserError
-from alexnet.evaluate import Images, evaluate_networks, label_map
+from alexnet.evaluate import evaluate_networks, label_map
+from alexnet.images import Images
 from alexnet.inference import Network
 from alexnet.predict import Predictor, image_files, predict_files
 
@@ -243,7 +245,7 @@ def test_integer_class_folders_are_ordered_as_numbers(tmp_path):
     listing = sources.list_source(tmp_path / "v2")
     assert [c.id for c in listing.classes] == ["0", "1", "2", "7", "10", "100"]
     assert {s.key: s.label for s in listing.splits["train"]}["10/a.jpg"] == 4
-    assert sources.class_order(["b", "10", "a"]) == ["10", "a", "b"]  # not all numbers: text order
+    assert class_order(["b", "10", "a"]) == ["10", "a", "b"]  # not all numbers: text order
 
 
 def test_folders_named_by_output_index_map_to_that_index(tmp_path):

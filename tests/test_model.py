@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from alexnet import info, model
+from alexnet import layers, model
 from alexnet.errors import UserError
 
 # §3 / Fig. 2 (paper.md's table): output (H, W, C) of every stage at 224 and 227 px.
@@ -40,7 +40,7 @@ def _shapes(rows):
 
 @pytest.mark.parametrize("size", [224, 227])
 def test_alexnet2012_shapes_match_the_paper(net2012, size):
-    rows = info.layer_table(net2012, size)
+    rows = layers.layer_table(net2012, size)
     shapes = _shapes(rows)
     for layer, expected in PAPER_SHAPES.items():
         assert shapes[layer] == expected, (size, layer)
@@ -51,7 +51,7 @@ def test_alexnet2012_shapes_match_the_paper(net2012, size):
 
 @pytest.mark.parametrize("size,conv1", [(224, 55), (227, 56)])
 def test_alexnet_owt_shapes(size, conv1):
-    shapes = _shapes(info.layer_table(model.build("alexnet_owt"), size))
+    shapes = _shapes(layers.layer_table(model.build("alexnet_owt"), size))
     assert shapes["conv1"] == (conv1, conv1, 64)  # torchvision pads 2 on every side
     assert shapes["pool1"] == (27, 27, 64) and shapes["pool5"] == (6, 6, 256)
 
@@ -241,7 +241,7 @@ def test_ceil_padding_equals_explicit_far_edge_pad(net2012):
         torch.testing.assert_close(net2012.conv1(x227), want)
 
 
-# ------------------------------------------------- the paper's comparisons as options (issue #15)
+# ------------------------------------------------- the paper's comparisons as options
 
 STATE_KEYS = [f"{layer}.{p}" for layer in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
               for p in ("weight", "bias")]
@@ -274,7 +274,7 @@ def test_one_tower_net_halves_every_conv_layer_but_the_last():
     for name, count in expected.items():
         assert model.count_parameters(getattr(net, name)) == count, name
     assert all(getattr(net, f"conv{i}").groups == 1 for i in range(1, 6)) and net.norm1.groups == 1
-    shapes = _shapes(info.layer_table(net, 224))
+    shapes = _shapes(layers.layer_table(net, 224))
     assert shapes["conv1"] == (55, 55, 48) and shapes["conv4"] == (13, 13, 192) and shapes["pool5"] == (6, 6, 256)
     assert list(net.state_dict()) == STATE_KEYS
     half = model.build("alexnet2012", towers=1, width=0.5, hidden=64, num_classes=10)
@@ -286,7 +286,7 @@ def test_non_overlapping_pooling_keeps_the_paper_sizes(net2012):
     net = model.build("alexnet2012", pooling="nonoverlap", seed=0)
     assert all((getattr(net, f"pool{i}").kernel_size, getattr(net, f"pool{i}").stride) == (2, 2) for i in (1, 2, 5))
     for size in (224, 227):
-        shapes = _shapes(info.layer_table(net, size))
+        shapes = _shapes(layers.layer_table(net, size))
         assert all(shapes[k] == PAPER_SHAPES[k] for k in PAPER_SHAPES), size
     assert model.count_parameters(net) == 60_965_224
     assert net.min_input_size < net2012.min_input_size  # smaller windows fit smaller inputs
@@ -327,10 +327,10 @@ def test_from_config_reads_old_checkpoint_dicts():
     """A checkpoint's model section from before these options existed builds the same network."""
     old = {"name": "alexnet2012", "num_classes": None, "norm": None, "dropout": 0.5, "init": "paper",
            "init_bias": 1.0, "lrn_convention": "authors", "lrn_k": 2.0, "width": 0.25, "hidden": 64}
-    a = model.from_config(old, 10, seed=3)
+    a = model.build(old, 10, seed=3)
     b = model.build("alexnet2012", 10, width=0.25, hidden=64, seed=3)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
-    one = model.from_config({**old, "towers": 1, "pooling": "nonoverlap", "activation": "tanh"}, 10)
+    one = model.build({**old, "towers": 1, "pooling": "nonoverlap", "activation": "tanh"}, 10)
     assert (one.towers, one.pooling, one.activation) == (1, "nonoverlap", "tanh")
 
 

@@ -1,5 +1,4 @@
-"""predict, serve, the Python API and the ONNX export give the same probabilities for the same file
-(issue 21, item 11). A large JPEG is decoded at reduced DCT scale (Network.read_image); the Python
+"""predict, serve, the Python API and the ONNX export give the same probabilities for the same file. A large JPEG is decoded at reduced DCT scale (Network.read_image); the Python
 API's predict_bytes decoded it at full size and differed from `alexnet predict` by ~1e-3 at a small
 prepared size. Every path now decodes through Network.read_image; a full-size decode of your own is
 the documented difference."""
@@ -12,20 +11,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from alexnet import cli, config, inference
+from alexnet import cli, inference
 from alexnet.data import synthetic
 from alexnet.data.decode import resize_crop
 from alexnet.predict import Predictor
-from alexnet.train import train
 
 
-@pytest.fixture(scope="module")
-def run(tiny, tmp_path_factory):
-    out = tmp_path_factory.mktemp("parity") / "run"
-    train(config.resolve("quick", sets=[f"data.path={tiny}", f"train.out={out}", "train.epochs=1", "train.batch_size=16",
-                                        "model.width=0.25", "model.hidden=64", "data.workers=0", "eval.batch_size=16"]),
-          progress=False)
-    return out / "last.pt"
+@pytest.fixture
+def run(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 def large_jpeg(path) -> bytes:

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet import cli, prepare as prep
-from alexnet.data import store
+from alexnet import cli
+from alexnet.data import prepare as prep
+from alexnet.data import shards, store
 from alexnet.data.decode import open_rgb, resize_crop
 from alexnet.errors import UserError
 from conftest import IMAGENETTE, needs_shared
@@ -114,7 +115,7 @@ def fingerprint_of(out: Path) -> dict:
 def test_interrupted_run_resumes_to_identical_output(tmp_path, monkeypatch):
     odd_folder(tmp_path / "src")
     prep.prepare(tmp_path / "src", tmp_path / "clean", size=64, workers=0, shard_size=4, progress=False)
-    real = prep.run_task
+    real = shards.run_task
     calls = {"n": 0}
 
     def flaky(task):
@@ -123,13 +124,13 @@ def test_interrupted_run_resumes_to_identical_output(tmp_path, monkeypatch):
             raise KeyboardInterrupt  # Ctrl-C in the middle of the third shard
         return real(task)
 
-    monkeypatch.setattr(prep, "run_task", flaky)
+    monkeypatch.setattr(shards, "run_task", flaky)
     with pytest.raises(KeyboardInterrupt):
         prep.prepare(tmp_path / "src", tmp_path / "out", size=64, workers=0, shard_size=4, progress=False)
     assert not (tmp_path / "out" / "manifest.json").exists()
     with pytest.raises(UserError, match="interrupted `alexnet prepare`"):
         store.open_prepared(tmp_path / "out")
-    monkeypatch.setattr(prep, "run_task", real)
+    monkeypatch.setattr(shards, "run_task", real)
     prep.prepare(tmp_path / "src", tmp_path / "out", size=64, workers=0, shard_size=4, progress=False)
     assert fingerprint_of(tmp_path / "out") == fingerprint_of(tmp_path / "clean")
 
@@ -215,7 +216,7 @@ def test_one_worker_moves_the_progress_display_at_every_image(tmp_path, monkeypa
         def close(self):
             pass
 
-    monkeypatch.setattr(prep, "_progress_bar", lambda total, progress: Recorder())
+    monkeypatch.setattr(shards, "_progress_bar", lambda total, progress: Recorder())
     prep.prepare(tmp_path / "src", tmp_path / "out", size=64, workers=1, shard_size=1000, progress=False)
     assert updates and set(updates) == {1} and len(updates) == odd["train_found"] + odd["val"]
 

@@ -1,7 +1,8 @@
-"""Every command line in README.md, run (issue 21, item 14): a README line that fails verbatim is a
-newcomer's first hour lost, and the README's `--init runs/x/best.pt --freeze features` line did.
+"""Every command line in README.md and the docs pages it leads to, run: a documented line that fails
+verbatim is a newcomer's first hour lost, and the README's `--init runs/x/best.pt --freeze features`
+line did.
 
-The lines are read from README.md's ```bash blocks and run in README order, in a sandbox folder that
+The lines are read from the ```bash blocks of PAGES and run in that order, in a sandbox folder that
 stands in for the user's home and working folder: `~/data/imagenette2`, `~/ILSVRC2012`, the Kaggle
 tree, WebDataset and Parquet shards, the CSV lists, `~/my_photos`, `photo.jpg`, `runs/x` (one small
 run of ours) and torchvision's weights file hold a few small images or a small network each. What
@@ -39,12 +40,17 @@ from conftest import free_port, terminate
 ROOT = Path(__file__).resolve().parents[1]
 WNIDS = ["n01440764", "n02102040"]  # tench, English springer: ImageNet classes 0 and 217
 TINY = ["--set", "model.width=0.25", "--set", "model.hidden=64"]
+# The pages whose command lines run, in the order a reader meets them: what a line makes (prepared
+# data, runs/x, train_fc7.npy) is there for the lines after it. tests/test_docs.py checks that every
+# page with a bash block is listed.
+PAGES = ["README.md", "docs/data.md", "docs/training.md", "docs/using.md", "docs/serving.md", "docs/paper.md",
+         "docs/scaling.md"]
 
 
 def readme_lines() -> list[list[str]]:
-    """Each command of README.md's bash blocks as argv (continuations joined, comments dropped,
+    """Each command of the bash blocks of PAGES as argv (continuations joined, comments dropped,
     `a && b` split)."""
-    text = (ROOT / "README.md").read_text()
+    text = "\n".join((ROOT / page).read_text() for page in PAGES)
     commands = []
     for block in re.findall(r"```(?:bash|sh)\n(.*?)```", text, re.S):
         for line in re.sub(r"\\\n\s*", " ", block).splitlines():
@@ -138,9 +144,8 @@ def sandbox(home, monkeypatch):
 def our_run(home: Path, out: str, data: str) -> None:
     """A small finished run of ours (what `runs/x` stands for in the README)."""
     if not (home / out / "best.pt").is_file():
-        train(config.resolve("quick", sets=[f"data.path={home / data}", f"train.out={home / out}", "train.epochs=1",
-                                            "train.batch_size=4", "model.width=0.25", "model.hidden=64",
-                                            "data.workers=0", "eval.batch_size=4"]), progress=False)
+        train(config.resolve("tiny", sets=[f"data.path={home / data}", f"train.out={home / out}", "train.batch_size=4",
+                                           "eval.batch_size=4"]), progress=False)
 
 
 def adapted(argv: list[str]) -> list[str]:

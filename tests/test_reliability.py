@@ -1,4 +1,4 @@
-"""Reliability of `alexnet train` (issue 11): checkpoints that are never lost or poisoned, pre-emption
+"""Reliability of `alexnet train`: checkpoints that are never lost or poisoned, pre-emption
 of the whole process group, one writer per run folder, a user's folder never overwritten, and the
 data set checked on resume."""
 import os
@@ -14,7 +14,7 @@ import torch
 from alexnet import checkpoint, cli, config
 from alexnet.data import synthetic
 from alexnet.errors import UserError
-from alexnet.prepare import prepare
+from alexnet.data.prepare import prepare
 from alexnet.train import Diverged, train
 from conftest import wait_for
 
@@ -22,16 +22,15 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def sets(data, out, *more):
-    return [f"data.path={data}", f"train.out={out}", "train.epochs=2", "train.batch_size=16", "model.width=0.25",
-            "model.hidden=64", "data.workers=0", "train.log_every=2", "eval.batch_size=16", *more]
+    return [f"data.path={data}", f"train.out={out}", "train.epochs=2", *more]
 
 
 def args(data, out, *more):
-    return ["train", "--preset", "quick", *[a for s in sets(data, out, *more) for a in ("--set", s)]]
+    return ["train", "--preset", "tiny", *[a for s in sets(data, out, *more) for a in ("--set", s)]]
 
 
 def cfg(data, out, *more):
-    return config.resolve("quick", sets=sets(data, out, *more))
+    return config.resolve("tiny", sets=sets(data, out, *more))
 
 
 # ------------------------------------------------------------------ checkpoints (item 3)
@@ -55,7 +54,7 @@ def test_an_empty_last_checkpoint_falls_back_and_the_good_one_is_never_rotated_a
 def test_a_diverging_run_never_writes_nan_weights(tiny, tmp_path):
     out = tmp_path / "nan"
     train(cfg(tiny, out, "train.epochs=1"), progress=False)  # a good checkpoint to protect
-    # NaN weights, or (since issue 21, item 8) weights that blew up first: at lr 1e12 one step does it
+    # NaN weights, or weights that blew up first: at lr 1e12 one step does it
     with pytest.raises(Diverged, match="no checkpoint was written with non-finite weights|No checkpoint was written"
                                       "|last.pt was not written"):
         train(cfg(tiny, out, "train.epochs=3", "optim.lr=1e12", "schedule.warmup_epochs=0",
@@ -83,7 +82,7 @@ def params_of(state: dict) -> dict:
 
 
 def test_weights_that_blow_up_while_finite_are_not_saved_and_the_run_resumes_from_last_pt(tiny, tmp_path, capsys):
-    """issue 21, item 8: the weights blew up (max |w| 6e19 here before, 6.6e19 in the issue) and were saved
+    """the weights blew up (max |w| 6e19 here before, 6.6e19 in the issue) and were saved
     as last.pt while still finite, before the loss turned NaN; every resume from them diverged at
     once. Now that save is refused, last.pt stays the last good one, and the one-line error says
     to resume from it and what to change."""
@@ -213,7 +212,7 @@ def test_a_loader_worker_killed_mid_run_is_one_line_and_the_run_resumes(tiny, tm
 def test_kill_9_of_train_frees_its_folder_at_once_and_its_workers_die_with_it(tiny, tmp_path):
     """kill -9 of the main process alone (its loader workers alive): the same command restarted
     within a second was refused for ~20 s as "in use by pid N", N the dead process, while the
-    workers, which had inherited the lock, lived on (issue 21, item 1)."""
+    workers, which had inherited the lock, lived on."""
     out = tmp_path / "k9"
     cmd = [sys.executable, "-m", "alexnet", *args(tiny, out, "train.epochs=100", "train.batch_size=8", "data.workers=2",
                                                   "data.resident=false")]
@@ -356,7 +355,7 @@ def test_a_worker_death_that_python_can_only_print_is_kept_quiet_during_training
 
 def test_ctrl_c_while_the_built_in_data_is_generated_is_one_line(tmp_path):
     """Ctrl-C reaches the whole process group: each generating worker printed "Process
-    ForkPoolWorker-1:" and a traceback before the command's own line (issue 21, item 17)."""
+    ForkPoolWorker-1:" and a traceback before the command's own line."""
     env = {**ENV, "ALEXNET_CACHE": str(tmp_path / "cache")}
     proc = subprocess.Popen([sys.executable, "-m", "alexnet", "train", "--out", str(tmp_path / "run")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)

@@ -15,7 +15,7 @@ from alexnet.data import resident
 from alexnet.data.loader import Loader
 from alexnet.data.store import DamagedSample, open_prepared
 from alexnet.errors import UserError
-from alexnet.prepare import prepare
+from alexnet.data.prepare import prepare
 from alexnet.train import train
 
 from test_loader import make_source
@@ -73,9 +73,9 @@ def test_resident_batches_equal_the_streaming_ones_bit_for_bit(data, encoding, c
     res = load(ds, name)
     for rank in (0, 1):
         common = dict(seed=3, rank=rank, world_size=2, drop_last=False, **kw)
-        streamed = Loader(ds.split(name), ds, 4, workers=workers, **common)
-        held = Loader(ds.split(name), ds, 4, workers=0, resident=res, **common)
-        assert held.options["resident"] and not streamed.options["resident"]
+        streamed = Loader(ds.split(name), ds, batch_size=4, workers=workers, **common)
+        held = Loader(ds.split(name), ds, batch_size=4, workers=0, resident=res, **common)
+        assert held.resident is not None and streamed.resident is None
         assert same_batches(streamed, held, epoch=1) == streamed.steps(1) > 1
         streamed.close()
 
@@ -83,7 +83,7 @@ def test_resident_batches_equal_the_streaming_ones_bit_for_bit(data, encoding, c
 def test_a_mid_epoch_resume_yields_the_rest_of_the_epoch_exactly(data):
     ds = open_prepared(data / "jpeg")
     res = load(ds, "train")
-    held = Loader(ds.split("train"), ds, 4, train=True, crop=32, pca_std=0.1, resident=res, scale=(0.3, 1))
+    held = Loader(ds.split("train"), ds, batch_size=4, train=True, crop=32, pca_std=0.1, resident=res, scale=(0.3, 1))
     full = [b.images.clone() for b in held.epoch(2)]
     rest = [b.images.clone() for b in held.epoch(2, start_step=2)]
     assert len(rest) == len(full) - 2 and all(torch.equal(a, b) for a, b in zip(full[2:], rest))
@@ -91,7 +91,7 @@ def test_a_mid_epoch_resume_yields_the_rest_of_the_epoch_exactly(data):
 
 def test_an_abandoned_epoch_stops_its_thread_and_errors_reach_the_consumer(data, monkeypatch):
     ds = open_prepared(data / "jpeg")
-    held = Loader(ds.split("train"), ds, 2, train=True, crop=32, resident=load(ds, "train"))
+    held = Loader(ds.split("train"), ds, batch_size=2, train=True, crop=32, resident=load(ds, "train"))
     for _ in zip(range(2), held.epoch(0)):
         pass
     it = held.epoch(0)
@@ -206,14 +206,13 @@ def test_auto_holds_what_fits_and_streams_the_rest_with_its_reason(data):
     with pytest.raises(UserError, match="keep-aspect"):
         resident.decide(aspect, [aspect.split("train")], "true", cpu)
     with pytest.raises(ValueError, match="not this split's"):  # a resident split of another size
-        Loader(ds.split("train"), ds, 4, train=True, crop=32, resident=load(ds, "val"))
+        Loader(ds.split("train"), ds, batch_size=4, train=True, crop=32, resident=load(ds, "val"))
 
 
 def run_cfg(data, out, *sets):
-    base = [f"data.path={data}", f"train.out={out}", "train.epochs=2", "train.batch_size=16", "model.width=0.25",
-            "model.hidden=64", "data.workers=0", "train.log_every=2", "eval.batch_size=16",
-            "data.crop=72", "data.progressive_from=64", "train.precision=fp32"]
-    return config.resolve("quick", sets=base + list(sets))
+    base = [f"data.path={data}", f"train.out={out}", "train.epochs=2", "data.crop=72", "data.progressive_from=64",
+            "train.precision=fp32"]
+    return config.resolve("tiny", sets=base + list(sets))
 
 
 def test_training_resident_or_streamed_gives_the_same_weights(tiny, tmp_path, capsys):
@@ -252,9 +251,9 @@ def test_cuda_resident_batches_equal_the_streaming_gpu_path(data):
         name = "train" if kw["train"] else "val"
         res = resident.load(ds.split(name), ds.size, "cuda", progress=False, say=None)
         assert res.images.is_cuda and res.labels.is_cuda
-        streamed = Loader(ds.split(name), ds, 4, workers=2, device="cuda", **kw)
-        held = Loader(ds.split(name), ds, 4, workers=0, device="cuda", resident=res, **kw)
-        assert streamed.options["gpu_decode"] and not held.options["gpu_decode"]
+        streamed = Loader(ds.split(name), ds, batch_size=4, workers=2, device="cuda", **kw)
+        held = Loader(ds.split(name), ds, batch_size=4, workers=0, device="cuda", resident=res, **kw)
+        assert streamed.spec.gpu_decode and not held.spec.gpu_decode
         assert same_batches(streamed, held, epoch=1) == streamed.steps(1)
         streamed.close()
 
@@ -289,7 +288,8 @@ def test_a_decode_stopped_midway_leaves_no_temporary_and_a_killed_ones_leftover_
     for ever (63 GB at ImageNet's size): it is now an interrupt, and what a kill -9 left is removed
     by the next writer on this machine."""
     import signal as sig
-    from alexnet.fileio import sigterm_as_interrupt, temporary_path
+    from alexnet.fileio import temporary_path
+    from alexnet.process import sigterm_as_interrupt
     ds_path = tmp_path / "t"
     copy_set(data / "jpeg", ds_path)
     split = open_prepared(ds_path).split("train")

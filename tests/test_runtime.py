@@ -1,4 +1,4 @@
-"""One runtime module for device and precision, and the multi-GPU defects of issue 10, on CPU.
+"""One runtime module for device and precision, and the multi-GPU defects found when a GPU was first at hand, on CPU.
 
 Each numbered defect has a test here: (1) every rank bound to its own GPU before the process group
 starts, (2) evaluate/features under torchrun on their rank's GPU, (3) the built-in data made once
@@ -9,6 +9,7 @@ benchmarks/gpu_check.py and the test at the end (skipped without 2 GPUs).
 """
 import ast
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -27,10 +28,9 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def tiny_sets(data, out, *more):
-    base = [f"data.path={data}" if data else "data.builtin_per_class=4", f"train.out={out}", "train.epochs=1",
-            "train.batch_size=8", "model.width=0.25", "model.hidden=64", "data.workers=0", "train.log_every=2",
-            "eval.batch_size=16", "train.precision=fp32"]
-    return ["--preset", "quick", *[a for s in base + list(more) for a in ("--set", s)]]
+    base = [f"data.path={data}" if data else "data.builtin_per_class=4", f"train.out={out}", "train.batch_size=8",
+            "train.precision=fp32"]
+    return ["--preset", "tiny", *[a for s in base + list(more) for a in ("--set", s)]]
 
 
 class FakeCuda:
@@ -90,9 +90,9 @@ def test_precision_auto_asks_for_native_bf16_on_cuda(monkeypatch):
 
 def test_every_command_gets_its_device_from_the_runtime_module():
     """No module re-implements "auto" or builds its own autocast: the source is checked, so a new
-    command that does is caught here (runtime.py is the one place; info and checkpoint only report
-    and save CUDA state, mfu names the device, the loader runs CUDA streams)."""
-    allowed = {"runtime.py", "info.py", "checkpoint.py", "mfu.py", "loader.py"}
+    command that does is caught here (runtime.py is the one place; envinfo (what `alexnet info` prints)
+    and checkpoint only report and save CUDA state, mfu names the device, the loader runs CUDA streams)."""
+    allowed = {"runtime.py", "envinfo.py", "checkpoint.py", "mfu.py", "loader.py"}
     offenders = []
     for path in (ROOT / "alexnet").rglob("*.py"):
         if path.name in allowed:
@@ -106,11 +106,9 @@ def test_every_command_gets_its_device_from_the_runtime_module():
         assert "runtime." in (ROOT / "alexnet" / f"{module}.py").read_text(), module
 
 
-def test_evaluate_under_torchrun_asks_the_runtime_for_the_ranks_device(monkeypatch, tiny, tmp_path):
+def test_evaluate_under_torchrun_asks_the_runtime_for_the_ranks_device(monkeypatch, tiny, tiny_checkpoint, tmp_path):
     from alexnet import cli
-    from alexnet.train import train
-    ckpt = tmp_path / "run"
-    train(config.resolve("quick", sets=tiny_sets(tiny, ckpt)[3::2]), progress=False)
+    ckpt = Path(shutil.copytree(tiny_checkpoint.parent, tmp_path / "run"))
     asked = []
     real = runtime.setup
     monkeypatch.setattr(runtime, "setup", lambda device, precision="fp32", *a, **k:
@@ -120,8 +118,8 @@ def test_evaluate_under_torchrun_asks_the_runtime_for_the_ranks_device(monkeypat
     assert asked == [("cuda", "fp32"), ("auto", "fp32")]
 
 
-def test_one_workers_rule_for_every_command_and_a_flag_on_each(monkeypatch, tiny, tmp_path):
-    """Issue 23, item 4: evaluate, features and neighbors always used 2 loader workers; train's help
+def test_one_workers_rule_for_every_command_and_a_flag_on_each(monkeypatch, tiny, tiny_checkpoint, tmp_path):
+    """evaluate, features and neighbors always used 2 loader workers; train's help
     said "one per core" but used cores / 4. One rule (runtime.loader_workers), a --workers on each."""
     monkeypatch.setattr(runtime, "usable_cores", lambda: 16)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
@@ -133,9 +131,8 @@ def test_one_workers_rule_for_every_command_and_a_flag_on_each(monkeypatch, tiny
     monkeypatch.setattr(runtime, "usable_cores", lambda: 8)  # the default on CPU: 8 // 4 = 2 workers
 
     from alexnet import cli
-    from alexnet.train import loader_options, train
-    ckpt = tmp_path / "run"
-    train(config.resolve("quick", sets=tiny_sets(tiny, ckpt)[3::2]), progress=False)
+    from alexnet.train import loader_spec
+    ckpt = Path(shutil.copytree(tiny_checkpoint.parent, tmp_path / "run"))
     used = []
     real = torch.utils.data.DataLoader
     monkeypatch.setattr(torch.utils.data, "DataLoader", lambda *a, **k: used.append(k.get("num_workers")) or real(*a, **k))
@@ -146,7 +143,7 @@ def test_one_workers_rule_for_every_command_and_a_flag_on_each(monkeypatch, tiny
         assert cli.main(argv) == 0, argv
     assert used == [2, 0, 1, 2]
     cfg = config.resolve("quick", sets=[f"data.path={tiny}"])
-    assert loader_options(cfg, runtime.setup("cpu"), 56)["workers"] == 2
+    assert loader_spec(cfg, runtime.setup("cpu"), train=True, batch_size=8, crop=56).workers == 2
     help_text = {c: " ".join(cli.build_parser()._subparsers._group_actions[0].choices[c].format_help().split())
                  for c in ("train", "evaluate", "features", "neighbors")}
     assert all("--workers" in h and "cores / processes on the node" in h for h in help_text.values()), help_text
@@ -193,8 +190,8 @@ def test_the_hot_loop_reads_nothing_from_the_device_per_step(tiny, tmp_path, mon
             real = getattr(torch.Tensor, method)
             monkeypatch.setattr(torch.Tensor, method, lambda self, real=real, *a: calls.__setitem__(0, calls[0] + 1)
                                 or real(self, *a))
-        cfg = config.resolve("quick", sets=tiny_sets(tiny, tmp_path / name, f"train.epochs={n}", "train.log_every=1000",
-                                                     "train.budget_minutes=100", "eval.every=1000")[3::2])
+        cfg = config.resolve("tiny", sets=tiny_sets(tiny, tmp_path / name, f"train.epochs={n}", "train.log_every=1000",
+                                                    "train.budget_minutes=100", "eval.every=1000")[3::2])
         train(cfg, progress=False)
         monkeypatch.undo()
         counts.append(calls[0])
@@ -316,8 +313,8 @@ def test_training_flops_count_against_a_brute_force_count():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_a_bf16_autocast_training_run_on_cuda(tiny, tmp_path):
     from alexnet.train import train
-    cfg = config.resolve("quick", sets=tiny_sets(tiny, tmp_path / "gpu", "train.device=cuda",
-                                                 "train.precision=auto")[3::2])
+    cfg = config.resolve("tiny", sets=tiny_sets(tiny, tmp_path / "gpu", "train.device=cuda",
+                                                "train.precision=auto")[3::2])
     summary = train(cfg, progress=False)
     assert summary["device"].startswith("cuda") and summary["precision"] in ("bf16", "fp16")
     assert summary["val_loss"] == summary["val_loss"]  # finite, not NaN

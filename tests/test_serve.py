@@ -21,28 +21,25 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet import cli, config, inference
+from alexnet import cli, inference
 from alexnet.data import synthetic
 from alexnet.data.decode import open_rgb
 from alexnet.features import neighbours, write_features
 from alexnet.plots import kernel_grid
-from alexnet.train import train
 from conftest import terminate
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A briefly trained checkpoint on the built-in shapes, its fc7 file, and photos whose ranking is
-    clear (adjacent top-6 probabilities at least 1e-4 apart, far above the ~1e-7 by which a batched
-    and a single forward pass may differ), with their probabilities computed in-process."""
+def trained(tiny_checkpoint, tmp_path_factory):
+    """A briefly trained checkpoint on the built-in shapes (the suite's), the fc7 file of a gallery of
+    60 of them, and photos whose ranking is clear (adjacent top-6 probabilities at least 1e-4 apart,
+    far above the ~1e-7 by which a batched and a single forward pass may differ), with their
+    probabilities computed in-process."""
     base = tmp_path_factory.mktemp("serve")
     data = synthetic.ensure(train_per_class=6, val_per_class=3, size=72, root=base, progress=False)
-    sets = [f"data.path={data}", "train.epochs=1", "train.batch_size=20", "model.width=0.25", "model.hidden=64",
-            "data.workers=0", "schedule.warmup_epochs=0", "eval.batch_size=16", f"train.out={base / 'run'}"]
-    train(config.resolve("quick", sets=sets), progress=False)
-    ckpt = base / "run" / "last.pt"
+    ckpt = tiny_checkpoint
     net = inference.load(ckpt)
     write_features(net, str(data), "train", base / "fc7.npy", batch_size=64, workers=0, progress=False)
     photos = []
@@ -418,7 +415,7 @@ def test_the_page_in_a_real_browser(server, trained, tmp_path):
 
 
 def test_the_page_says_when_the_model_is_at_chance_and_top5_is_meaningless():
-    """Issue 21, item 15: /v1/model carries the run's best validation figures with the notes the
+    """/v1/model carries the run's best validation figures with the notes the
     page shows first: a top-1 at chance, and no top-5 figure for 5 classes or fewer."""
     from types import SimpleNamespace
 

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from alexnet import fileio
 from alexnet.data import store
+from alexnet.data.prepare import prepare
 from alexnet.errors import UserError
-from alexnet.prepare import prepare
 
 
 def make_folder(root, classes=("n01440764", "n02102040"), per_class=5, size=(90, 70)):
@@ -132,8 +133,8 @@ def test_damaged_shards_and_index(tmp_path, prepared):
 
 def test_atomic_write_leaves_old_or_new(tmp_path):
     path = tmp_path / "f.json"
-    store.atomic_write(path, b"old")
-    store.atomic_write(path, b"new")
+    fileio.atomic_write(path, b"old")
+    fileio.atomic_write(path, b"new")
     assert path.read_bytes() == b"new" and not list(tmp_path.glob("*.tmp"))
 
 
@@ -160,7 +161,7 @@ def test_atomic_write_by_two_writers_at_once_and_after_a_killed_one(tmp_path, mo
     other.write_bytes(b"x")
     remote = tmp_path / f"shared.json.{_HOST}x.{dead.pid}-0123abcd.tmp"  # another machine's (shared disk)
     remote.write_bytes(b"y")
-    store.atomic_write(path, b"new")
+    fileio.atomic_write(path, b"new")
     assert not leftover.exists() and other.exists() and path.read_bytes() == b"new"
     assert remote.exists()
 
@@ -174,7 +175,7 @@ def test_atomic_write_by_two_writers_at_once_and_after_a_killed_one(tmp_path, mo
         return real(a, b)
     monkeypatch.setattr(os, "replace", second_rename_fails)
     with pytest.raises(OSError, match="No space left"):
-        store.atomic_write(path, b"newer", keep_previous=prev)
+        fileio.atomic_write(path, b"newer", keep_previous=prev)
     monkeypatch.undo()
     # the target never went missing and still holds the last complete write (so does its .prev)
     assert path.read_bytes() == b"new" and prev.read_bytes() == b"new"
@@ -182,7 +183,7 @@ def test_atomic_write_by_two_writers_at_once_and_after_a_killed_one(tmp_path, mo
 
 
 def test_reading_every_sample_maps_no_shard_into_the_process(prepared):
-    """Issue 23, item 3: a reader (a persistent loader worker) must not end an epoch with the whole
+    """a reader (a persistent loader worker) must not end an epoch with the whole
     split in its resident set. Samples are read with pread: no shard file is ever mapped, so the
     pages read stay the kernel's page cache, outside the process's RSS."""
     split = store.open_prepared(prepared).split("train")
@@ -194,7 +195,7 @@ def test_reading_every_sample_maps_no_shard_into_the_process(prepared):
 
 
 def test_a_batch_reads_its_own_labels_not_the_whole_column(prepared, monkeypatch):
-    """Issue 23, item 2: the loader took each batch's labels from the whole label column converted
+    """the loader took each batch's labels from the whole label column converted
     to int64 (4.3 ms a batch at 1.28 M rows, quadratic in the epoch); labels_at reads the rows."""
     from alexnet.data.loader import Loader
     ds = store.open_prepared(prepared)
@@ -203,6 +204,6 @@ def test_a_batch_reads_its_own_labels_not_the_whole_column(prepared, monkeypatch
     idx = np.array([7, 0, 3, 3])
     assert split.labels_at(idx).dtype == np.int64 and split.labels_at(idx).tolist() == want[idx].tolist()
     monkeypatch.setattr(store.PreparedSplit, "labels", property(lambda self: pytest.fail("the whole column read")))
-    loader = Loader(split, ds, 4, train=True, crop=56, workers=0)
+    loader = Loader(split, ds, batch_size=4, train=True, crop=56, workers=0)
     batches = list(loader.epoch(0))
     assert batches and all(b.labels.tolist() == want[b.indices.numpy()].tolist() for b in batches)

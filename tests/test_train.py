@@ -14,9 +14,8 @@ from alexnet.train import Diverged, train
 
 
 def tiny_cfg(data, out, *sets):
-    base = [f"data.path={data}", f"train.out={out}", "train.epochs=2", "train.batch_size=16", "model.width=0.25",
-            "model.hidden=64", "data.workers=0", "train.log_every=2", "eval.batch_size=16"]
-    return config.resolve("quick", sets=base + list(sets))
+    base = [f"data.path={data}", f"train.out={out}", "train.epochs=2"]
+    return config.resolve("tiny", sets=base + list(sets))
 
 
 def test_a_run_writes_a_self_describing_folder(tiny, tmp_path):
@@ -99,7 +98,7 @@ def test_the_quick_network_can_overfit_one_batch(tiny):
     from alexnet.data.loader import Loader
     from alexnet.data.store import open_prepared
     ds = open_prepared(tiny)
-    batch = next(iter(Loader(ds.split("train"), ds, 32, train=True, crop=64, workers=0).epoch(0)))
+    batch = next(iter(Loader(ds.split("train"), ds, batch_size=32, train=True, crop=64, workers=0).epoch(0)))
     torch.manual_seed(0)
     net = build("alexnet2012", 10, norm="batchnorm", init="kaiming", width=0.5, hidden=256, dropout=0.0, seed=0)
     opt = torch.optim.SGD(net.parameters(), lr=0.02, momentum=0.9)
@@ -152,7 +151,7 @@ def test_progressive_resizing(tiny, tmp_path, capsys):
 
 def test_a_run_at_chance_and_a_top5_that_means_nothing_are_said(capsys, tmp_path):
     """A run that ended at chance finished with "done ... top-1 33.33%" and no word; with 5 classes
-    or fewer top-5 is 100% by construction (issue 21, item 15)."""
+    or fewer top-5 is 100% by construction."""
     from alexnet.loop import _share
     from alexnet.train import finish_message
     s = {"wall_time_s": 5, "top1": 1 / 3, "top5": 1.0, "top1_error": 2 / 3, "images_per_s": 10.0, "classes": 3,
@@ -167,7 +166,7 @@ def test_a_run_at_chance_and_a_top5_that_means_nothing_are_said(capsys, tmp_path
 
 
 def test_a_resume_on_another_world_size_says_so(tiny, tmp_path, capsys):
-    """issue 21, item 10: the run resumed correctly with another number of processes but said nothing."""
+    """the run resumed correctly with another number of processes but said nothing."""
     out = tmp_path / "run"
     train(tiny_cfg(tiny, out, "train.epochs=1"), progress=False)
     state = checkpoint.load(out / "last.pt")

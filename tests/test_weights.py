@@ -1,4 +1,4 @@
-"""One reader for every file named as a checkpoint or as weights (issue 21, item 9): a checkpoint of
+"""One reader for every file named as a checkpoint or as weights: a checkpoint of
 torchvision's reference scripts works as every command's CKPT with torchvision's preprocessing,
 giving what torchvision's own model gives; a damaged file still says so; and no message carries
 the terminal escape bytes of the library text it quotes."""

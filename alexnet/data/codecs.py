@@ -35,7 +35,7 @@ import warnings
 import numpy as np
 from PIL import JpegImagePlugin
 
-from .decode import (DRAFT_MARGIN, JPEG_START, _too_large, crop_box, encode_jpeg, max_pixels, open_rgb,
+from .decode import (DRAFT_MARGIN, JPEG_START, crop_box, encode_jpeg, max_pixels, open_rgb, too_large,
                      resize_crop_image)
 
 DECODERS = ("pillow", "simplejpeg")
@@ -103,7 +103,7 @@ def decode_simplejpeg(data: bytes, min_side: int | None) -> np.ndarray | None:
     try:
         dh, dw, _, _ = simplejpeg.decode_jpeg_header(data, min_height=want[0], min_width=want[1])
         if limit is not None and dw * dh > limit:
-            raise _too_large(width, height, "JPEG", (dw, dh), limit, source)
+            raise too_large(width, height, "JPEG", (dw, dh), limit, source)
         return simplejpeg.decode_jpeg(data, "RGB", min_height=want[0], min_width=want[1], strict=True)
     except ValueError:  # damaged, or a recoverable warning: Pillow decides what it is
         return None

@@ -8,7 +8,7 @@ column, else from the file's name (train.csv, val.tsv, validation.csv), else tra
 is recognised by its names (path, image_path, file_name, label, class, split, ...) or as the one
 row whose label is not a number among numeric labels (so neither a header is read as a sample
 nor a first sample as a header); `columns` names the columns instead. Labels that are all
-integers are class numbers ("0".."max", "007" is 7, below sources.MAX_CLASSES); others are class
+integers are class numbers ("0".."max", "007" is 7, below listing.MAX_CLASSES); others are class
 names in class_order().
 
 What is refused, as one line naming the file and line (UserError): a list that is not UTF-8 text
@@ -25,7 +25,8 @@ from pathlib import Path
 
 from ..errors import UserError
 from .classes import describe
-from .sources import HINTS, SPLITS, Listing, check_label, class_order, label_samples, printable, split_name
+from .layouts import HINTS
+from .listing import SPLITS, Listing, check_label, class_order, label_samples, printable, split_name
 from .textfile import bad_byte, csv_rows, not_utf8
 
 PATH_NAMES = {"path", "filepath", "file_path", "file", "filename", "file_name", "image", "image_path",

@@ -11,7 +11,7 @@ bytes, not the file name; every mode is converted to 8-bit RGB (alpha is composi
 16-bit values keep their top 8 bits); anything that cannot be decoded raises BadImage with a
 reason, so that callers skip and report it.
 
-One rule for damaged files (issue 21, item 4): whatever exception a decoder raises while a file is
+One rule for damaged files: whatever exception a decoder raises while a file is
 opened, loaded or converted (libavif's RuntimeError, a TypeError inside Pillow's TIFF reader, ...)
 is the file's fault and becomes BadImage naming the format, the exception's class and the first
 line of its message; only MemoryError (the machine's, not the file's) and interrupts go through.
@@ -24,7 +24,7 @@ that format's decoder is run. Other formats Pillow can open (TGA, PSD, ICO, PCX,
 refused as not an image: they are no photo formats, TGA and others have no signature junk could be
 told from, and EPS would run Ghostscript on the bytes.
 
-Junk costs no memory (issue 21, item 5): read_file() reads a file's first HEAD bytes and checks
+Junk costs no memory: read_file() reads a file's first HEAD bytes and checks
 them and the file's size (at most max_file_bytes(), by default MAX_FILE_BYTES; the environment
 variable ALEXNET_MAX_FILE_MB sets another) before it reads the file whole, so a 1.5 GB file of
 zeros named .jpg is skipped after reading HEAD bytes.
@@ -170,7 +170,8 @@ def max_pixels() -> tuple[int | None, str]:
     return 2 * Image.MAX_IMAGE_PIXELS, "Pillow's decompression-bomb limit"
 
 
-def _too_large(width: int, height: int, kind: str, decoded: tuple[int, int] | None, limit: int, source: str) -> BadImage:
+def too_large(width: int, height: int, kind: str, decoded: tuple[int, int] | None, limit: int, source: str) -> BadImage:
+    """The BadImage for a picture of width x height over the pixel limit (max_pixels()), whichever decoder met it."""
     at = f", decoded at {decoded[0]}x{decoded[1]}" if decoded and decoded != (width, height) else ""
     return BadImage(f"too large to decode: {width}x{height} {kind} ({width * height / 1e6:.0f} megapixels{at}) "
                     f"exceeds the limit of {limit / 1e6:.0f} megapixels ({source}); set {MAX_PIXELS_ENV}=<pixels> "
@@ -216,7 +217,7 @@ def open_rgb(data: bytes, min_side: int | None = None) -> Image.Image:
             scale = DRAFT_MARGIN * min_side / min(img.size)
             img.draft("RGB", (math.ceil(img.width * scale), math.ceil(img.height * scale)))
         if limit is not None and img.width * img.height > limit:
-            raise _too_large(width, height, kind, img.size, limit, source)
+            raise too_large(width, height, kind, img.size, limit, source)
         img.load()
         try:  # in place: otherwise an upright image is copied whole (~0.1 ms of a 500x375 photo)
             ImageOps.exif_transpose(img, in_place=True)
@@ -231,7 +232,7 @@ def open_rgb(data: bytes, min_side: int | None = None) -> Image.Image:
         raise BadImage(f"too large to decode: {e} (Pillow's hard limit for {kind} files)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # what Pillow raises for truncated or damaged data
         raise BadImage(f"truncated or damaged {kind}: {_first_line(e)}") from None
-    except Exception as e:  # any other decoder failure is the file's too (issue 21, item 4): libavif's
+    except Exception as e:  # any other decoder failure is the file's too: libavif's
         # RuntimeError "Missing or empty image item", a TypeError inside Pillow's TIFF reader, ...
         raise BadImage(f"truncated or damaged {kind} ({type(e).__name__} in the decoder: "
                        f"{_first_line(e)})") from None

@@ -20,6 +20,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .classes import describe
+from .listing import SPLITS, Listing, Sample, class_order, split_name
+
 SYSTEM_NAMES = {"__MACOSX", "@eaDir", "lost+found", "$RECYCLE.BIN", "System Volume Information",
                 "Thumbs.db", "ehthumbs.db", "desktop.ini", "Desktop.ini", "Icon\r"}
 SYSTEM = "system files and folders (__MACOSX, @eaDir, lost+found, Thumbs.db, ...)"
@@ -136,15 +139,12 @@ def _loose_reason(e: os.DirEntry) -> str:
     return "broken symbolic link (its target does not exist)" if e.is_symlink() and not os.path.exists(e.path) else LOOSE
 
 
-def list_folder(root: Path):
+def list_folder(root: Path) -> Listing:
     """ImageFolder: split folders of class folders (ROOT/train/<class>/*, any of train, val(idation),
     test), or one split folder of class folders (ROOT/<class>/*), named after ROOT when that is a
     split name, else train. In a tree of split folders every split-named folder is a split, even
     one without class folders (its files are skipped as loose, with a hint); anything else beside
     the split folders is reported as ignored."""
-    from .classes import describe
-    from .sources import SPLITS, Listing, Sample, class_order, split_name  # sources imports this module
-
     ignored: list[dict] = []
     children = subfolders(root, ignored, root)
     named: dict[str, os.DirEntry] = {}

@@ -1,7 +1,8 @@
 """The input pipeline: a prepared split -> augmented batches on the device, with exact sharding.
 
-    loader = Loader(ds.split("train"), ds, batch_size=128, train=True, crop=224, seed=0,
-                    rank=rank, world_size=world, device="cuda", workers=8)
+    spec = LoaderSpec(batch_size=128, train=True, crop=224, seed=0, rank=rank, world_size=world,
+                      device="cuda", workers=8)         # train: LoaderSpec.from_config(cfg, ...)
+    loader = Loader(ds.split("train"), ds, spec)         # or Loader(split, ds, batch_size=128, train=True)
     for batch in loader.epoch(epoch, start_step=0):     # batch.images (B, 3, 224, 224), batch.labels
         ...
     loader.wait_s                                       # time the consumer waited for data
@@ -49,13 +50,14 @@ import warnings
 import weakref
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torchvision.io  # noqa: F401  (see below)
 
-from ..fileio import die_with_parent
+from ..process import die_with_parent
 from . import augment as A
 from .resident import Resident
 from .store import PreparedDataset, PreparedSplit, decode_jpegs
@@ -76,6 +78,56 @@ class Batch:
     images: torch.Tensor  # (B, 3, C, C), or (B, 10, 3, C, C) for 10-view evaluation
     labels: torch.Tensor  # (B,) int64
     indices: torch.Tensor  # (B,) positions in the split
+
+
+@dataclass(frozen=True)
+class LoaderSpec:
+    """What a Loader makes: the batches (size, crops, views), their §4.1 augmentation, this rank's
+    share of the epoch, and where and how they are made. Plain and picklable: the worker processes
+    read it. A Loader holds the spec it resolved (loader.spec: gpu_decode decided, mean "channel"
+    for --keep-aspect data sets)."""
+    batch_size: int  # images per batch of this rank (training: per device x accumulation)
+    train: bool  # §4.1 random crops, flips, colour, in a new order each epoch; False: evaluation views, in order
+    crop: int = 224  # px, side of the crops (at most the prepared size: ValueError)
+    views: int = 1  # evaluation: 1 the centre crop, 2 with its reflection, 10 the §4.1 ten views
+    # §4.1 augmentation (training only)
+    flip: bool = True  # horizontal reflections, p = 0.5
+    pca_std: float = 0.1  # std of the PCA colour coefficients alpha_i; 0 turns it off
+    pca_scale: str = "authors"  # see alexnet.data.augment
+    mean: str = "pixel"  # §2 the mean image, or "channel" means and stds
+    scale: tuple[float, float] = (1.0, 1.0)  # area fraction of random-resized crops; (1, 1): §4.1 crops
+    ratio: tuple[float, float] = (1.0, 1.0)  # aspect-ratio range of random-resized crops
+    # this rank's share
+    seed: int = 0  # the epoch's permutation and every batch's augmentation derive from it
+    rank: int = 0
+    world_size: int = 1
+    drop_last: bool | None = None  # None: in training (a partial last global batch is dropped), not in evaluation
+    # where and how
+    device: str | torch.device = "cpu"  # where the batches are wanted (CUDA: decoded and augmented there)
+    workers: int = 2  # loader processes (streaming on a CPU: they decode and augment)
+    prefetch: int = 2  # batches each worker makes ahead
+    keep: int = 2  # batches the consumer may still hold when it asks for the next (CPU buffers are reused)
+    pool_bytes: int = 2 << 30  # bytes of reused CPU batch buffers at most; above it, fresh tensors per batch
+    dtype: str = "float32"  # of the images, a torch dtype's name
+    channels_last: bool = False  # memory format of the images
+    gpu_decode: bool | None = None  # nvJPEG on the device; None: on CUDA for JPEG, centre-cropped data
+
+    def __post_init__(self):
+        object.__setattr__(self, "scale", tuple(self.scale))  # a config's list, or a tuple
+        object.__setattr__(self, "ratio", tuple(self.ratio))
+
+    @classmethod
+    def from_config(cls, cfg, *, train: bool, batch_size: int, crop: int, rank: int = 0, world_size: int = 1,
+                    device: str | torch.device = "cpu", workers: int = 2) -> "LoaderSpec":
+        """The spec of a training run's loader (train) or its validation's, from its config
+        (alexnet.config.Config): §4.1 augmentation and the mean of data.*, the seed and memory
+        format of train.*, the views of eval.*; where it runs (rank, world_size, device, workers)
+        as given, since that is the runtime's to decide."""
+        d = cfg.data
+        return cls(batch_size, train, crop=crop, views=1 if train else cfg.eval.views, flip=d.flip,
+                   pca_std=d.pca_std, mean=d.mean, scale=d.scale, ratio=d.ratio, seed=cfg.train.seed, rank=rank,
+                   world_size=world_size, device=device, workers=workers, dtype="float32",
+                   channels_last=cfg.train.channels_last)
 
 
 def step_seed(seed: int, epoch: int, rank: int, step: int) -> int:
@@ -116,7 +168,8 @@ class BatchSource(torch.utils.data.Dataset):
 
     def __init__(self, split: PreparedSplit, loader: "Loader"):
         self.split = split
-        self.o = loader.options  # plain, picklable settings
+        self.spec, self.size, self.keep_aspect = loader.spec, loader.size, loader.keep_aspect  # plain, picklable
+        self.gpu_augment = loader.device.type == "cuda"  # uint8 to the GPU, augmented there
         self.norm_cpu, self.eig = loader.norm_cpu, loader.eig_cpu
         self.pool = loader.pool  # shared-memory output buffers, or None
 
@@ -126,17 +179,17 @@ class BatchSource(torch.utils.data.Dataset):
     def __getitem__(self, key):
         epoch, step, idx, slot = key
         labels, indices = torch.from_numpy(self.split.labels_at(idx)), torch.from_numpy(idx)
-        o = self.o
-        g = torch.Generator().manual_seed(step_seed(o["seed"], epoch, o["rank"], step))
-        if o["gpu_decode"]:  # bytes only: the main process decodes them on the GPU
+        spec = self.spec
+        g = torch.Generator().manual_seed(step_seed(spec.seed, epoch, spec.rank, step))
+        if spec.gpu_decode:  # bytes only: the main process decodes them on the GPU
             return self.split.payloads(idx), labels, indices, g.get_state()
-        images = self._per_image_crops(idx, g) if o["keep_aspect"] else self.decode(idx)
-        if o["gpu_augment"]:  # uint8 to the GPU; the augmentation runs there
+        images = self._per_image_crops(idx, g) if self.keep_aspect else self.decode(idx)
+        if self.gpu_augment:  # uint8 to the GPU; the augmentation runs there
             return torch.stack(images), labels, indices, g.get_state()
         if self.pool is None:
-            return make_batch(images, labels, indices, g, o, self.norm_cpu, self.eig, o["train"])
-        out = self.pool[slot][:len(idx) * (1 if o["train"] else o["views"])]
-        make_batch(images, labels, indices, g, o, self.norm_cpu, self.eig, o["train"], out=out)
+            return make_batch(images, labels, indices, g, spec, self.norm_cpu, self.eig, self.keep_aspect)
+        out = self.pool[slot][:len(idx) * (1 if spec.train else spec.views)]
+        make_batch(images, labels, indices, g, spec, self.norm_cpu, self.eig, self.keep_aspect, out=out)
         return slot, labels, indices  # the main process owns the buffer: only its number travels
 
     def decode(self, idx) -> list[torch.Tensor]:
@@ -147,16 +200,16 @@ class BatchSource(torch.utils.data.Dataset):
         """--keep-aspect images differ in size: crop each to C x C here (random-resized in training,
         centre or 10 views are taken later from a shorter-side-C resize in evaluation)."""
         from torchvision.transforms.v2 import functional as TF
-        o, out = self.o, []
+        spec, out = self.spec, []
         for i in idx:
             img = self._one(int(i))
             _, h, w = img.shape
-            if o["train"]:
-                p = A.sample_params(1, (h, w), o["crop"], g, flip=False, scale=o["scale"], ratio=o["ratio"])
+            if spec.train:
+                p = A.sample_params(1, (h, w), spec.crop, g, flip=False, scale=spec.scale, ratio=spec.ratio)
                 img = TF.resized_crop(img, int(p.top), int(p.left), int(p.height), int(p.width),
-                                      [o["crop"], o["crop"]], antialias=True)
+                                      [spec.crop, spec.crop], antialias=True)
             else:  # the shorter side is already S: the centre S x S, as fixed-size data sets store
-                img = TF.center_crop(img, [o["size"], o["size"]])
+                img = TF.center_crop(img, [self.size, self.size])
             out.append(img)
         return out
 
@@ -247,19 +300,21 @@ def start_workers(dl: torch.utils.data.DataLoader, started: list | None = None):
             started += [p for p in multiprocessing.active_children() if p not in before]
 
 
-def make_batch(images, labels, indices, g, o: dict, norm: A.Normalize, eig, train: bool, out=None) -> Batch:
-    """uint8 images on any device -> the Batch the model eats (the same code on CPU and GPU)."""
-    dtype = getattr(torch, o["dtype"])
-    if train:
+def make_batch(images, labels, indices, g, spec: LoaderSpec, norm: A.Normalize, eig, cropped: bool,
+               out=None) -> Batch:
+    """uint8 images on any device -> the Batch the model eats (the same code on CPU and GPU).
+    cropped: the images are already C x C training crops (--keep-aspect data sets, cropped per image)."""
+    dtype = getattr(torch, spec.dtype)
+    if spec.train:
         b, (h, w) = len(images), images[0].shape[-2:]
-        fixed_crop = o["keep_aspect"]  # already cropped to C x C: only flips and colour remain
-        p = A.sample_params(b, (h, w), o["crop"], g, flip=o["flip"], pca_std=o["pca_std"],
-                            scale=(1.0, 1.0) if fixed_crop else o["scale"],
-                            ratio=(1.0, 1.0) if fixed_crop else o["ratio"])
-        x = A.train_batch(images, p, norm, *(eig or (None, None)), pca_scale=o["pca_scale"],
-                          dtype=dtype, channels_last=o["channels_last"], out=out)
+        # already cropped to C x C: only flips and colour remain
+        p = A.sample_params(b, (h, w), spec.crop, g, flip=spec.flip, pca_std=spec.pca_std,
+                            scale=(1.0, 1.0) if cropped else spec.scale,
+                            ratio=(1.0, 1.0) if cropped else spec.ratio)
+        x = A.train_batch(images, p, norm, *(eig or (None, None)), pca_scale=spec.pca_scale,
+                          dtype=dtype, channels_last=spec.channels_last, out=out)
     else:
-        x = A.eval_views(images, o["crop"], o["views"], norm, dtype=dtype, channels_last=o["channels_last"],
+        x = A.eval_views(images, spec.crop, spec.views, norm, dtype=dtype, channels_last=spec.channels_last,
                          out=out)
     return Batch(x, labels, indices)
 
@@ -267,25 +322,28 @@ def make_batch(images, labels, indices, g, o: dict, norm: A.Normalize, eig, trai
 class Loader:
     """Batches of one split for one rank; see the module docstring."""
 
-    def __init__(self, split: PreparedSplit, dataset: PreparedDataset, batch_size: int, train: bool,
-                 crop: int = 224, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 drop_last: bool | None = None, workers: int = 2, device: str | torch.device = "cpu",
-                 flip: bool = True, pca_std: float = 0.1, pca_scale: str = "authors",
-                 mean: str = "pixel", scale=(1.0, 1.0), ratio=(1.0, 1.0), views: int = 1,
-                 dtype: str = "float32", channels_last: bool = False, gpu_decode: bool | None = None,
-                 prefetch: int = 2, keep: int = 2, pool_bytes: int = 2 << 30, norm: A.Normalize | None = None,
-                 resident: Resident | None = None):
-        self.split, self.batch_size, self.train = split, batch_size, train
-        self.resident = resident
-        self.rank, self.world_size, self.workers, self.prefetch = rank, world_size, workers, prefetch
-        self.drop_last = train if drop_last is None else drop_last
-        self.device = torch.device(device)
+    def __init__(self, split: PreparedSplit, dataset: PreparedDataset, spec: LoaderSpec | None = None, *,
+                 norm: A.Normalize | None = None, resident: Resident | None = None, **fields):
+        """split of dataset, batched as `spec` says; `fields` are LoaderSpec's, as a shorthand
+        (Loader(split, ds, batch_size=128, train=True)) or overriding spec's.
+        norm: the normalisation of the weights a fine-tuning run starts from (None: the data set's).
+        resident: the split already decoded in the device's memory (alexnet.data.resident).
+        Raises ValueError for a crop larger than the prepared images, or a resident split that is
+        not this one or not on spec.device; TypeError for an unknown field."""
+        if spec is None:
+            spec = LoaderSpec(**fields)
+        elif fields:
+            spec = dataclasses.replace(spec, **fields)
+        self.split, self.resident = split, resident
+        self.device = torch.device(spec.device)
+        self.size = dataset.size  # px, the side of the prepared images
+        self.keep_aspect = keep_aspect = bool(dataset.manifest["options"]["keep_aspect"])
         cuda = self.device.type == "cuda"
-        keep_aspect = bool(dataset.manifest["options"]["keep_aspect"])
+        gpu_decode = spec.gpu_decode
         if gpu_decode is None:
             gpu_decode = cuda and not split.raw and not keep_aspect
-        if crop > dataset.size:
-            raise ValueError(f"crop {crop} is larger than the prepared images ({dataset.size} px)")
+        if spec.crop > dataset.size:
+            raise ValueError(f"crop {spec.crop} is larger than the prepared images ({dataset.size} px)")
         if resident is not None:
             if keep_aspect or tuple(resident.images.shape) != (len(split), dataset.size, dataset.size, 3):
                 raise ValueError(f"the resident images {tuple(resident.images.shape)} are not this split's "
@@ -293,8 +351,11 @@ class Loader:
             if resident.device.type != self.device.type:
                 raise ValueError(f"the resident split is on {resident.device}, the batches are wanted on {self.device}")
             gpu_decode = False
+        mean = spec.mean
         if mean == "pixel" and keep_aspect:
             mean = "channel"  # the mean image is of the centre SxS; whole images use channel means
+        self.spec = spec = dataclasses.replace(spec, gpu_decode=gpu_decode, mean=mean,
+                                               drop_last=spec.train if spec.drop_last is None else spec.drop_last)
         stats = dataset.stats
         f32 = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
         if norm is not None:  # the normalisation of the weights a fine-tuning run starts from
@@ -305,46 +366,42 @@ class Loader:
         else:
             self.norm_cpu = (A.Normalize(mean_image=f32(stats["mean_image"])) if mean == "pixel"
                              else A.Normalize(mean=f32(stats["mean"]), std=f32(stats["std"])))
-        self.eig_cpu = (f32(stats["eigval"]), f32(stats["eigvec"])) if pca_std > 0 else None
-        self.options = dict(train=train, crop=crop, size=dataset.size, seed=seed, rank=rank, flip=flip,
-                            pca_std=pca_std, pca_scale=pca_scale, scale=tuple(scale), ratio=tuple(ratio),
-                            views=views, dtype=dtype, channels_last=channels_last,
-                            keep_aspect=keep_aspect, gpu_decode=gpu_decode, gpu_augment=cuda,
-                            resident=resident is not None)
+        self.eig_cpu = (f32(stats["eigval"]), f32(stats["eigvec"])) if spec.pca_std > 0 else None
         self.wait_s = 0.0  # time the consumer spent waiting for batches (since the last reset)
         self.batches = 0
         # resident on a CPU: threads (one per core) make the next batches, one each and one more ready
         # (more ahead would only hold buffers: a 16-core host would otherwise need 35 of them)
         self.threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        in_flight = self.threads + 1 if resident is not None else workers * prefetch
-        self.pool = None if cuda else self._make_pool(keep, pool_bytes, in_flight, shared=resident is None)
+        in_flight = self.threads + 1 if resident is not None else spec.workers * spec.prefetch
+        self.pool = None if cuda else self._make_pool(in_flight, shared=resident is None)
         self._keys = _Keys()  # the current epoch's batch keys, read by the DataLoader in this process
         self._dl: torch.utils.data.DataLoader | None = None  # started at the first epoch, then kept
         self._workers: list = []  # the worker processes started (multiprocessing.Process), for close()
         self._slots = 0  # pool slots handed out so far
         self._reading: int | None = None  # the epoch being read, while its iterator is open
 
-    def _make_pool(self, keep: int, budget: int, in_flight: int, shared: bool = True) -> list[torch.Tensor] | None:
+    def _make_pool(self, in_flight: int, shared: bool = True) -> list[torch.Tensor] | None:
         """Reused output buffers (CPU path): enough that none is rewritten while one of the
         `in_flight` batches is being made (in a worker or the resident path's threads) or among the
-        `keep` batches the consumer may still hold; in shared memory when worker processes write
-        them. None above `budget` bytes."""
-        o = self.options
-        rows = self.batch_size * (1 if self.train else o["views"])
-        shape = (rows, 3, o["crop"], o["crop"])
-        dtype = getattr(torch, o["dtype"])
-        slots = in_flight + keep + 1
-        if slots * rows * 3 * o["crop"] ** 2 * torch.empty(0, dtype=dtype).element_size() > budget:
+        spec.keep batches the consumer may still hold; in shared memory when worker processes write
+        them. None above spec.pool_bytes."""
+        spec = self.spec
+        rows = spec.batch_size * (1 if spec.train else spec.views)
+        shape = (rows, 3, spec.crop, spec.crop)
+        dtype = getattr(torch, spec.dtype)
+        slots = in_flight + spec.keep + 1
+        if slots * rows * 3 * spec.crop ** 2 * torch.empty(0, dtype=dtype).element_size() > spec.pool_bytes:
             return None
-        fmt = torch.channels_last if o["channels_last"] else torch.contiguous_format
+        fmt = torch.channels_last if spec.channels_last else torch.contiguous_format
         pool = [torch.empty(shape, dtype=dtype, memory_format=fmt) for _ in range(slots)]
         return [t.share_memory_() for t in pool] if shared else pool
 
     def plan(self, epoch: int) -> list[np.ndarray]:
-        if self.train:
-            return train_plan(len(self.split), self.batch_size, self.world_size, self.rank,
-                              self.options["seed"], epoch, self.drop_last)
-        return eval_plan(len(self.split), self.batch_size, self.world_size, self.rank)
+        spec = self.spec
+        if spec.train:
+            return train_plan(len(self.split), spec.batch_size, spec.world_size, spec.rank, spec.seed, epoch,
+                              spec.drop_last)
+        return eval_plan(len(self.split), spec.batch_size, spec.world_size, spec.rank)
 
     def steps(self, epoch: int = 0) -> int:
         return len(self.plan(epoch))
@@ -400,11 +457,12 @@ class Loader:
         if self._dl is None:
             # its own generator: creating the iterator must not draw from torch's global RNG, which the
             # training step's dropout uses and checkpoints restore (an exact mid-epoch resume needs that)
+            workers = self.spec.workers
             self._dl = torch.utils.data.DataLoader(
-                BatchSource(self.split, self), batch_size=None, sampler=self._keys, num_workers=self.workers,
-                pin_memory=self.device.type == "cuda", prefetch_factor=self.prefetch if self.workers else None,
+                BatchSource(self.split, self), batch_size=None, sampler=self._keys, num_workers=workers,
+                pin_memory=self.device.type == "cuda", prefetch_factor=self.spec.prefetch if workers else None,
                 worker_init_fn=_worker_init, generator=torch.Generator().manual_seed(0),
-                persistent_workers=self.workers > 0)
+                persistent_workers=workers > 0)
             _LIVE.add(self)
             _stop_all_at_exit()
         return self._dl
@@ -423,7 +481,7 @@ class Loader:
         # What torch's clean-up cannot stop: workers it gave 5 s that are still busy (its terminate()
         # is the SIGTERM they ignore), and workers it does not know of any more: a worker's death
         # raised from the SIGCHLD handler inside DataLoader.__iter__ loses the new iterator, and the
-        # exit then waited for its siblings for ever (CI, issue 21)
+        # exit then waited for its siblings for ever (seen in CI)
         kill_workers(self._workers)
         self._workers = []
 
@@ -431,19 +489,19 @@ class Loader:
         """A worker's batch on CUDA (uint8 pixels or JPEG bytes and the batch's generator state) ->
         the Batch, decoded with nvJPEG when asked and augmented on the current (side) stream."""
         data, labels, idx, state = item
-        dev, o = self.device, self.options
+        dev, spec = self.device, self.spec
         g = torch.Generator()
         g.set_state(state)
-        images = torch.stack(decode_jpegs(data, dev)) if o["gpu_decode"] else data.to(dev, non_blocking=True)
-        return make_batch(images, labels.to(dev, non_blocking=True), idx, g, o, norm, eig, o["train"])
+        images = torch.stack(decode_jpegs(data, dev)) if spec.gpu_decode else data.to(dev, non_blocking=True)
+        return make_batch(images, labels.to(dev, non_blocking=True), idx, g, spec, norm, eig, self.keep_aspect)
 
     def _resident_batch(self, key, norm: A.Normalize | None, eig) -> Batch:
         """The batch at key (epoch, step, sample indices, pool slot) from the resident split: one
         index gather, then make_batch, with the generator a worker would have seeded for the same
         key (BatchSource), so the batches are those of the streaming path."""
         epoch, step, idx, slot = key
-        o, res = self.options, self.resident
-        g = torch.Generator().manual_seed(step_seed(o["seed"], epoch, o["rank"], step))
+        spec, res = self.spec, self.resident
+        g = torch.Generator().manual_seed(step_seed(spec.seed, epoch, spec.rank, step))
         index = torch.from_numpy(idx)
         if self.device.type == "cuda":
             index = index.pin_memory().to(self.device, non_blocking=True)
@@ -452,16 +510,16 @@ class Loader:
         if norm is None:  # the CPU path: into the pool's buffers, like a worker
             norm, eig = self.norm_cpu, self.eig_cpu
             if self.pool is not None:
-                out = self.pool[slot][:len(idx) * (1 if o["train"] else o["views"])]
-                return make_batch(images, labels, torch.from_numpy(idx), g, o, norm, eig, o["train"], out=out)
-        return make_batch(images, labels, torch.from_numpy(idx), g, o, norm, eig, o["train"])
+                out = self.pool[slot][:len(idx) * (1 if spec.train else spec.views)]
+                return make_batch(images, labels, torch.from_numpy(idx), g, spec, norm, eig, False, out=out)
+        return make_batch(images, labels, torch.from_numpy(idx), g, spec, norm, eig, False)  # never --keep-aspect
 
     def _from_pool(self, it):
         for slot, labels, indices in it:
-            rows = len(indices) * (1 if self.train else self.options["views"])
-            images = self.pool[slot][:rows]
-            if not self.train and self.options["views"] > 1:
-                images = images.view(len(indices), self.options["views"], *images.shape[1:])
+            views = 1 if self.spec.train else self.spec.views
+            images = self.pool[slot][:len(indices) * views]
+            if views > 1:
+                images = images.view(len(indices), views, *images.shape[1:])
             yield Batch(images, labels, indices)
 
     def _timed(self, it):

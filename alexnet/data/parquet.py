@@ -29,7 +29,8 @@ from pathlib import Path
 
 from ..errors import UserError
 from .classes import describe, ilsvrc2012
-from .sources import MAX_CLASSES, PARQUET_ROW, Listing, Sample, check_label
+from .folders import junk
+from .listing import MAX_CLASSES, PARQUET_ROW, Listing, Sample, check_label, shard_split
 
 BATCH = 64  # rows per record batch read (~7 MB of ImageNet JPEGs)
 
@@ -74,8 +75,6 @@ def _class_names(schema, label: str) -> list[str] | None:
 
 
 def _files(src: Path) -> list[Path]:
-    from .folders import junk
-
     if src.is_file():
         return [src]
     return sorted(p for p in src.rglob("*.parquet")
@@ -84,8 +83,6 @@ def _files(src: Path) -> list[Path]:
 
 def list_parquet(src: Path) -> Listing:
     """Every row of every shard: a Sample(key "<file>/<row>", label, file, offset=row, PARQUET_ROW)."""
-    from .archives import _shard_split
-
     pa, pq = _pyarrow()
     files = _files(src)
     base = src.parent if src.is_file() else src
@@ -94,7 +91,7 @@ def list_parquet(src: Path) -> Listing:
     names: list[str] | None = None
     for path in files:
         rel = path.relative_to(base).as_posix()
-        split = _shard_split(path.name)
+        split = shard_split(path.name)
         rows, skips = pending.setdefault(split, []), skipped.setdefault(split, [])
         try:
             pf = pq.ParquetFile(path)

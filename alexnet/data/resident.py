@@ -3,7 +3,7 @@
     res = resident.load(ds.split("train"), ds.size, device)   # decodes once (or maps the cache)
     res.images    # (N, S, S, 3) uint8 on the device (GPU memory under CUDA, host memory on a CPU)
     res.labels    # (N,) int64 on the device
-    loader = Loader(split, ds, 256, train=True, crop=224, device=device, resident=res)
+    loader = Loader(split, ds, LoaderSpec(256, train=True, crop=224, device=device), resident=res)
 
 Why (docs/benchmarks.md, "On a GPU"): on an H200 the bf16 step trains 35,686 images/s, but a
 streaming loader fed it 1.9-2.5k: the GPU waited for data 83-88% of the time. airbench keeps
@@ -60,7 +60,8 @@ import torch
 import xxhash
 
 from ..errors import UserError
-from ..fileio import atomic_write, sigterm_as_interrupt, temporary_path
+from ..fileio import atomic_write, temporary_path
+from ..process import sigterm_as_interrupt
 from .store import PreparedDataset, PreparedSplit, decode_jpegs
 
 MODES = ("auto", "true", "false")

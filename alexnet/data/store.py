@@ -53,7 +53,7 @@ import numpy as np
 import xxhash
 
 from ..errors import UserError
-from ..fileio import atomic_write, sha256_file  # noqa: F401 (atomic_write is used through store.atomic_write)
+from ..fileio import atomic_write, sha256_file
 
 FORMAT = "alexnet-prepared"
 FORMAT_VERSION = 2
@@ -269,8 +269,8 @@ class PreparedSplit:
 
     def labels_at(self, idx) -> np.ndarray:
         """(B,) int64 labels of samples `idx`, read from their index rows only: a batch's cost does
-        not grow with the split (issue 23: converting the whole column per batch was 4.3 ms at
-        1.28 M rows, quadratic in the epoch)."""
+        not grow with the split (converting the whole column per batch was 4.3 ms at 1.28 M rows,
+        quadratic in the epoch)."""
         return np.asarray(self.index["label"][np.asarray(idx, dtype=np.int64)], dtype=np.int64)
 
     def keys(self) -> list[str]:
@@ -291,7 +291,7 @@ class PreparedSplit:
         Why not a memory map: a process that reads through a map keeps every page it touched in
         its resident set, so each persistent loader worker ended an epoch with the whole split in
         its RSS (page cache, reclaimable, but counted by `top` and container memory accounting:
-        20-30 GB per worker at ImageNet's size; issue 23). pread copies what a sample needs and
+        20-30 GB per worker at ImageNet's size). pread copies what a sample needs and
         leaves the page cache to the kernel; the copy is one the decoder and the pickling to the
         main process wanted anyway. The descriptor is shared by forked workers safely: pread has
         no file position."""

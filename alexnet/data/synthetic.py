@@ -178,7 +178,7 @@ def write_folder(root: Path, per_class: dict[str, int], size: int = 72, seed: in
 
 def _quiet_worker() -> None:
     """Ctrl-C is the parent's to handle (it stops the pool): a worker that took it too printed
-    "Process ForkPoolWorker-1:" and a traceback each (issue 21, item 17)."""
+    "Process ForkPoolWorker-1:" and a traceback each."""
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -186,7 +186,7 @@ def _quiet_worker() -> None:
 def ensure(train_per_class: int = 500, val_per_class: int = 100, size: int = 72, seed: int = 0,
            root: Path | None = None, progress: bool = True) -> Path:
     """The prepared built-in data set, generated on first use; returns its folder."""
-    from ..prepare import prepare
+    from .prepare import prepare
 
     key = hashlib.sha256(repr((VERSION, train_per_class, val_per_class, size, seed)).encode()).hexdigest()[:10]
     out = (root or cache_dir()) / f"shapes-{train_per_class}-{val_per_class}-{size}px-{key}"

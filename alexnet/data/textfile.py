@@ -1,5 +1,5 @@
 """Text files a user hands us (CSV and TSV lists, class files): UTF-8 text, or one line that says
-what is wrong with the file, and on which line (issue 21, item 3).
+what is wrong with the file, and on which line.
 
     for number, line in text_lines(path, what="LOC_synset_mapping.txt"): ...
     for number, cells in csv_rows(path, what="train.tsv", delimiter="\t"): ...

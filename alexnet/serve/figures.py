@@ -55,7 +55,7 @@ class Gallery:
     """The training images behind an fc7 features file: exact nearest neighbours and thumbnails."""
 
     def __init__(self, features: str | Path, net: Network, data: str | None = None):
-        from ..evaluate import Images
+        from ..images import Images
 
         features = Path(features)
         meta_path = features.with_suffix(".json")

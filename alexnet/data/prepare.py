@@ -14,10 +14,12 @@ Decoding and resizing (alexnet.data.codecs, recorded in the manifest and the fin
 or for jobs of 2,000 images per worker and more libjpeg-turbo through simplejpeg and torch's uint8
 antialiased bicubic, 1.4x faster per photo once torch's 1.7 s import is paid (--decoder, --resampler).
 
-Work is split into shards of consecutive samples, done in parallel by `--workers` processes (0 or 1:
-in this process). A shard is complete when its tar has been renamed into place and its index piece
-written beside it, so a run stopped by Ctrl-C, kill -9 or a full disk resumes from the completed
-shards when the same command is run again, and gives byte-identical output. Files that do not decode
+Work is split into shards of consecutive samples (plan()), done in parallel by `--workers` processes
+(0 or 1: in this process) by alexnet.data.shards, the worker side; this module is the rest: the
+plan, the fingerprint, resuming, repair and the assembly of the pieces into the data set. A shard
+is complete when its tar has been renamed into place and its index piece written beside it, so a
+run stopped by Ctrl-C, kill -9 or a full disk resumes from the completed shards when the same
+command is run again, and gives byte-identical output. Files that do not decode
 are skipped, never abort the run, and are listed with their reason in the manifest: found =
 written + skipped (a source where nothing decodes is an error that lists them in OUT/skipped.json). One
 prepare at a time per OUT (a lock; a second is refused with the first one's pid), and a full disk at
@@ -32,13 +34,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import importlib
 import io
 import json
 import math
-import multiprocessing as mp
 import os
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -46,39 +45,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import threadpoolctl
 
-from . import __version__
-from .data import store
-from .data import codecs
-from .data.decode import MAX_ASPECT, RESAMPLE, BadImage, max_file_bytes, max_pixels
-from .data.sources import Listing, Sample, list_source, read_bytes
-from .errors import UserError
-from .fileio import FolderLock, die_with_parent, sigterm_as_interrupt
+from .. import __version__, fileio, process
+from ..errors import UserError
+from . import codecs, store
+from .decode import MAX_ASPECT, RESAMPLE, max_file_bytes, max_pixels
+from .listing import Listing
+from .shards import DEFAULT_QUALITY, Options, Task, finish_stats, piece_path, run_tasks, shard_path
+from .sources import list_source
+from .verify import check
 
-DEFAULT_QUALITY = 90  # see docs/benchmarks.md: ~40 dB PSNR at about 1/3 of quality-100's bytes
 MAX_SIZE = 8192  # px: --keep-aspect stores sides up to MAX_ASPECT x this, within the index's 65535
-
-
-@dataclass(frozen=True)
-class Options:
-    size: int = 256  # px, S of §2
-    keep_aspect: bool = False
-    encoding: str = "jpeg"  # jpeg | raw
-    quality: int = DEFAULT_QUALITY  # JPEG quality (ignored for raw)
-    decoder: str = "pillow"  # JPEG decoding and encoding: pillow | simplejpeg (alexnet.data.codecs)
-    resampler: str = "pillow"  # the §2 resize: pillow | torch (alexnet.data.codecs)
-
-
-@dataclass(frozen=True)
-class Task:
-    split: str
-    shard: int
-    first: int  # index of the shard's first sample in the split listing
-    samples: tuple[Sample, ...]
-    out: str
-    options: Options
-    with_stats: bool
 
 
 def shard_size_for(count: int) -> int:
@@ -107,125 +84,6 @@ def fingerprint(listing: Listing, options: Options, shards: dict) -> str:
             h.update(f"{split}\t{s.key}\t{s.label}\t{s.offset}\t{s.size}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
-
-# ------------------------------------------------------------------------------------ the work
-
-class Stats:
-    """Running sums for the §2 mean image and the §4.1 RGB covariance (0-255 scale), over the
-    central SxS crop of every stored image (the whole image unless --keep-aspect). Exact integer
-    sums: uint32 per-pixel sums hold 16 M images of one shard, float64 dot products of 8-bit values
-    are exact below 2**53."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self.images = 0
-        self.image_sum = np.zeros((size, size, 3), np.uint32)  # per-pixel sums give the mean too
-        self.outer = np.zeros((3, 3), np.float64)  # sum over pixels of x x^T (upper triangle)
-
-    def add(self, arr: np.ndarray) -> None:
-        h, w, _ = arr.shape
-        top, left = (h - self.size) // 2, (w - self.size) // 2
-        crop = arr[top:top + self.size, left:left + self.size]
-        np.add(self.image_sum, crop, out=self.image_sum)
-        planes = crop.reshape(-1, 3).T.astype(np.float64)  # (3, S*S), each plane contiguous
-        for i in range(3):  # six dot products: ~10x faster than one (3, S*S) @ (S*S, 3) matmul here
-            for j in range(i, 3):
-                self.outer[i, j] += planes[i] @ planes[j]
-        self.images += 1
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {"images": np.array(self.images), "image_sum": self.image_sum, "outer": self.outer}
-
-
-def finish_stats(parts: list[dict]) -> dict[str, np.ndarray]:
-    """Merge per-shard sums (in shard order, so the result is reproducible) into the statistics."""
-    images = sum(int(p["images"]) for p in parts)  # > 0: assemble() has said so otherwise
-    image_sum = sum(p["image_sum"].astype(np.int64) for p in parts)  # (S, S, 3)
-    outer = sum(p["outer"] for p in parts)
-    outer = np.triu(outer) + np.triu(outer, 1).T  # the sums filled the upper triangle
-    pixels = images * image_sum.shape[0] * image_sum.shape[1]
-    mean = image_sum.sum((0, 1)) / pixels
-    cov = outer / pixels - np.outer(mean, mean)
-    eigval, eigvec = np.linalg.eigh(cov)  # ascending eigenvalues; eigenvectors are the columns
-    # greyscale-only data has a rank-1 covariance: its zero eigenvalues come out as -1e-13 or so
-    eigval = np.clip(eigval, 0.0, None)
-    return {"mean_image": (image_sum / images).transpose(2, 0, 1).astype(np.float32),
-            "mean": mean, "std": np.sqrt(np.diag(cov)), "cov": cov, "eigval": eigval, "eigvec": eigvec}
-
-
-_counter = None  # per-worker handle on the shared progress counter
-
-
-def _init_worker(counter) -> None:
-    global _counter
-    _counter = counter
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
-    # and SIGTERM ends a worker quietly, as the pool's own terminate() expects: the parent's
-    # handler (fileio.sigterm_as_interrupt), inherited through fork, would print a traceback per worker
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    die_with_parent()  # a kill -9 of prepare takes its pool along at once
-    # One BLAS thread per worker: the workers already fill the cores, and OpenBLAS threads
-    # inherited across fork() spin against each other (measured: 2-5x slower with 2 workers).
-    threadpoolctl.threadpool_limits(1)
-    if "torch" in sys.modules:  # the torch resampler: one intra-op thread, as for BLAS
-        sys.modules["torch"].set_num_threads(1)
-
-
-def _tick() -> None:
-    with _counter.get_lock():
-        _counter.value += 1
-
-
-def piece_path(out: str | Path, split: str, shard: int) -> Path:
-    return Path(out) / split / f"{split}-{shard:05d}.piece.npz"
-
-
-def shard_path(out: str | Path, split: str, shard: int) -> Path:
-    return Path(out) / split / f"{split}-{shard:05d}.tar"
-
-
-def run_task(task: Task) -> int:
-    """Process one shard: returns the number of images written (the piece file holds the rest)."""
-    opt = task.options
-    writer = store.ShardWriter(shard_path(task.out, task.split, task.shard))
-    stats = Stats(opt.size) if task.with_stats else None
-    pixels = codecs.Pixels(opt.size, opt.keep_aspect, opt.decoder, opt.resampler)
-    keys, skipped = [], []
-    try:
-        for i, sample in enumerate(task.samples):
-            try:
-                arr = pixels.load(read_bytes(sample))  # (H, W, 3) uint8
-            except (BadImage, OSError) as e:  # unreadable input: recorded, never fatal
-                skipped.append({"path": sample.key, "reason": str(e) or type(e).__name__})
-                _tick()
-                continue
-            try:  # in memory: an encoder error is this image's, never the disk's
-                payload = arr if opt.encoding == "raw" else pixels.encode(arr, opt.quality)
-            except (OSError, ValueError) as e:
-                skipped.append({"path": sample.key, "reason": f"cannot be stored as JPEG: {e}"})
-                _tick()
-                continue
-            if stats is not None:
-                stats.add(arr)
-            writer.add(f"{task.first + i:09d}", sample.label, payload, arr.shape[0], arr.shape[1])
-            keys.append(sample.key)
-            _tick()
-        nbytes, sha = writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-    rows = np.zeros(len(writer.rows), store.INDEX_DTYPE)
-    rows["shard"] = task.shard
-    for name, column in zip(("offset", "size", "label", "height", "width", "xxh3"), zip(*writer.rows)):
-        rows[name] = np.array(column, dtype=rows.dtype[name])  # xxh3 needs all 64 bits: no int64 detour
-    buf = io.BytesIO()
-    meta = json.dumps({"keys": keys, "skipped": skipped, "bytes": nbytes, "sha256": sha})
-    np.savez(buf, rows=rows, meta=np.array(meta), **(stats.arrays() if stats else {}))
-    store.atomic_write(piece_path(task.out, task.split, task.shard), buf.getvalue())
-    return len(keys)
-
-
-# ------------------------------------------------------------------------------- orchestration
 
 @dataclass
 class Job:
@@ -291,7 +149,7 @@ def prepare(src: str | Path, out: str | Path, kind: str = "auto", size: int = 25
     with_images = [s for s in sorted(listing.splits) if listing.splits[s]]
     job = Job(src, Path(out), listing, shards, options, fingerprint(listing, options, shards),
               "train" if "train" in with_images else with_images[0], workers, progress, started)
-    lock = FolderLock(job.out, "output folder")  # one prepare per OUT: a second one is refused
+    lock = fileio.FolderLock(job.out, "output folder")  # one prepare per OUT: a second one is refused
     try:
         lock.acquire()
     except OSError as e:
@@ -334,7 +192,7 @@ def choose_codecs(out: Path, decoder: str, resampler: str, listing: Listing,
 def refuse_foreign_out(src: str | Path, out: str | Path) -> None:
     """OUT must be a folder prepare owns: new, empty, or holding a (possibly interrupted) prepare's
     output; never SRC itself, a folder inside SRC (shards among the user's images, read back as
-    images by the next prepare), or one holding anything else (issue 21, item 2). Raises UserError."""
+    images by the next prepare), or one holding anything else. Raises UserError."""
     src_r, out_r = Path(src).resolve(), Path(out).resolve()
     if out_r == src_r or src_r in out_r.parents:
         raise UserError(f"OUT {out} is {'SRC itself' if out_r == src_r else 'inside SRC ' + str(src)}: prepare "
@@ -392,7 +250,7 @@ def _prepare(job: Job, verify: bool) -> dict:
     if state_path.is_file() and _state_fingerprint(state_path) != job.fp:
         raise UserError(f"{out} holds an interrupted prepare of other data or options; "
                         f"choose another OUT or delete {out}")
-    store.atomic_write(state_path, json.dumps({"fingerprint": job.fp, "source": str(job.src),
+    fileio.atomic_write(state_path, json.dumps({"fingerprint": job.fp, "source": str(job.src),
                                                "options": asdict(job.options)}).encode())
     for split in job.shards:
         (out / split).mkdir(exist_ok=True)
@@ -431,7 +289,7 @@ def piece_done(out: Path, split: str, shard: int, checksums: bool = False) -> bo
         return False
     if not tar.is_file() or tar.stat().st_size != meta["bytes"]:
         return False
-    return not checksums or store.sha256_file(tar) == meta["sha256"]
+    return not checksums or fileio.sha256_file(tar) == meta["sha256"]
 
 
 def run_shards(job: Job, keys: list[tuple[str, int]], checksums: bool = False) -> None:
@@ -439,8 +297,8 @@ def run_shards(job: Job, keys: list[tuple[str, int]], checksums: bool = False) -
     tasks = [job.task(split, k) for split, k in keys if not piece_done(job.out, split, k, checksums)]
     job.read_now += sum(len(t.samples) for t in tasks)
     try:
-        with sigterm_as_interrupt():
-            _run(tasks, sum(len(t.samples) for t in tasks), job.workers, job.progress)
+        with process.sigterm_as_interrupt():
+            run_tasks(tasks, sum(len(t.samples) for t in tasks), job.workers, job.progress)
     except KeyboardInterrupt:
         # the pool's workers are stopped now; a signal can land in one before its shard writer's
         # own cleanup is armed (seen under load: a train-00002.tar.tmp left behind), so sweep here
@@ -460,8 +318,6 @@ def repair(job: Job, manifest: dict, verify: bool) -> dict:
     statistics, or a rebuilt shard that differs (the source files or the image libraries changed
     since) mean that split's shards are all made again and it is assembled anew, with the
     statistics when it is their split; a format 1 data set is then rebuilt whole, in format 2."""
-    from .data.verify import check
-
     out = job.out
     damage = check(store.open_prepared(out), checksums=verify, progress=job.progress)
     if not damage:
@@ -531,91 +387,6 @@ def _make_writable(out: Path) -> None:
         raise UserError(f"cannot write to {out}: {e.strerror or e}") from None
 
 
-class _LocalCounter:
-    """The shared counter's interface, for in-process runs (workers 0 or 1): every image moves the
-    progress display at once (a shard of thousands of images may take minutes)."""
-
-    def __init__(self, bar=None):
-        self._value, self.bar = 0, bar
-
-    @property
-    def value(self) -> int:
-        return self._value
-
-    @value.setter
-    def value(self, value: int) -> None:
-        if self.bar is not None:
-            self.bar.update(value - self._value)
-        self._value = value
-
-    def get_lock(self):
-        return contextlib.nullcontext()
-
-
-def _run(tasks: list[Task], total: int, workers: int | None, progress: bool) -> None:
-    if workers is None:
-        workers = os.cpu_count() or 1
-    if tasks and tasks[0].options.resampler == "torch":
-        importlib.import_module("torch")  # here, once: the forked workers share the import (~1.7 s), not each pay it
-    bar = _progress_bar(total, progress)
-    try:
-        # 0 or 1 worker: in this process. A pool of one would add a process start, pickling and a
-        # main process that only waits (the straightforward loop's Pool(1) pays that too).
-        if workers <= 1 or not tasks:
-            _init_worker_local(bar)
-            with threadpoolctl.threadpool_limits(1):  # as in a worker: BLAS threads only slow Stats down
-                for task in tasks:
-                    run_task(task)
-            return
-        counter = mp.get_context().Value("q", 0)
-        with mp.get_context().Pool(min(workers, len(tasks)), _init_worker, (counter,)) as pool:
-            done = pool.imap_unordered(run_task, tasks)
-            while True:
-                try:
-                    done.next(timeout=0.2)  # re-raises a worker's error here
-                except mp.TimeoutError:
-                    pass
-                except StopIteration:
-                    break
-                bar.update(counter.value - bar.n)
-            bar.update(counter.value - bar.n)
-    finally:
-        bar.close()
-
-
-def _progress_bar(total: int, progress: bool):
-    """tqdm on a terminal; elsewhere (a log file, a pipe, a scheduler's output) a line every 30 s,
-    without tqdm's import (75 ms here: a sixth of a 300-photo command's fixed cost)."""
-    if progress and sys.stderr.isatty():
-        from tqdm import tqdm
-        return tqdm(total=total, unit="img", desc="prepare", smoothing=0.1, mininterval=0.5)
-    return _LogProgress(total, progress)
-
-
-class _LogProgress:
-    """What _run uses of tqdm (n, update, close) for output that is not a terminal."""
-
-    def __init__(self, total: int, enabled: bool, every_s: float = 30.0):
-        self.total, self.enabled, self.every_s, self.n = total, enabled, every_s, 0
-        self.started = self.last = time.monotonic()
-
-    def update(self, k: int) -> None:
-        self.n += k
-        now = time.monotonic()
-        if self.enabled and k and now - self.last >= self.every_s:
-            self.last = now
-            print(f"prepare: {self.n:,}/{self.total:,} images, {self.n / (now - self.started):.0f} img/s",
-                  file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        pass
-
-
-def _init_worker_local(bar=None) -> None:
-    global _counter
-    _counter = _LocalCounter(bar)
-
-
 def assemble(out: Path, listing: Listing, shards: dict, options: Options, fp: str, stats_split: str,
              src, elapsed: float, previous: dict | None = None, only: set[str] | None = None) -> dict:
     """Join the shards' pieces into each split's index, the statistics and the manifest. In a repair
@@ -641,7 +412,7 @@ def assemble(out: Path, listing: Listing, shards: dict, options: Options, fp: st
         index = np.concatenate(rows)
         store.atomic_save_npy(out / split / "index.npy", index)
         key_lines = "".join(k + "\n" for k in keys).encode("utf-8")
-        store.atomic_write(out / split / "keys.txt", key_lines)
+        fileio.atomic_write(out / split / "keys.txt", key_lines)
         checksum = store.split_checksum((out / split / "index.npy").read_bytes(), [s["sha256"] for s in shard_info])
         splits[split] = {"count": len(index), "skipped": skipped, "found": listing.found(split),
                          "shard_size": ranges[0][1] - ranges[0][0], "shards": shard_info,
@@ -654,7 +425,7 @@ def assemble(out: Path, listing: Listing, shards: dict, options: Options, fp: st
         stats = finish_stats(stats_parts)
         buf = io.BytesIO()
         np.savez(buf, **stats)
-        store.atomic_write(out / "stats.npz", buf.getvalue())
+        fileio.atomic_write(out / "stats.npz", buf.getvalue())
         stats_info = {"split": stats_split, "file": "stats.npz", "scale": "0-255",
                       **{k: v.tolist() for k, v in stats.items() if k != "mean_image"},
                       "sha256": hashlib.sha256(buf.getvalue()).hexdigest()}
@@ -674,7 +445,7 @@ def assemble(out: Path, listing: Listing, shards: dict, options: Options, fp: st
     if previous is not None:  # a repair: when it was made, and when mended
         manifest.update(created=previous["created"], elapsed_s=previous["elapsed_s"],
                         repaired=manifest["created"])
-    store.atomic_write(out / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
+    fileio.atomic_write(out / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
     for split in only:  # the pieces are folded into the index now
         for shard in range(len(shards[split])):
             piece_path(out, split, shard).unlink(missing_ok=True)
@@ -685,7 +456,7 @@ def nothing_decoded(out: Path, split: str, skipped: dict[str, list[dict]]) -> Us
     """No statistics without images: the skipped files, every one in OUT/skipped.json, the first few
     in the message."""
     path = out / "skipped.json"
-    store.atomic_write(path, (json.dumps(skipped, indent=1) + "\n").encode())
+    fileio.atomic_write(path, (json.dumps(skipped, indent=1) + "\n").encode())
     files = skipped.get(split, [])
     examples = "; ".join(f"{s['path']}: {s['reason']}" for s in files[:3])
     return UserError(f"no image of the {split} split could be decoded: {len(files)} file(s) skipped, e.g. {examples}"
@@ -741,7 +512,7 @@ def main(args) -> int:
         if not args.verify:
             raise UserError("give SRC and OUT: the images to prepare and the folder to write (or --verify OUT "
                             "to check a prepared data set)")
-        from .data.verify import verify_command
+        from .verify import verify_command
         verify_command(args.source)
         return 0
     prepare(args.source, args.out, kind=args.source_kind, size=args.size, keep_aspect=args.keep_aspect,
