@@ -300,3 +300,17 @@ def test_imagenette_is_fully_accounted_for(tmp_path):
         folders = [Path(k).parent.name for k in split.keys()]
         assert [wnids[label] for label in split.labels] == folders
     assert 100 < manifest["stats"]["mean"][0] < 140
+
+
+def test_a_request_object_and_its_shorthand_fields_are_the_same_job(tmp_path):
+    """prepare(src, out, Request(...)) and prepare(src, out, size=..., ...) prepare alike; an unknown
+    field is a TypeError, a bad value the flag's own UserError."""
+    odd_folder(tmp_path / "src")
+    a = prep.prepare(tmp_path / "src", tmp_path / "a", prep.Request(size=64, workers=0, shard_size=4), progress=False)
+    b = prep.prepare(tmp_path / "src", tmp_path / "b", size=64, workers=0, shard_size=4, progress=False)
+    assert [s["sha256"] for s in a["splits"]["train"]["shards"]] == [s["sha256"] for s in b["splits"]["train"]["shards"]]
+    assert a["options"] == b["options"]
+    with pytest.raises(TypeError):
+        prep.prepare(tmp_path / "src", tmp_path / "c", sise=64)
+    with pytest.raises(UserError, match="--quality must be in 1..100"):
+        prep.prepare(tmp_path / "src", tmp_path / "c", prep.Request(quality=0))

@@ -32,6 +32,7 @@ or missing (see repair()). `alexnet prepare --verify OUT` only checks, and names
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import io
@@ -106,49 +107,76 @@ class Job:
                     split == self.stats_split)
 
 
-def prepare(src: str | Path, out: str | Path, kind: str = "auto", size: int = 256,
-            keep_aspect: bool = False, raw: bool = False, quality: int | None = None,
-            workers: int | None = None, shard_size: int | None = None, progress: bool = True,
-            csv_columns: str | None = None, verify: bool = False, decoder: str = "auto",
-            resampler: str = "auto") -> dict:
+@dataclass(frozen=True)
+class Request:
+    """What `alexnet prepare` is asked for, as its flags say it: `prepare` resolves it into the
+    stored Options (the defaults, "auto") and the run's settings.
+
+    size: the stored side S in px (§2); keep_aspect: the whole resized image, up to 4:1; raw: uint8
+    pixels instead of JPEG; quality: JPEG quality (None: DEFAULT_QUALITY); decoder, resampler:
+    alexnet.data.codecs' names or "auto"; kind: SRC's layout (alexnet.data.sources.KINDS) or "auto";
+    csv_columns: "PATH,LABEL[,SPLIT]" header names of a CSV list; shard_size: samples per shard (None:
+    about 64 per split); workers: processes (None: all cores; 0 or 1: this one)."""
+    size: int = 256
+    keep_aspect: bool = False
+    raw: bool = False
+    quality: int | None = None
+    decoder: str = "auto"
+    resampler: str = "auto"
+    kind: str = "auto"
+    csv_columns: str | None = None
+    shard_size: int | None = None
+    workers: int | None = None
+
+    def check(self) -> None:
+        """Raises UserError for a value no run could use, naming the flag."""
+        if self.size < 32:
+            raise UserError(f"--size {self.size} is too small: the network needs at least 64 px crops")
+        if self.size > MAX_SIZE:
+            raise UserError(f"--size {self.size} is too large: at most {MAX_SIZE} px (the index holds sides up to "
+                            f"65535 px, and --keep-aspect stores up to {MAX_ASPECT:g}x the size)")
+        if self.quality is not None and not 1 <= self.quality <= 100:
+            raise UserError(f"--quality must be in 1..100, got {self.quality}")
+        if self.raw and self.quality is not None:
+            raise UserError("--quality applies to JPEG storage; it has no effect with --raw")
+        if self.shard_size is not None and self.shard_size < 1:
+            raise UserError(f"--shard-size must be at least 1, got {self.shard_size}")
+        for name, value, known in (("--decoder", self.decoder, codecs.DECODERS),
+                                   ("--resampler", self.resampler, codecs.RESAMPLERS)):
+            if value != "auto" and value not in known:
+                raise UserError(f"{name} {value!r} is not one of auto, {', '.join(known)}")
+        if self.decoder == "simplejpeg" and not codecs.simplejpeg_available():
+            raise UserError("--decoder simplejpeg needs the simplejpeg package: pip install simplejpeg "
+                            "(or --decoder pillow)")
+
+
+def prepare(src: str | Path, out: str | Path, request: Request | None = None, *, progress: bool = True,
+            verify: bool = False, **fields) -> dict:
     """Prepare `src` into `out` (resuming an interrupted run); returns the manifest. An `out` already
     prepared from the same source and options is checked against its manifest (shard sizes, index
     and statistics; with `verify` every shard's SHA-256 too) and what is damaged or missing rebuilt.
 
-    decoder, resampler: alexnet.data.codecs' names, or "auto": what OUT's interrupted or finished run
-    used, else codecs.auto_choice for this job's size (simplejpeg + torch from codecs.AUTO_MIN images
-    per worker). Raises UserError for bad options and sources."""
-    if size < 32:
-        raise UserError(f"--size {size} is too small: the network needs at least 64 px crops")
-    if size > MAX_SIZE:
-        raise UserError(f"--size {size} is too large: at most {MAX_SIZE} px (the index holds sides up to "
-                        f"65535 px, and --keep-aspect stores up to {MAX_ASPECT:g}x the size)")
-    if quality is not None and not 1 <= quality <= 100:
-        raise UserError(f"--quality must be in 1..100, got {quality}")
-    if raw and quality is not None:
-        raise UserError("--quality applies to JPEG storage; it has no effect with --raw")
-    if shard_size is not None and shard_size < 1:
-        raise UserError(f"--shard-size must be at least 1, got {shard_size}")
+    request: a Request; `fields` are a shorthand for its fields (`prepare(src, out, size=64,
+    workers=0)`). Decoder and resampler "auto": what OUT's interrupted or finished run used, else
+    codecs.auto_choice for this job's size (simplejpeg + torch from codecs.AUTO_MIN images per
+    worker). Raises UserError for bad options and sources, TypeError for an unknown field."""
+    r = dataclasses.replace(request or Request(), **fields)
+    r.check()
     refuse_prepared_source(src)
     refuse_foreign_out(src, out)
     started = time.time()
-    for name, value, known in (("--decoder", decoder, codecs.DECODERS), ("--resampler", resampler, codecs.RESAMPLERS)):
-        if value != "auto" and value not in known:
-            raise UserError(f"{name} {value!r} is not one of auto, {', '.join(known)}")
-    if decoder == "simplejpeg" and not codecs.simplejpeg_available():
-        raise UserError("--decoder simplejpeg needs the simplejpeg package: pip install simplejpeg (or --decoder pillow)")
     # a bad ALEXNET_MAX_PIXELS or ALEXNET_MAX_FILE_MB is an error now, not a reason on every image
     max_pixels(), max_file_bytes()
-    listing = list_source(src, kind, csv_columns)
-    shards = plan(listing, shard_size)
-    decoder, resampler, why = choose_codecs(Path(out), decoder, resampler, listing, workers)
-    options = Options(size, keep_aspect, "raw" if raw else "jpeg", 0 if raw else (quality or DEFAULT_QUALITY),
-                      decoder, resampler)
+    listing = list_source(src, r.kind, r.csv_columns)
+    shards = plan(listing, r.shard_size)
+    decoder, resampler, why = choose_codecs(Path(out), r.decoder, r.resampler, listing, r.workers)
+    options = Options(r.size, r.keep_aspect, "raw" if r.raw else "jpeg",
+                      0 if r.raw else (r.quality or DEFAULT_QUALITY), decoder, resampler)
     if why:
         say(progress, why)
     with_images = [s for s in sorted(listing.splits) if listing.splits[s]]
     job = Job(src, Path(out), listing, shards, options, fingerprint(listing, options, shards),
-              "train" if "train" in with_images else with_images[0], workers, progress, started)
+              "train" if "train" in with_images else with_images[0], r.workers, progress, started)
     lock = fileio.FolderLock(job.out, "output folder")  # one prepare per OUT: a second one is refused
     try:
         lock.acquire()
@@ -515,7 +543,7 @@ def main(args) -> int:
         from .verify import verify_command
         verify_command(args.source)
         return 0
-    prepare(args.source, args.out, kind=args.source_kind, size=args.size, keep_aspect=args.keep_aspect,
-            raw=args.raw, quality=args.quality, workers=args.workers, shard_size=args.shard_size,
-            csv_columns=args.csv_columns, verify=args.verify, decoder=args.decoder, resampler=args.resampler)
+    prepare(args.source, args.out, Request(args.size, args.keep_aspect, args.raw, args.quality, args.decoder,
+                                           args.resampler, args.source_kind, args.csv_columns, args.shard_size,
+                                           args.workers), verify=args.verify)
     return 0
