@@ -67,6 +67,9 @@ class ModelConfig:
     towers: Literal[1, 2] | None = None  # §3.2 None: the variant's own; 1: alexnet2012's one-GPU net
     # (half the kernels in conv1..conv4, no groups; conv5 and the FC layers kept, footnote 2)
     activation: Literal["relu", "tanh"] = "relu"  # §3.1 after every conv and FC layer
+    parallel: Literal["data", "towers"] = "data"  # how processes share the network: each holds all of it
+    # (data parallelism, DDP), or §3.2's split of alexnet2012's towers over process pairs (alexnet.towers);
+    # the same network and checkpoints either way
 
 
 @dataclass
@@ -511,6 +514,16 @@ def validate(cfg: Config) -> None:
          "schedule.step_epochs must be >= 1, schedule.patience and max_decays >= 0"),
         (cfg.eval.batch_size >= 1 and cfg.eval.every >= 1,
          "eval.batch_size and eval.every must be at least 1"),
+        # §3.2's split (alexnet.towers) exists for the one network that has two towers
+        (cfg.model.parallel != "towers" or cfg.model.name == "alexnet2012",
+         f"model.parallel=towers splits the two towers of alexnet2012 (§3.2); {cfg.model.name} has one tower: "
+         f"use model.parallel=data (the default)"),
+        (cfg.model.parallel != "towers" or cfg.model.towers != 1,
+         "model.parallel=towers needs alexnet2012's two towers, and model.towers=1 asks for §3.2's one-tower "
+         "network: leave model.towers unset, or use model.parallel=data"),
+        (cfg.model.parallel != "towers" or not cfg.train.minutes,
+         "train.minutes (--minutes) chooses its recipe by timing one process's steps, which says nothing about "
+         "model.parallel=towers: give the epochs and batch instead, or use model.parallel=data"),
     ]
     for ok, message in checks:
         if not ok:

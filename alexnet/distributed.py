@@ -18,9 +18,23 @@ import torch.distributed as dist
 
 @dataclass(frozen=True)
 class Context:
+    """This process's place in the job. With model.parallel=towers (alexnet.towers) the processes
+    come in pairs, one tower each, that see the same images: the data is shared among the
+    `replicas` = world_size / towers pairs, this process's share being replica `replica`."""
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    towers: int = 1  # processes per replica of the network (2: its towers split, §3.2)
+
+    @property
+    def replicas(self) -> int:
+        """Copies of the whole network in the job: what the data and the global batch are divided among."""
+        return self.world_size // self.towers
+
+    @property
+    def replica(self) -> int:
+        """Which of them this process belongs to (its share of every epoch's images)."""
+        return self.rank // self.towers
 
     @property
     def main(self) -> bool:
@@ -112,14 +126,15 @@ def gather(obj) -> list:
     return out
 
 
-def in_sync(parameters) -> bool:
-    """True when every rank holds the same weights (compared through sums of each tensor)."""
+def in_sync(parameters, group=None) -> bool:
+    """True when every rank (of `group`: default all) holds the same weights (compared through
+    sums of each tensor). Every rank of the job calls it, each with its own group."""
     if not is_initialized():
         return True
     sums = torch.stack([p.detach().double().sum() for p in parameters])
     lo, hi = sums.clone(), sums.clone()
-    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
-    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN, group=group)
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX, group=group)
     return bool(torch.equal(lo, hi))
 
 

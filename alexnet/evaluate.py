@@ -88,7 +88,13 @@ class Tally:
             if index is not None:
                 self.examples.scatter_reduce_(0, pairs, index.to(pairs.device), "amax")
 
-    def result(self) -> dict:
+    def result(self, counts: bool = True) -> dict:
+        """The sums of every rank's images; counts=False: this rank's are left out of them (the
+        second tower of a pair, whose images and logits are its partner's: alexnet.towers)."""
+        if not counts:
+            for t in (self.sums, self.per_class, self.confusion):
+                if t is not None:
+                    t.zero_()
         for t in (self.sums, self.per_class, self.confusion):
             if t is not None:
                 distributed.all_reduce_sum(t)
@@ -109,14 +115,15 @@ class Tally:
 
 @torch.no_grad()
 def evaluate(models, loader, device: torch.device, amp_dtype: torch.dtype | None = None,
-             num_classes: int | None = None) -> dict:
-    """Evaluate on a Loader's ready-made batches (the training loop's validation)."""
+             num_classes: int | None = None, counts: bool = True) -> dict:
+    """Evaluate on a Loader's ready-made batches (the training loop's validation); counts=False:
+    this rank takes part but its images are not counted (Tally.result)."""
     models = models if isinstance(models, (list, tuple)) else [models]
     with evaluating(*models):
-        return _evaluate(models, loader, device, amp_dtype, num_classes)
+        return _evaluate(models, loader, device, amp_dtype, num_classes, counts)
 
 
-def _evaluate(models, loader, device, amp_dtype, num_classes) -> dict:
+def _evaluate(models, loader, device, amp_dtype, num_classes, counts=True) -> dict:
     tally = Tally(num_classes or unwrap(models[0]).fc8.out_features, device)
     for batch in loader.epoch(0):
         x, y = batch.images, batch.labels.to(device)
@@ -129,7 +136,7 @@ def _evaluate(models, loader, device, amp_dtype, num_classes) -> dict:
             p = F.softmax(logits.float(), dim=1)
             probs = probs + (p.view(len(y), views, -1).mean(1) if views > 1 else p)
         tally.add(probs / len(models), y)
-    return tally.result()
+    return tally.result(counts)
 
 
 # ------------------------------------------------------------------------------- the command

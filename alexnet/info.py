@@ -3,6 +3,7 @@
     alexnet info                          # versions, devices, threads
     alexnet info --model alexnet2012      # layer, output shape, parameters, multiply-accumulates
     alexnet info --model alexnet_owt --input-size 128 --json owt128.json
+    alexnet info --model alexnet2012 --parallel towers   # §3.2: what each of two devices holds and sends
 
 The table is measured, not typed in: a forward pass with hooks records each layer's output shape,
 its parameters and its multiply-accumulates (MACs: conv and FC layers; LRN, pooling and ReLU are
@@ -14,6 +15,7 @@ import json
 from pathlib import Path
 
 from .envinfo import environment
+from .errors import UserError
 from .fileio import writable_output
 from .layers import layer_table
 from .model import VARIANTS, build
@@ -41,6 +43,51 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join([fmt(header), rule, *map(fmt, lines[:-1]), rule, fmt(lines[-1])])
 
 
+def towers_report(net, input_size: int, batch: int, precision: str) -> tuple[str, dict]:
+    """§3.2 in numbers: what each device holds and sends with model.parallel=towers, beside what
+    data parallelism all-reduces. (text, JSON-able dict)."""
+    from . import towers
+
+    width = 2 if precision == "bf16" else 4
+    rows = towers.plan(net, input_size)
+    sent = towers.step_bytes(rows, batch, width)
+    params = sum(p.numel() for p in net.parameters())
+    data_parallel = params * width  # every device's gradients, all-reduced each step
+    per_image = sent["total"] / batch
+    header = ("layer", "each device holds", "params per device", "crosses between the devices, each way",
+              "values/image", "MB/step")
+    lines = []
+    for r in rows:
+        unit = "kernels" if r["layer"].startswith("conv") else "units"
+        step = sum(e["values_per_image"][0] * (2 if e["backward"] else 1) for e in r.get("exchanges", []))
+        lines.append((r["layer"], f"{r['holds'][0]:,} of {r['of']:,} {unit}", f"{r['params'][0]:,}", r["crosses"] or "-",
+                      f"{r['values_per_image'][0]:,}" if r["values_per_image"][0] else "-",
+                      f"{step * batch * width / 1e6:.1f}" if step else "-"))
+    lines.append(("total", "", f"{sum(r['params'][0] for r in rows):,}", "",
+                  f"{sum(r['values_per_image'][0] for r in rows):,}", f"{sent['total'] / 1e6:.1f}"))
+    widths = [max(len(x[i]) for x in [header, *lines]) for i in range(6)]
+    fmt = lambda x: "  ".join(v.rjust(w) if i in (2, 4, 5) else v.ljust(w)  # noqa: E731
+                              for i, (v, w) in enumerate(zip(x, widths))).rstrip()
+    rule = "-" * max(len(fmt(x)) for x in [header, *lines])
+    text = "\n".join([
+        f"{net.variant} on two devices, one tower each (§3.2, Fig. 2): {net.fc8.out_features} classes, "
+        f"{input_size}x{input_size} input, batch {batch} per pair of devices, {precision} ({width} bytes per value).",
+        "MB/step: what one device sends per optimizer step, forward and backward (the backward pass sends back "
+        "as many values at every exchange but the logits).\n",
+        fmt(header), rule, *map(fmt, lines[:-1]), rule, fmt(lines[-1]), "",
+        f"model.parallel=towers: each device sends {sent['total'] / 1e6:.1f} MB per step ({sent['forward'] / 1e6:.1f} "
+        f"forward, {sent['backward'] / 1e6:.1f} backward), {per_image / 1e3:.0f} KB per image",
+        f"model.parallel=data:   each device all-reduces the gradients of {params:,} parameters, "
+        f"{data_parallel / 1e6:.1f} MB per step whatever the batch (a ring all-reduce over 2 devices sends as much "
+        f"and receives as much)",
+        f"at {batch} images per pair the split sends {data_parallel / sent['total']:.1f}x fewer bytes; the two are "
+        f"even at {data_parallel / per_image:,.0f} images per pair"])
+    report = {"parallel": "towers", "batch_per_pair": batch, "precision": precision, "bytes_per_value": width,
+              "layers": rows, "towers_bytes_per_step": sent, "data_parallel_bytes_per_step": data_parallel,
+              "params": params, "even_at_batch": data_parallel / per_image}
+    return text, report
+
+
 def main(args) -> int:
     if args.json:
         writable_output(args.json, "JSON table")
@@ -55,6 +102,15 @@ def main(args) -> int:
             print(f"{key.ljust(width)}  {value}")
         return 0
     net = build(args.model, num_classes=args.num_classes, norm=args.norm)
+    if args.parallel == "towers":
+        if args.model != "alexnet2012":
+            raise UserError(f"--parallel towers splits the two towers of alexnet2012 (§3.2); {args.model} has one")
+        text, report = towers_report(net, args.input_size, args.batch, args.precision)
+        print(text)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"model": args.model, "input_size": args.input_size,
+                                                   "num_classes": args.num_classes, **report}, indent=2) + "\n")
+        return 0
     rows = layer_table(net, args.input_size)
     print(f"{args.model}: {VARIANTS[args.model].description}\n"
           f"{args.num_classes} classes, {args.input_size}x{args.input_size} input, norm={net.norm}, "

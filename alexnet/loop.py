@@ -130,7 +130,7 @@ def train_epoch(run, epoch: int, start_step: int, stopper: "Stopper", progress: 
                 group["lr"] = lr * group.get("lr_mult", 1.0)
             y = batch.labels.to(rt.device, non_blocking=True)
             window += forward_backward(run, batch.images, y)
-            grad_norm = grad_norm_of(params, run.scaler) if log_now else None
+            grad_norm = run.global_norm(grad_norm_of(params, run.scaler)) if log_now else None
             run.scaler.step(run.optimizer)
             run.scaler.update()
             run.optimizer.zero_grad(set_to_none=True)
@@ -140,7 +140,9 @@ def train_epoch(run, epoch: int, start_step: int, stopper: "Stopper", progress: 
             if done % show_every == 0 or log_now:
                 # sync point: the sums of all ranks, read once per display interval. A NaN on any
                 # rank makes the sum NaN everywhere, so every rank stops here with the same message.
-                loss_sum, right, n = distributed.all_reduce_sum(window.clone()).tolist()
+                # (towers: only tower 0 of each pair counts; both computed the same loss on the same images)
+                counted = window if run.layout is None or run.layout.counts else torch.zeros_like(window)
+                loss_sum, right, n = distributed.all_reduce_sum(counted.clone()).tolist()
                 if not math.isfinite(loss_sum):
                     raise Diverged(divergence_report(run.model, loss_sum / max(n, 1), epoch, step, lr,
                                                      run.resume_advice()))
@@ -149,7 +151,7 @@ def train_epoch(run, epoch: int, start_step: int, stopper: "Stopper", progress: 
                     raise Diverged(f"training diverged at epoch {epoch + 1}, step {step}, lr {lr:.4g}: {blown}. "
                                    f"No checkpoint was written after it: {run.resume_advice()}")
                 elapsed = time.perf_counter() - t_start
-                rate = seen * rt.ctx.world_size / max(elapsed, 1e-9)
+                rate = seen * rt.ctx.replicas / max(elapsed, 1e-9)  # images/s of the whole job
                 wait = loader.wait_s / max(elapsed, 1e-9)
                 utilisation = rate * flops / (run.ceiling["flops_per_s"] * rt.ctx.world_size)
                 bar.set_postfix(loss=f"{loss_sum / n:.3f}", top1=f"{100 * right / n:.1f}%", lr=f"{lr:.3g}",
@@ -158,7 +160,7 @@ def train_epoch(run, epoch: int, start_step: int, stopper: "Stopper", progress: 
                 if log_now:
                     run.log.log("train", epoch * steps + done, epoch=epoch + done / steps, loss=loss_sum / n,
                                 top1=right / n, lr=lr, images_per_s=rate, data_wait=wait, mfu=utilisation,
-                                grad_norm=grad_norm.item(), param_norm=l2_norm(params).item(),  # sync points
+                                grad_norm=grad_norm.item(), param_norm=run.global_norm(l2_norm(params)).item(),
                                 **mfu.peak_memory(rt.device))
                     window.zero_()
             bar.update(1)

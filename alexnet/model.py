@@ -10,7 +10,8 @@
 Variants (`VARIANTS`):
 - `alexnet2012`: 96/256/384/384/256 conv channels; conv2, conv4 and conv5 use groups=2, which on one
   device is exactly the two GPU towers of §3.2 (each tower sees only its own half of the maps; the
-  towers meet at conv3 and the FC layers). LRN (§3.3) after the ReLU of conv1 and conv2, applied
+  towers meet at conv3 and the FC layers; alexnet.towers runs the towers on two processes, as §3.2
+  ran them on two GPUs). LRN (§3.3) after the ReLU of conv1 and conv2, applied
   within each tower as the authors' two-GPU config does (48 maps per GPU in conv1). Dropout on the
   outputs of fc6 and fc7 (§4.2). 60,965,224 parameters with 1000 classes.
 - `alexnet_owt`: "One weird trick" (arXiv 1404.5997) as `torchvision.models.alexnet` defines it:

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from . import checkpoint, config as config_mod, runfolder, runtime, weights
+from . import checkpoint, config as config_mod, runfolder, runtime, towers, weights
 from .errors import UserError
 from .inference import normalisation_of
-from .model import VARIANTS
+from .model import VARIANTS, build
 
 if TYPE_CHECKING:
     from .train import Run
@@ -42,7 +42,7 @@ def restore(run: Run, resume: str | None) -> bool:
     if state is None:
         return False
     defaults = config_mod.to_dict(config_mod.Config())["model"]  # keys added since the checkpoint was written
-    if {**defaults, **state["config"]["model"]} != config_mod.to_dict(run.cfg)["model"]:
+    if network({**defaults, **state["config"]["model"]}) != network(config_mod.to_dict(run.cfg)["model"]):
         raise UserError(f"{path} was trained with another model configuration; "
                         f"use another --out, or the same model settings")
     theirs, ours = [c["id"] for c in state["classes"]], [c["id"] for c in run.ds.classes]
@@ -55,10 +55,14 @@ def restore(run: Run, resume: str | None) -> bool:
                         f"Resume with the data it was trained on, or fine-tune from it: --init {path} with a new --out")
     if state.get("weights") == "ema":  # a best.pt holding the moving average: continue from those weights
         run.say(f"  {path.name} holds the moving average of the weights (train.ema): training continues from it")
-    run.model.load_state_dict(state["model"])
+    run.load_full_state(state["model"])  # with model.parallel=towers, this tower's half
     run.ema_state = state.get("ema")
-    if state.get("optimizer") is not None:
-        run.optimizer.load_state_dict(state["optimizer"])
+    optimizer = state.get("optimizer")
+    if run.layout is not None:  # the checkpoint is in the one-device layout, whoever wrote it
+        run.ema_state = towers.split(run.ema_state, run.layout.tower) if run.ema_state is not None else None
+        optimizer = towers.split_optimizer(optimizer, run.layout.tower) if optimizer is not None else None
+    if optimizer is not None:
+        run.optimizer.load_state_dict(optimizer)
     run.schedule.load_state_dict(state["schedule"])
     run.scaler.load_state_dict(state["scaler"])
     rng, ctx = state["rng"], run.rt.ctx  # one state per rank; another world size reuses rank 0's
@@ -97,7 +101,12 @@ def initialise(run: Run) -> None:
                                    f"{holds}; {asks}, a different architecture: leave model.name out to use the "
                                    f"checkpoint's")
     reinit = match_classes(src, run.ds.classes)
-    rows = weights.load_into(run.model, src, reinit=reinit)
+    # towers: loaded into the whole network (this process's weights, joined with its partner's, are
+    # the whole network built from the same seed), then cut: the load table reads as for one device
+    target = run.model if run.layout is None else build(cfg.model, run.num_classes, seed=cfg.train.seed)
+    rows = weights.load_into(target, src, reinit=reinit)
+    if run.layout is not None:
+        run.load_full_state(target.state_dict())
     convs = [r for r in rows if r["key"].startswith("conv") and r["key"].endswith(".weight")]
     if not any(r["action"] == "loaded" for r in convs):  # fc layers alone (hidden x hidden) are no start
         first = next((f"{r['key']}: {r['why']}" for r in convs), "no conv layer")
@@ -125,6 +134,13 @@ def match_classes(src: weights.Source, classes: list[dict]) -> dict[str, str]:
         src.notes.append("the head's outputs were reordered to this data set's class order")
         return {}
     return {k.replace("classifier.6.", "fc8."): "the source's classes are not this data set's (a new head)" for k in head}
+
+
+def network(model: dict) -> dict:
+    """The keys of a model config that define the network: all but model.parallel, which says
+    how processes share it (a checkpoint is the one-device network's either way, so a run split
+    into towers resumes on one device and back)."""
+    return {k: v for k, v in model.items() if k != "parallel"}
 
 
 def held(src: weights.Source) -> str:
@@ -162,7 +178,7 @@ def adopt_model(cfg: config_mod.Config, given: set[str], say: Callable = print) 
     if src.kind != "alexnet checkpoint":
         return cfg
     defaults = config_mod.to_dict(config_mod.Config())["model"]  # keys added since it was written
-    theirs = {**defaults, **src.model}
+    theirs = network({**defaults, **src.model})
     changes = {f"model.{k}": v for k, v in theirs.items()
                if k in defaults and k != "num_classes" and f"model.{k}" not in given and getattr(cfg.model, k) != v}
     if not changes:

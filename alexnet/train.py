@@ -29,6 +29,7 @@ that are not finite or that blew up (alexnet.loop.BlowUpGuard); the error names 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import sys
@@ -40,7 +41,7 @@ from typing import Callable
 
 import torch
 
-from . import budget, checkpoint, config as config_mod, distributed, mfu, plots, runfolder, runtime
+from . import budget, checkpoint, config as config_mod, distributed, mfu, plots, runfolder, runtime, towers
 from .data import augment as A
 from .data.loader import Loader, LoaderSpec
 from .data.store import PreparedDataset, open_prepared
@@ -69,6 +70,7 @@ class Run:
     per_device: int  # images per device per optimizer step (before accumulation splits them)
     model: torch.nn.Module  # the plain network (what checkpoints hold)
     net: torch.nn.Module  # what the loop calls: model, or DDP and/or torch.compile around it
+    layout: towers.Layout | None  # model.parallel=towers: this process's tower and partner (model is a TowerNet)
     ddp: torch.nn.parallel.DistributedDataParallel | None
     optimizer: torch.optim.Optimizer
     schedule: Schedule
@@ -125,10 +127,33 @@ class Run:
             loader.close()
 
     def flops_per_image(self, crop: int) -> float:
-        """Training FLOPs per image at this crop (alexnet.mfu), cached per crop."""
+        """Training FLOPs per image at this crop (alexnet.mfu), of the whole network (both towers
+        of a pair together, with model.parallel=towers), cached per crop."""
         if crop not in self._flops:
-            self._flops[crop] = mfu.train_flops_per_image(self.model, crop)
+            net = self.model
+            if self.layout is not None:  # the one-device network's layers, shapes only
+                with torch.device("meta"):
+                    net = build(self.cfg.model, self.num_classes, seed=0)  # not the global generator
+            self._flops[crop] = mfu.train_flops_per_image(net, crop)
         return self._flops[crop]
+
+    def full_state(self, module: torch.nn.Module | None = None) -> dict | None:
+        """The one-device state dict of `module` (default the model): with model.parallel=towers
+        both towers' halves joined (every process calls this; pair 0's get it, others None)."""
+        module = self.model if module is None else module
+        if self.layout is None:
+            return module.state_dict()
+        return towers.gather_state(self.model, module.state_dict())
+
+    def load_full_state(self, state: dict, module: torch.nn.Module | None = None) -> None:
+        """Load a one-device state dict into `module` (default the model), this tower's half of it
+        with model.parallel=towers."""
+        module = self.model if module is None else module
+        module.load_state_dict(state if self.layout is None else towers.split(state, self.layout.tower))
+
+    def global_norm(self, norm: torch.Tensor) -> torch.Tensor:
+        """The norm over the whole network from this process's part (a sync point with towers)."""
+        return towers.global_norm(norm, self.layout)
 
     def save(self, epoch: int, step: int, name: str = "last.pt") -> None:
         """Checkpoint the state (every rank takes part; rank 0 writes): last.pt the whole of it,
@@ -137,11 +162,13 @@ class Run:
         the size). Raises Diverged, on every rank alike, rather than write weights that are not
         finite, or that blew up while finite (self.guard), over a good checkpoint."""
         bad = non_finite(self.model)  # sync point (a save)
+        if self.layout is not None:  # each tower checks its half; every process must raise alike
+            bad = sorted({name for names in distributed.gather(bad) for name in names})
         if bad:
             raise Diverged(f"training diverged before epoch {epoch + 1}, step {step}: tensors "
                            f"{', '.join(bad[:5])} hold NaN/inf, so {name} was not written (no checkpoint was "
                            f"written with non-finite weights): {self.resume_advice()}")
-        norm = param_norm(self.model)  # sync point (a save)
+        norm = self.global_norm(torch.tensor(param_norm(self.model))).item()  # sync point (a save)
         # rank 0's verdict for all: the ranks' weights are equal, but a verdict must never differ
         blown = distributed.broadcast(self.guard.weights(norm) if self.guard is not None else None)
         if blown:
@@ -153,17 +180,22 @@ class Run:
         if name == "last.pt":
             self.saved_last = f"epoch {epoch + 1}, step {step}"
         rng = distributed.gather(checkpoint.rng_state())  # every rank's, for an exact resume
+        best = name == "best.pt"
+        use_ema = best and self.best.get("weights") == "ema"  # best.pt holds the better of the two
+        # the one-device layout whatever the processes hold (towers: both halves gathered, on pair 0)
+        weights = self.full_state(self.ema.module if use_ema else self.model)
+        ema = self.full_state(self.ema.module) if self.ema is not None and not best else None
+        optimizer = None if best else self.optimizer.state_dict()
+        if optimizer is not None and self.layout is not None:
+            optimizer = towers.gather_optimizer(self.model, optimizer)
         if not self.rt.main:
             return
         clock = self.stopper.clock() if self.stopper else self.elapsed
-        best = name == "best.pt"
-        use_ema = best and self.best.get("weights") == "ema"  # best.pt holds the better of the two
         extra = {"weights": "ema" if use_ema else "raw"}
-        if self.ema is not None and not best:
-            extra.update(ema=self.ema.state_dict(), ema_decay=self.ema.decay)  # for an exact resume
+        if ema is not None:
+            extra.update(ema=ema, ema_decay=self.ema.decay)  # for an exact resume
         self.written.append((name, checkpoint.save(self.out / name, {
-            **extra, "model": (self.ema.module if use_ema else self.model).state_dict(),
-            "optimizer": None if best else self.optimizer.state_dict(),
+            **extra, "model": weights, "optimizer": optimizer,
             "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict(), "epoch": epoch,
             "step": step, "best": self.best, "elapsed_s": clock, "rng": rng,
             "config": config_mod.to_dict(self.cfg), "classes": self.ds.classes,
@@ -208,10 +240,11 @@ class Run:
 
 def loader_spec(c: config_mod.Config, rt: runtime.Runtime, *, train: bool, batch_size: int, crop: int) -> LoaderSpec:
     """A loader of this run (LoaderSpec.from_config) placed on this rank: its device, its share of
-    the world, data.workers processes (None: the rule of alexnet.runtime.loader_workers)."""
+    the world (its replica's: the two towers of a pair read the same images), data.workers processes
+    (None: the rule of alexnet.runtime.loader_workers)."""
     workers = c.data.workers if c.data.workers is not None else runtime.loader_workers(rt.device)
-    return LoaderSpec.from_config(c, train=train, batch_size=batch_size, crop=crop, rank=rt.ctx.rank,
-                                  world_size=rt.ctx.world_size, device=rt.device, workers=workers)
+    return LoaderSpec.from_config(c, train=train, batch_size=batch_size, crop=crop, rank=rt.ctx.replica,
+                                  world_size=rt.ctx.replicas, device=rt.device, workers=workers)
 
 
 def train_loader(c: config_mod.Config, rt: runtime.Runtime, ds: PreparedDataset, per_device: int, crop: int,
@@ -282,22 +315,27 @@ def setup(cfg: config_mod.Config, resume: str | None = None, progress: bool = Tr
     that order; raises UserError (on every rank alike) for what cannot work, before any is claimed."""
     c = cfg
     rt = runtime.setup(c.train.device, c.train.precision, c.train.deterministic)
+    towers.check(c.model, rt.ctx.world_size)
+    layout = None
+    if c.model.parallel == "towers":  # §3.2: process pairs, one tower each
+        rt = dataclasses.replace(rt, ctx=dataclasses.replace(rt.ctx, towers=towers.TOWERS))
+        layout = towers.Layout.create(rt.ctx.rank, rt.ctx.world_size)
     say = print if rt.main and progress else (lambda *a, **k: None)
     data_path, ds = open_data(c, rt, progress)
     per_device, num_classes = check_data(c, rt, ds, data_path, say)
-    model, frozen_norms = build_model(c, rt, num_classes)
+    model, frozen_norms = build_model(c, rt, num_classes, layout)
     lr = scaled_lr(c, c.train.batch_size)
     optimizer = build_optimizer(c, param_groups(model, c, lr), lr)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == torch.float16)
     out = runfolder.choose(c, resume)
-    ddp, net = wrap(model, c, rt)
+    ddp, net = wrap(model, c, rt, layout)
     loader = train_loader(c, rt, ds, per_device, c.data.crop)
     steps = loader.steps(0)
     if steps == 0:
         raise UserError(f"the training split has {len(loader.split)} images: too few for one global batch "
                         f"of {c.train.batch_size}")
     lock = runfolder.claim(out, rt)  # last: a failed setup leaves no lock behind
-    return Run(c, rt, out, data_path, ds, num_classes, per_device, model, net, ddp, optimizer,
+    return Run(c, rt, out, data_path, ds, num_classes, per_device, model, net, layout, ddp, optimizer,
                Schedule(c, lr, steps), scaler, loader, val_loader(c, rt, ds), steps,
                runtime.once_per_node(mfu.ceiling, rt.device, rt.dtype), say=say,  # probed once per node
                frozen_norms=frozen_norms, lock=lock)
@@ -321,10 +359,12 @@ def check_data(c: config_mod.Config, rt: runtime.Runtime, ds: PreparedDataset, d
     if eval_crop(c) > ds.size:
         raise UserError(f"eval.crop {eval_crop(c)} is larger than the prepared images ({ds.size} px): give at most "
                         f"{ds.size}, or prepare the data at a larger --size")
-    per_device, rest = divmod(c.train.batch_size, rt.ctx.world_size * c.train.accumulation)
+    per_device, rest = divmod(c.train.batch_size, rt.ctx.replicas * c.train.accumulation)
     if rest:
-        raise UserError(f"train.batch_size {c.train.batch_size} is not divisible by world size "
-                        f"{rt.ctx.world_size} x accumulation {c.train.accumulation}")
+        replicas = (f"world size {rt.ctx.world_size}" if rt.ctx.towers == 1 else
+                    f"{rt.ctx.replicas} replica(s) ({rt.ctx.world_size} processes, {rt.ctx.towers} towers each)")
+        raise UserError(f"train.batch_size {c.train.batch_size} is not divisible by {replicas} x accumulation "
+                        f"{c.train.accumulation}")
     if len(val_split) == 0:  # a validation top-1 over zero images would read 0.00%
         raise UserError(f"split {c.data.val_split!r} of {data_path} holds no images, so there is nothing to "
                         f"validate on: prepare a source with a val/ folder (or labelled validation files), or "
@@ -338,34 +378,43 @@ def check_data(c: config_mod.Config, rt: runtime.Runtime, ds: PreparedDataset, d
     if num_classes < len(ds.classes):
         raise UserError(f"model.num_classes {num_classes} is smaller than the {len(ds.classes)} classes of "
                         f"{data_path}; leave it unset to use the data set's")
-    say(f"global batch {c.train.batch_size} = {per_device} per device x {rt.ctx.world_size} process(es) "
+    shared = (f"{per_device} per device x {rt.ctx.world_size} process(es)" if rt.ctx.towers == 1 else
+              f"{per_device} per pair of processes (one tower each, the same images) x {rt.ctx.replicas} pair(s)")
+    say(f"global batch {c.train.batch_size} = {shared} "
         f"x {c.train.accumulation} accumulation step(s); {len(train_split):,} training and "
         f"{len(val_split):,} validation images, {num_classes} classes; device {rt.device}, precision {rt.precision}")
     return per_device, num_classes
 
 
-def build_model(c: config_mod.Config, rt: runtime.Runtime, num_classes: int) -> tuple[torch.nn.Module, list]:
+def build_model(c: config_mod.Config, rt: runtime.Runtime, num_classes: int,
+                layout: towers.Layout | None = None) -> tuple[torch.nn.Module, list]:
     """The network of model.*, initialised from train.seed, on the device in its memory format, with
-    train.freeze's parts frozen: (the network, its frozen batch-norm layers). Seeds torch's global
-    RNG per rank first (dropout masks differ across ranks). UserError when the crops are too small."""
-    torch.manual_seed(c.train.seed + 1_000_003 * rt.ctx.rank)
+    train.freeze's parts frozen: (the network, its frozen batch-norm layers); with a Layout
+    (model.parallel=towers) this process's tower of it (alexnet.towers.TowerNet). Seeds torch's
+    global RNG per replica first: dropout masks differ across replicas, and the two towers of a
+    pair draw the same ones. UserError when the crops are too small."""
+    torch.manual_seed(c.train.seed + 1_000_003 * rt.ctx.replica)
     model = build(c.model, num_classes, seed=c.train.seed)
     smallest = min(c.data.crop, c.data.progressive_from or c.data.crop)
     if smallest < model.min_input_size:
         raise UserError(f"{c.model.name} needs crops of at least {model.min_input_size} px; data.crop / "
                         f"data.progressive_from ask for {smallest}")
+    if layout is not None:  # cut from the whole network, so that both forms start from the same weights
+        model = towers.TowerNet(model, layout)
     model.to(rt.device, memory_format=torch.channels_last if c.train.channels_last else torch.preserve_format)
     return model, freeze(model, c.train.freeze)
 
 
-def wrap(model: torch.nn.Module, c: config_mod.Config, rt: runtime.Runtime):
+def wrap(model: torch.nn.Module, c: config_mod.Config, rt: runtime.Runtime, layout: towers.Layout | None = None):
     """(the DDP wrapper or None, what the loop calls): under torchrun DDP, whose gradients are
     all-reduced in buckets while the backward pass still runs (compressed as train.grad_compression
-    says), and torch.compile around it with train.compile."""
+    says), and torch.compile around it with train.compile. With towers, DDP averages each tower's
+    gradients over that tower's replicas (its own process group); one pair needs no DDP."""
     ddp, net = None, model
-    if rt.ctx.distributed:
+    if rt.ctx.replicas > 1:
         ddp = net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+            model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
+            process_group=layout.replica_group if layout is not None else None)
         distributed.compress_gradients(ddp, c.train.grad_compression)
     if c.train.compile:
         net = torch.compile(net)
@@ -410,7 +459,7 @@ def fit(run: Run, progress: bool = True) -> dict:
             say(f"  {run.resumed_from.name} holds no moving average of the weights: train.ema starts from its weights")
         say(f"moving average of the weights: decay {cfg.train.ema:g} per optimizer step (half-life "
             f"{run.ema.half_life():,.0f} steps, {run.ema.half_life() / run.steps:.2g} epochs); validated beside them")
-    run.guard = BlowUpGuard(run.num_classes, param_norm(run.model),  # sync point, once
+    run.guard = BlowUpGuard(run.num_classes, run.global_norm(torch.tensor(param_norm(run.model))).item(),  # sync point
                             f"the resume from {run.resumed_from.name}" if run.resumed_from else "the start")
     with stopper:
         while run.epoch < cfg.train.epochs and not stopper.agreed_out_of_time():
@@ -465,8 +514,10 @@ def validation(run: Run) -> tuple[dict, dict | None]:
     """The validation of the weights, and of their moving average when train.ema keeps one (else None);
     every rank takes part."""
     rt = run.rt
-    val = evaluate(run.net, run.val_loader, rt.device, rt.dtype, run.num_classes)
-    avg = evaluate(run.ema.module, run.val_loader, rt.device, rt.dtype, run.num_classes) if run.ema else None
+    counts = run.layout is None or run.layout.counts  # the towers of a pair see the same images: count once
+    val = evaluate(run.net, run.val_loader, rt.device, rt.dtype, run.num_classes, counts=counts)
+    avg = evaluate(run.ema.module, run.val_loader, rt.device, rt.dtype, run.num_classes, counts=counts) \
+        if run.ema else None
     return val, avg
 
 
@@ -482,14 +533,17 @@ def finish(run: Run, result: dict, progress: bool = True) -> dict:
         raw, avg = validation(run)  # all ranks take part
     # with train.ema the network a run ends with is the moving average (chosen before it was validated)
     val = avg if avg is not None else raw
-    in_sync = distributed.in_sync(run.model.parameters())
+    in_sync = distributed.in_sync(run.model.parameters(), group=run.layout.replica_group if run.layout else None)
     if not in_sync:
         run.say("warning: the ranks' weights differ at the end of training (a DDP bug or a non-deterministic op)")
+    conv1 = run.model.conv1_weight()
+    if run.layout is not None:  # both towers' kernels for Fig. 3 (every process takes part)
+        conv1 = (towers.gather_state(run.model, {"conv1.weight": conv1}) or {}).get("conv1.weight")
     if not rt.main:
         return {}
     out = run.out
     curves = plots.curves(read_metrics(out), out / "curves.png", title=f"{cfg.model.name}, preset {cfg.preset}")
-    filters = plots.filters(run.model.conv1_weight(), out / "conv1.png", towers=run.model.towers)
+    filters = plots.filters(conv1, out / "conv1.png", towers=run.model.towers)
     files = folder_bytes(out)
     summary = {"top1": val["top1"], "top5": val["top5"], "top1_error": val["top1_error"],
                "top5_error": val["top5_error"], "val_loss": val["loss"], "best": run.best,
@@ -503,6 +557,7 @@ def finish(run: Run, result: dict, progress: bool = True) -> dict:
                "views": cfg.eval.views, "eval_crop": cfg.eval.crop or cfg.data.crop, "train_crop": cfg.data.crop,
                "metrics": str(out / "metrics.jsonl"), "run": str(out), "data": str(run.data_path),
                "device": str(rt.device), "world_size": rt.ctx.world_size, "ranks_in_sync": in_sync,
+               "parallel": cfg.model.parallel, "replicas": rt.ctx.replicas,
                "preset": cfg.preset, "precision": rt.precision, "classes": len(run.ds.classes),
                "at_chance": at_chance(val["top1_error"], len(run.ds.classes)),
                "ceiling": {k: run.ceiling[k] for k in ("flops_per_s", "best", "dtype", "device", "threads")},

@@ -4,7 +4,7 @@
     python benchmarks/gpu_check.py --source COPY --train-minutes 1   # a machine without ../shared
     python benchmarks/gpu_check.py --data prepared/imagenette --out gpu_check/
     python benchmarks/gpu_check.py --smoke --out /tmp/gc   # any machine, tiny sizes, seconds (the test suite)
-    python benchmarks/gpu_check.py --only train            # rerun stages (nvjpeg, bench, resident, train, minutes)
+    python benchmarks/gpu_check.py --only train            # rerun stages (nvjpeg, bench, resident, train, minutes, towers)
 
 In order, each stage recorded as ok / failed / skipped with its figures:
 1. environment: GPU, driver-side CUDA, torch, cuDNN, NCCL versions;
@@ -20,7 +20,10 @@ In order, each stage recorded as ok / failed / skipped with its figures:
    MFU, top-1);
 7. `alexnet train --minutes 2` on Imagenette prepared at 256 px (the budget recipe chooses
    the network and crops for this GPU): top-1, images/s, the whole command's wall time, the choice;
-8. a 2-process NCCL training run when the machine has 2 or more GPUs, else skipped with the reason.
+8. a 2-process NCCL training run when the machine has 2 or more GPUs, else skipped with the reason;
+9. §3.2's towers on 2 GPUs (benchmarks/towers.py: step time and bytes sent per step, towers against
+   data parallelism) and a 2-process `--set model.parallel=towers` training run, when the machine
+   has 2 or more GPUs, else skipped with the reason (in smoke mode on a CPU: 2 gloo processes).
 The data: --data PREPARED, else --source DIR (default ../shared/data/imagenette) prepared once into
 OUT/imagenette (size 144, as benchmarks/imagenette_budget.py) and OUT/imagenette256 (the
 resident stage's 224 crops). OUT/gpu_check.json is rewritten after
@@ -136,7 +139,8 @@ def bench_all(device: str, data: Path, source: Path | None, smoke: bool) -> dict
     return figures
 
 
-def train_run(device: str, data: Path, out: Path, smoke: bool, nproc: int = 1, minutes: float = 2) -> dict:
+def train_run(device: str, data: Path, out: Path, smoke: bool, nproc: int = 1, minutes: float = 2,
+              parallel: str = "data") -> dict:
     """`alexnet train --preset fast` for a wall-clock budget, read back from its run folder (a new
     one: the run of an earlier check in the same OUT would otherwise be resumed, finished, and
     reported at 0 img/s)."""
@@ -144,7 +148,8 @@ def train_run(device: str, data: Path, out: Path, smoke: bool, nproc: int = 1, m
         shutil.rmtree(out)
     sets = ["train.precision=auto", f"train.device={'cuda' if device.startswith('cuda') else device}",
             "train.epochs=1000", "eval.every=1000", f"train.budget_minutes={0.1 if smoke else minutes}",
-            "data.crop=64" if smoke else "data.crop=128", "train.log_every=5" if smoke else "train.log_every=20"]
+            "data.crop=64" if smoke else "data.crop=128", "train.log_every=5" if smoke else "train.log_every=20",
+            f"model.parallel={parallel}"]
     if smoke:
         sets += ["model.width=0.25", "model.hidden=64", "train.batch_size=16", "data.workers=2", "eval.batch_size=32"]
     else:
@@ -164,6 +169,25 @@ def train_run(device: str, data: Path, out: Path, smoke: bool, nproc: int = 1, m
             "world_size": s["world_size"], "ranks_in_sync": s["ranks_in_sync"],
             "data_wait": last.get("data_wait"), "mfu": last.get("mfu"), "peak_memory_gib": s.get("peak_memory_gib"),
             "ceiling": s.get("ceiling")}
+
+
+def towers_stage(device: str, out: Path, smoke: bool) -> dict:
+    """benchmarks/towers.py on 2 GPUs (NCCL), bf16: §3.2's split against data parallelism (smoke
+    mode on a CPU: 2 gloo processes, tiny sizes, fp32)."""
+    result = out / "towers.json"
+    cuda = device.startswith("cuda")
+    sizes = ["--size", "64", "--batch", "8", "--steps", "1"] if smoke else ["--size", "224", "--batch", "256"]
+    cmd = [sys.executable, "benchmarks/towers.py", "--device", "cuda" if cuda else "cpu",
+           "--precision", "bf16" if cuda else "fp32", *sizes, "--json", str(result)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        return {"status": "failed", "command": " ".join(cmd), "output_tail": (proc.stdout + proc.stderr)[-3000:]}
+    r = json.loads(result.read_text())
+    s, b = r["seconds"], r["bytes_sent"]
+    return {"command": " ".join(cmd[1:]), "step_s": s, "bytes_sent": b, "device": r["device"],
+            "summary": f"towers {1000 * s['towers']:.0f} ms/step, {b['towers'] / 1e6:.0f} MB sent; data parallel "
+                       f"{1000 * s['data']:.0f} ms/step, {b['data'] / 1e6:.0f} MB: {s['data'] / s['towers']:.2f}x the "
+                       f"step rate"}
 
 
 def minutes_run(device: str, data: Path, out: Path, smoke: bool, minutes: float = 2) -> dict:
@@ -316,7 +340,7 @@ def positive(text: str) -> float:
     return value
 
 
-OPTIONAL = ("nvjpeg", "bench", "resident", "train", "minutes")  # the stages --only can pick
+OPTIONAL = ("nvjpeg", "bench", "resident", "train", "minutes", "towers")  # the stages --only can pick
 
 
 def main(argv=None) -> int:
@@ -351,7 +375,8 @@ def main(argv=None) -> int:
         return 1
     data, source = found["data"], found["source"]
     for name, key in (("nvjpeg twice", "nvjpeg"), ("bench", "bench"), ("resident", "resident"),
-                      ("train fast", "train"), ("train --minutes", "minutes"), ("train 2 processes", "train")):
+                      ("train fast", "train"), ("train --minutes", "minutes"), ("train 2 processes", "train"),
+                      ("towers", "towers"), ("train towers", "towers")):
         if key not in only:
             report[name] = {"status": "skipped", "seconds": 0, "reason": f"not in --only {args.only}"}
     if "nvjpeg" in only:
@@ -373,6 +398,14 @@ def main(argv=None) -> int:
     elif "train" in only:
         report["train 2 processes"] = {"status": "skipped", "seconds": 0,
                                        "reason": f"{gpus} GPU(s) here: the NCCL run needs 2 or more"}
+    if "towers" in only and (gpus >= 2 or (args.smoke and device == "cpu")):
+        stage(report, "towers")(towers_stage, device, Path(args.out), args.smoke)
+        stage(report, "train towers")(train_run, device, data, Path(args.out) / "run-towers", args.smoke, nproc=2,
+                                      minutes=args.train_minutes, parallel="towers")
+    elif "towers" in only:
+        for name in ("towers", "train towers"):
+            report[name] = {"status": "skipped", "seconds": 0,
+                            "reason": f"{gpus} GPU(s) here: §3.2's towers need 2 (one tower per GPU)"}
     (Path(args.out) / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     text = table(report)
     (Path(args.out) / "gpu_check.md").write_text(text)

@@ -17,7 +17,11 @@ def test_the_gpu_check_runs_every_stage_in_smoke_mode(tmp_path, capsys):
     stages = {k: v["status"] for k, v in report.items() if isinstance(v, dict) and "status" in v}
     assert stages["environment"] == stages["bench"] == stages["train fast"] == "ok", stages
     assert set(stages) == {"environment", "cuda tests", "data", "nvjpeg twice", "bench", "resident", "train fast",
-                           "train --minutes", "train 2 processes"}
+                           "train --minutes", "train 2 processes", "towers", "train towers"}
+    # §3.2's towers: on a CPU in smoke mode, 2 gloo processes; the bytes are the plan's
+    assert stages["towers"] == stages["train towers"] == "ok", report["towers"]
+    assert report["towers"]["bytes_sent"]["towers"] < report["towers"]["bytes_sent"]["data"]
+    assert report["train towers"]["world_size"] == 2 and report["train towers"]["ranks_in_sync"]
     minutes = report["train --minutes"]  # the budget recipe's run, timed whole
     assert stages["train --minutes"] == "ok" and 0 <= minutes["top1"] <= 1 and minutes["images_per_s"] > 0
     assert minutes["views"] == 2 and any(line.startswith("chosen:") for line in minutes["recipe"])
