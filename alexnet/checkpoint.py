@@ -20,11 +20,13 @@ import os
 import random
 import re
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from . import weightsfile
 from .errors import UserError
 from .fileio import atomic_write
 
@@ -70,16 +72,24 @@ def load(path: str | Path) -> dict:
 
 
 def read_file(path: str | Path, what: str = "checkpoint", error: type[UserError] = CheckpointError) -> object:
-    """The one torch.load of a file named as a checkpoint or as weights, for every command:
-    weights_only, so that opening a file runs no code, with argparse.Namespace allowed (torchvision's
-    reference scripts store their arguments as "args"). Raises `error`, one line naming the file
-    as `what`, for a missing file, a folder, a file that pickles other Python objects (named), and
-    a damaged or truncated one (with the first sentence of torch's reason, and the size)."""
+    """The one reader of a file named as a checkpoint or as weights, for every command: a
+    safetensors file (named .safetensors, or starting as one) through safetensors' own reader, as
+    an alexnet.weightsfile.WeightsFile; anything else through torch.load, weights_only, so that
+    opening a file runs no code, with argparse.Namespace allowed (torchvision's reference scripts
+    store their arguments as "args"). Raises `error`, one line naming the file as `what`, for a
+    missing file, a folder, a file that pickles other Python objects (named), and a damaged or
+    truncated one (with the first sentence of torch's or safetensors' reason, and the size)."""
     path = Path(path)
     if not path.exists():
         raise error(f"{what} not found: {path}")
     if not path.is_file():
         raise error(f"{what} {path} is not a file (a folder of alexnet train holds best.pt and last.pt)")
+    if weightsfile.is_safetensors(path):
+        return weightsfile.read(path, what, error)
+    program = exported_program(path)
+    if program:  # what `alexnet export` writes besides safetensors: a program, whose weights are not ours to read
+        raise error(f"{what} {path} is {program} program, not weights: give the checkpoint it was exported from "
+                    f"(or export that with --format safetensors)")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -97,6 +107,23 @@ def read_file(path: str | Path, what: str = "checkpoint", error: type[UserError]
                     f"{path.stat().st_size:,} bytes)") from None
 
 
+def exported_program(path: Path) -> str | None:
+    """"an ONNX", "a TorchScript" or "a torch.export (.pt2)" when `path` holds such a program (by
+    its extension, or the members of its zip archive), else None; for messages."""
+    if path.suffix.lower() == ".onnx":
+        return "an ONNX"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return None
+    if any(n.endswith("/archive_format") for n in names):
+        return "a torch.export (.pt2)"
+    if any(n.endswith("/constants.pkl") or "/code/__torch__/" in n for n in names):
+        return "a TorchScript"
+    return None
+
+
 def ours(state: object, path: str | Path) -> dict:
     """`state` (a loaded file) if it is one of our checkpoints of this version; else CheckpointError
     saying what the file holds instead."""
@@ -110,6 +137,8 @@ def ours(state: object, path: str | Path) -> dict:
 
 def describe(obj: object) -> str:
     """What a loaded file that is not our checkpoint holds, in a few words, for messages."""
+    if isinstance(obj, weightsfile.WeightsFile):
+        return f"{'alexnet weights' if obj.ours else 'a state dict'} in safetensors ({len(obj.tensors)} tensors)"
     if not isinstance(obj, dict):
         return f"a {type(obj).__name__}"
     if isinstance(obj.get("model"), dict) and isinstance(obj.get("args"), argparse.Namespace):

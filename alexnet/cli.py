@@ -30,7 +30,8 @@ COMMANDS: dict[str, tuple[str | None, int | None, str]] = {
     "features": ("alexnet.features:main_features", None, "fc7 feature vectors of a data set"),
     "neighbors": ("alexnet.features:main_neighbors", None, "nearest training images in fc7 space (the paper's Fig. 4, right)"),
     "filters": ("alexnet.plots:main", None, "draw the conv1 kernels (the paper's Fig. 3)"),
-    "export": ("alexnet.export:main", None, "export a checkpoint to ONNX or TorchScript"),
+    "export": ("alexnet.export:main", None, "export a checkpoint to ONNX, TorchScript, torch.export (.pt2) or "
+                                            "safetensors"),
     "serve": ("alexnet.serve.server:main", None, "a web page and HTTP API for predictions"),
     "bench": ("alexnet.bench:main", None, "measure speed against torchvision's reference pipeline"),
     "ablate": ("alexnet.ablate:main", None, "re-measure the paper's claims (LRN, pooling, towers, PCA colour, "
@@ -228,13 +229,18 @@ def build_parser() -> Parser:
     p.add_argument("--out", default="conv1.png", metavar="PNG")
 
     p = command("export", "  alexnet export runs/x/best.pt model.onnx            # the format from the extension\n"
-                          "  alexnet export --weights torchvision alexnet.pt   # .pt: TorchScript",
-                usage="alexnet export CKPT OUT [--format onnx|torchscript]\n       alexnet export --weights W OUT")
+                          "  alexnet export --weights torchvision alexnet.pt   # .pt: TorchScript\n"
+                          "  alexnet export runs/x/best.pt model.pt2             # torch.export, for torch.export.load\n"
+                          "  alexnet export runs/x/best.pt model.safetensors     # the weights, readable as CKPT or --weights",
+                usage="alexnet export CKPT OUT [--format onnx|torchscript|pt2|safetensors]\n"
+                      "       alexnet export --weights W OUT")
     p.add_argument("paths", metavar="CKPT OUT", nargs="+", help="checkpoint file (or --weights) and the file to write")
     p.add_argument("--checkpoint", dest="checkpoint_flag", metavar="CKPT", help="the same as CKPT")
-    p.add_argument("--weights", help="'torchvision' (published AlexNet weights) or a .pth file, instead of CKPT")
-    p.add_argument("--format", choices=["onnx", "torchscript"],
-                   help="default: from OUT's extension (.onnx: onnx; .pt, .pts, .torchscript: torchscript)")
+    p.add_argument("--weights", help="'torchvision' (published AlexNet weights) or a weights file (.pth, "
+                                      ".safetensors), instead of CKPT")
+    p.add_argument("--format", choices=["onnx", "torchscript", "pt2", "safetensors"],
+                   help="default: from OUT's extension (.onnx: onnx; .pt, .pts, .torchscript: torchscript; "
+                        ".pt2: pt2; .safetensors: safetensors)")
 
     p = command("serve", "Examples:\n  alexnet serve --checkpoint runs/x/best.pt      # then open http://127.0.0.1:8000/\n"
                          "  alexnet serve --checkpoint best.pt --features train_fc7.npy   # + nearest training images\n"
@@ -349,7 +355,7 @@ def run(args: argparse.Namespace) -> int:
             distributed.shutdown()
 
 
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pth.tar", ".ckpt")
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pth.tar", ".ckpt", ".safetensors")
 
 
 def run_folder_checkpoint(path: str) -> str:

@@ -1,12 +1,18 @@
-"""`alexnet export CKPT --format onnx|torchscript OUT`: the network with its preprocessing.
+"""`alexnet export CKPT OUT --format onnx|torchscript|pt2|safetensors`: the network for other tools.
 
-The exported graph takes what a user has: RGB images already resized to the network's input
-(C x C, the centre crop of the shorter-side-S image, §2) as float32 on the 0-255 scale, shape
-(batch, 3, C, C), and returns the logits (softmax gives the probabilities). The mean subtraction the
-network was trained with (the training set's mean image cropped to the centre, or per-channel
-mean/std) is inside the graph, so nothing about normalisation can be got wrong downstream. The
-file's metadata says the rest: input size S and C, the normalisation, the class ids and names, and
-where it came from (ONNX metadata_props; for TorchScript an `alexnet.json` extra file).
+onnx, torchscript and pt2 (torch.export's ExportedProgram, what AOTInductor compiles; TorchScript
+is in maintenance) are programs. Each takes what a user has: RGB images already resized to the
+network's input (C x C, the centre crop of the shorter-side-S image, §2) as float32 on the 0-255
+scale, shape (batch, 3, C, C), any batch size, and returns the logits (softmax gives the
+probabilities). The mean subtraction the network was trained with (the training set's mean image
+cropped to the centre, or per-channel mean/std) is inside the program, so nothing about
+normalisation can be got wrong downstream. safetensors holds the weights alone, for other tools and
+for every command here (alexnet.weightsfile). Every file's metadata says the rest: the variant,
+input size S and C, the normalisation, the class ids and names, and where it came from with its
+SHA-256 (ONNX metadata_props; an `alexnet.json` extra file for TorchScript and pt2; the
+safetensors header).
+
+    torch.export.load("model.pt2").module()(images)     # (B, 3, C, C) RGB 0-255 -> (B, classes) logits
 """
 from __future__ import annotations
 
@@ -18,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from . import runtime
+from . import runtime, weightsfile
 from .errors import UserError
-from .fileio import writable_output
+from .fileio import atomic_write, writable_output
 from .inference import Network, load_any
 
 
@@ -84,15 +90,20 @@ class WithPreprocessing(torch.nn.Module):
         return self.net((images - self.mean) * self.inv_std)
 
 
-def metadata(net: Network) -> dict:
+def metadata(net: Network, inside: bool = True) -> dict:
+    """What an exported file says about its network: variant, source and its SHA-256, input, sizes,
+    normalisation, output, classes. inside: the mean subtraction is in the program (onnx,
+    torchscript, pt2), not for a weights file, whose user subtracts it (safetensors)."""
     n = net.norm
+    where = "inside the graph" if inside else "subtract it before the network"
     return {
-        "producer": "alexnet", "source": net.source, "source_sha256": net.sha256,
+        "producer": "alexnet", "variant": getattr(net.model, "variant", None),
+        "source": net.source, "source_sha256": net.sha256,
         "input": f"float32 RGB, 0-255, shape (batch, 3, {net.crop}, {net.crop}): the centre {net.crop}x{net.crop} "
                  f"crop of the image resized so that its shorter side is {net.size}",
         "input_size": net.crop, "resize_shorter_side": net.size,
-        "normalization": ("per-pixel mean image of the training set (inside the graph)" if n.mean_image is not None
-                          else "per-channel (x - mean) / std (inside the graph)"),
+        "normalization": (f"per-pixel mean image of the training set ({where})" if n.mean_image is not None
+                          else f"per-channel (x - mean) / std ({where})"),
         "mean_rgb": (n.mean_image.mean((1, 2)) if n.mean_image is not None else n.mean).tolist(),
         "std_rgb": None if n.std is None else n.std.tolist(),
         "output": "logits (batch, classes); softmax gives the probabilities",
@@ -101,10 +112,25 @@ def metadata(net: Network) -> dict:
 
 
 def export(net: Network, fmt: str, out: str | Path) -> Path:
+    """Write `net` (on the CPU, fp32) to `out` in `fmt` (FORMATS); returns `out`. Raises UserError
+    for an unknown format."""
     out = Path(out)
-    module = WithPreprocessing(net.to("cpu")).eval()
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format {fmt!r}; use {', '.join(FORMATS)}")
+    net = net.to("cpu")
+    if fmt == "safetensors":
+        return weightsfile.write(net, out, metadata(net, inside=False))
+    # the weights in the default layout: channels_last is this process's inference choice, and torch.export's
+    # save warns about each such tensor ("No complete tensor found")
+    module = WithPreprocessing(net).eval().to(memory_format=torch.contiguous_format)
     example = torch.rand(2, 3, net.crop, net.crop) * 255
     meta = metadata(net)
+    if fmt == "pt2":
+        # the batch axis is dynamic (any size from 1); the image side is fixed, as the network's input is
+        batch = torch.export.Dim("batch", min=1)
+        program = torch.export.export(module, (example,), dynamic_shapes={"images": {0: batch}})
+        extra = {"alexnet.json": json.dumps(meta)}
+        return atomic_write(out, lambda f: torch.export.save(program, f, extra_files=extra))
     if fmt == "torchscript":
         # TorchScript is in maintenance: torch's FutureWarnings about it say nothing a user of this
         # command can act on; the file is what it always was
@@ -114,8 +140,6 @@ def export(net: Network, fmt: str, out: str | Path) -> Path:
             traced = torch.jit.trace(module, example)
             torch.jit.save(traced, str(out), _extra_files={"alexnet.json": json.dumps(meta)})
         return out
-    if fmt != "onnx":
-        raise UserError(f"unknown export format {fmt!r}; use onnx or torchscript")
     import onnx
 
     # the TorchScript-based exporter (dynamo=False) needs no onnxscript; its deprecation and tracer
@@ -135,7 +159,11 @@ def export(net: Network, fmt: str, out: str | Path) -> Path:
     return out
 
 
-EXTENSIONS = {".onnx": "onnx", ".pt": "torchscript", ".pts": "torchscript", ".torchscript": "torchscript"}
+FORMATS = ("onnx", "torchscript", "pt2", "safetensors")
+EXTENSIONS = {".onnx": "onnx", ".pt": "torchscript", ".pts": "torchscript", ".torchscript": "torchscript",
+              ".pt2": "pt2", ".safetensors": "safetensors"}
+NAMES = {"onnx": ("an ONNX", ".onnx"), "torchscript": ("a TorchScript", ".pt"), "pt2": ("a torch.export", ".pt2"),
+         "safetensors": ("a safetensors", ".safetensors")}  # for messages: the file's kind and its usual extension
 
 
 def paths_and_format(paths: list[str], weights: str | None, fmt: str | None) -> tuple[str | None, str, str]:
@@ -149,12 +177,11 @@ def paths_and_format(paths: list[str], weights: str | None, fmt: str | None) -> 
     checkpoint, out = (None, paths[0]) if len(paths) == 1 else paths
     implied = EXTENSIONS.get(Path(out).suffix.lower())
     if fmt is None and implied is None:
-        raise UserError(f"cannot tell the format from {out}'s extension: name it .onnx or .pt, or give "
-                        f"--format onnx|torchscript")
+        raise UserError(f"cannot tell the format from {out}'s extension: name it .onnx, .pt (TorchScript), .pt2 or "
+                        f".safetensors, or give --format {'|'.join(FORMATS)}")
     if fmt is not None and implied is not None and fmt != implied:
-        raise UserError(f"{out} has the extension of a{'n ONNX' if implied == 'onnx' else ' TorchScript'} file but "
-                        f"--format is {fmt}: name it {Path(out).with_suffix('.onnx' if fmt == 'onnx' else '.pt')} "
-                        f"or leave --format out")
+        raise UserError(f"{out} has the extension of {NAMES[implied][0]} file but --format is {fmt}: name it "
+                        f"{Path(out).with_suffix(NAMES[fmt][1])} or leave --format out")
     return checkpoint, out, fmt or implied
 
 
@@ -167,5 +194,7 @@ def main(args) -> int:
     if args.format == "onnx" and importlib.util.find_spec("onnx") is None:
         raise UserError("ONNX export needs the onnx package: pip install onnx onnxruntime")
     path = export(net, args.format, args.out)
-    print(f"{path}: {args.format}, input (batch, 3, {net.crop}, {net.crop}) RGB 0-255, {len(net.classes)} classes")
+    what = ("weights; the mean subtraction and sizes are in its metadata" if args.format == "safetensors"
+            else f"input (batch, 3, {net.crop}, {net.crop}) RGB 0-255")
+    print(f"{path}: {args.format}, {what}, {len(net.classes)} classes")
     return 0

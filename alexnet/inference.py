@@ -41,6 +41,7 @@ class Network:
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype | None = None  # the weights' and activations' dtype (None: fp32), see alexnet.runtime
     validation: dict | None = None  # the training run's best validation {"top1", "top5", "epoch"}, when known
+    config: dict | None = None  # the model config it was built from (alexnet.model.build's), when known
 
     def to(self, device, dtype: torch.dtype | None = None) -> "Network":
         """Move to `device`, with the weights in `dtype` (bf16/fp16; None: fp32) and channels_last.
@@ -104,20 +105,27 @@ def normalisation_of(data: dict) -> A.Normalize:
     return A.Normalize(mean=torch.as_tensor(data["mean"]).float(), std=torch.as_tensor(data["std"]).float())
 
 
-def from_source(src: weights.Source, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Network:
-    """A ready network from weights read by alexnet.weights; every tensor must fit (WeightsError
-    lists the ones that do not), and the normalisation is the one the weights were trained with."""
+def model_from_source(src: weights.Source, **options) -> torch.nn.Module:
+    """The network the weights are for (its model config, with `options` over it: alexnet.model.build's
+    keywords), every tensor loaded from `src`, in eval mode. Raises WeightsError for weights of no
+    known network, and listing the tensors that do not fit."""
     if src.model is None:
         raise weights.WeightsError(f"{src.origin} ({src.kind}): not one of our checkpoints and not torchvision's "
                                    f"AlexNet layout (features.N / classifier.N keys); cannot tell which network it is")
-    n = src.num_classes
-    model = build(src.model, n, init="kaiming")  # every tensor is loaded next
+    model = build(src.model, src.num_classes, **{"init": "kaiming", **options})  # every tensor is loaded next
     weights.load_into(model, src, strict=True)
-    model.eval()
+    return model.eval()
+
+
+def from_source(src: weights.Source, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Network:
+    """A ready network from weights read by alexnet.weights; every tensor must fit (WeightsError
+    lists the ones that do not), and the normalisation is the one the weights were trained with."""
+    model = model_from_source(src)
+    n = src.num_classes
     classes = src.classes or [{"id": str(i), "name": f"class {i}"} for i in range(n)]
     d = src.data
     return Network(model, classes, int(d["size"]), int(d["crop"]), normalisation_of(d), src.origin, src.sha256,
-                   validation=src.validation).to(device, dtype)
+                   validation=src.validation, config=dict(src.model)).to(device, dtype)
 
 
 def load(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Network:

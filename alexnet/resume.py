@@ -175,7 +175,7 @@ def adopt_model(cfg: config_mod.Config, given: set[str], say: Callable = print) 
     if not spec or spec == "torchvision":
         return cfg
     src = weights.read(spec)  # a missing or foreign file: the same one-line error as initialise's
-    if src.kind != "alexnet checkpoint":
+    if not src.ours:  # ours (a checkpoint, or its safetensors export) carry their whole model config
         return cfg
     defaults = config_mod.to_dict(config_mod.Config())["model"]  # keys added since it was written
     theirs = network({**defaults, **src.model})

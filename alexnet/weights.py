@@ -15,11 +15,16 @@ which torchvision's reference scripts store as "args", is allowed):
   (torchvision's references/classification; its --val-resize-size/--val-crop-size are used);
 - `{"state_dict": ..., "arch": ..., "best_acc1": ...}` (pytorch/examples' imagenet script);
 - keys carrying the prefixes wrappers add: `module.` (DataParallel, DDP), `features.module.`
-  (pytorch/examples wraps alexnet's features in DataParallel), `_orig_mod.` (torch.compile).
+  (pytorch/examples wraps alexnet's features in DataParallel), `_orig_mod.` (torch.compile);
+- safetensors: what `alexnet export --format safetensors` writes (the weights with our metadata:
+  read as one of our checkpoints) and any other state dict in safetensors (alexnet.weightsfile).
 torchvision's key names (`features.0.weight`) map onto ours (`conv1.weight`) as the model's load hook
 does. A tensor is copied when the network has the same name with the same shape; the others are
 re-initialised (a new classifier head when the class count differs: §6's fine-tuning) or ignored,
-each with its reason.
+each with its reason. A source tensor stored in another floating dtype (float16, bfloat16, float64,
+as hubs publish) is converted, as load_state_dict does, and the table says so; a non-floating one
+(int64, bool) where the network has floating-point weights is a WeightsError: such a file is
+damaged or holds something else, and converting it would load garbage without a word.
 
 Normalisation travels with the weights: torchvision's expect ImageNet's per-channel mean/std on the
 0-1 scale (here on the 0-255 scale), ours carry their training set's mean image or channel mean/std
@@ -33,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint
+from . import checkpoint, weightsfile
 from .errors import UserError
 from .fileio import sha256_file
 
@@ -60,6 +65,7 @@ class Source:
     data: dict | None = None  # normalisation: {"mean_mode", "mean", "std", "mean_image", "size", "crop"}
     notes: list[str] = field(default_factory=list)
     validation: dict | None = None  # our checkpoints: the run's best validation {"top1", "top5", "epoch"}
+    ours: bool = False  # written by alexnet (a checkpoint, or an export's safetensors): `model` is its whole config
 
     @property
     def num_classes(self) -> int | None:
@@ -97,12 +103,18 @@ def read(spec: str, what: str = "weights file") -> Source:
     path = Path(spec)
     if not path.exists() and what == "weights file":
         raise WeightsError(f"weights file not found: {path} (give 'torchvision', one of our checkpoints, "
-                           f"or a .pth state dict)")
-    obj = checkpoint.read_file(path, what, WeightsError if what == "weights file" else checkpoint.CheckpointError)
+                           f"or a state dict .pth or .safetensors)")
+    error = WeightsError if what == "weights file" else checkpoint.CheckpointError
+    obj = checkpoint.read_file(path, what, error)
     digest = sha256_file(path)
     if isinstance(obj, dict) and obj.get("format") == "alexnet-checkpoint":
         return from_checkpoint(checkpoint.ours(obj, path), str(path), digest)
     kind, state, args = "state dict", obj, None
+    if isinstance(obj, weightsfile.WeightsFile):
+        if obj.ours:
+            return Source(obj.tensors, "alexnet weights (safetensors)", str(path), digest, ours=True,
+                          **weightsfile.fields(obj, path, error))
+        kind, state = "state dict (safetensors)", obj.tensors
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         kind, state = "torchvision reference checkpoint ('model')", obj["model"]
         args = obj.get("args") if isinstance(obj.get("args"), argparse.Namespace) else None
@@ -145,18 +157,26 @@ def from_checkpoint(state: dict, origin: str, digest: str) -> Source:
     best = state.get("best")
     validation = dict(best) if isinstance(best, dict) and best.get("epoch") is not None else None
     return Source(dict(state["model"]), "alexnet checkpoint", origin, digest, dict(state["config"]["model"]),
-                  list(state["classes"]), dict(state["data"]), validation=validation)
+                  list(state["classes"]), dict(state["data"]), validation=validation, ours=True)
 
 
 def load_into(model: torch.nn.Module, source: Source, strict: bool = False,
               reinit: dict[str, str] | None = None) -> list[dict]:
     """Copy source tensors into `model` where names (after torchvision's renaming) and shapes
     match; the model's other tensors keep their initialisation, as do the keys of `reinit` (with
-    its reason). Returns one row per tensor: {"key", "action": "loaded" | "re-initialised" |
-    "ignored", "why"}. strict=True raises WeightsError listing every key that did not load (for
-    evaluating, not fine-tuning)."""
+    its reason). A floating tensor of another width is converted (its row says so). Returns one
+    row per tensor: {"key", "action": "loaded" | "re-initialised" | "ignored", "why"}. Raises
+    WeightsError, one line, for a non-floating source tensor where the model's is floating (see the
+    module docstring), and with strict=True for every key that did not load (for evaluating, not
+    fine-tuning)."""
     renamed = our_names(source.state)
     own = model.state_dict()
+    wrong = [f"{k} is {str(renamed[k].dtype).removeprefix('torch.')}" for k, t in own.items()
+             if k in renamed and t.is_floating_point() and not renamed[k].is_floating_point()]
+    if wrong:
+        raise WeightsError(f"{source.origin}: {', '.join(wrong[:4])}{' ...' if len(wrong) > 4 else ''}, where the "
+                           f"network's weights are floating point: the file is damaged or holds something other "
+                           f"than weights; export or save it again")
     rows, load = [], {}
     for key, tensor in own.items():
         if key in (reinit or {}):
@@ -169,7 +189,9 @@ def load_into(model: torch.nn.Module, source: Source, strict: bool = False,
                                 + (" (another number of classes: a new head)" if key.startswith("fc8.") else "")})
         else:
             load[key] = renamed[key]
-            rows.append({"key": key, "action": "loaded", "why": "same name and shape"})
+            dtype = renamed[key].dtype
+            rows.append({"key": key, "action": "loaded", "why": "same name and shape" + (
+                f" ({str(dtype).removeprefix('torch.')} in the source, converted)" if dtype != tensor.dtype else "")})
     rows += [{"key": k, "action": "ignored", "why": "not in this network"} for k in renamed if k not in own]
     if strict and len(load) < len(own):
         bad = [f"{r['key']} ({r['why']})" for r in rows if r["action"] != "loaded"]
