@@ -310,9 +310,9 @@ def build_parser() -> Parser:
     p.add_argument("--parallel", choices=["data", "towers"], default="data",
                    help="towers: what each of two devices holds and sends when alexnet2012's towers are split "
                         "(model.parallel=towers, §3.2), beside data parallelism's all-reduce")
-    p.add_argument("--batch", type=at_least(1), default=128, help="with --parallel towers: images per step per "
+    p.add_argument("--batch", type=at_least(1), help="with --parallel towers: images per step per "
                    "pair of devices (default 128, the paper's)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+    p.add_argument("--precision", choices=["fp32", "bf16"],
                    help="with --parallel towers: the number format of what crosses (default fp32)")
     p.add_argument("--json", metavar="OUT", help="also write the table as JSON")
     return parser

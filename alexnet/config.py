@@ -514,6 +514,9 @@ def validate(cfg: Config) -> None:
          "schedule.step_epochs must be >= 1, schedule.patience and max_decays >= 0"),
         (cfg.eval.batch_size >= 1 and cfg.eval.every >= 1,
          "eval.batch_size and eval.every must be at least 1"),
+        (cfg.optim.update == "torch" or not cfg.optim.nesterov,
+         "optim.nesterov needs optim.update=torch: the paper's update rule (§5) has no Nesterov form; add "
+         "--set optim.nesterov=false, or keep optim.update=torch"),
         # §3.2's split (alexnet.towers) exists for the one network that has two towers
         (cfg.model.parallel != "towers" or cfg.model.name == "alexnet2012",
          f"model.parallel=towers splits the two towers of alexnet2012 (§3.2); {cfg.model.name} has one tower: "

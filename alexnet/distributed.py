@@ -10,6 +10,7 @@ has none of them and runs as world size 1 through the same code.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -147,6 +148,18 @@ def compress_gradients(ddp: torch.nn.parallel.DistributedDataParallel, kind: str
         ddp.register_comm_hook(None, default_hooks.bf16_compress_hook)
     elif kind == "fp16":
         ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
+
+
+def peer_lost(error: BaseException) -> str | None:
+    """The reason, in a few words, when `error` is a collective's failure because another process
+    of the job is gone (gloo: "Connection reset by peer", "Connection closed by peer"; a broken
+    pipe), else None. gloo reports it at once; NCCL waits for its watchdog, and torchrun's agent
+    stops the job first."""
+    text = str(error) if isinstance(error, RuntimeError) else ""
+    if not re.search(r"Connection (reset|closed) by peer|Broken pipe|Socket closed", text):
+        return None
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return re.split(r"(?<=\.)\s", re.sub(r"^\[[^\]]*\]\s*", "", first))[0].rstrip(".")[:160]  # gloo's file:line off
 
 
 def barrier() -> None:

@@ -52,19 +52,24 @@ def towers_report(net, input_size: int, batch: int, precision: str) -> tuple[str
     rows = towers.plan(net, input_size)
     sent = towers.step_bytes(rows, batch, width)
     params = sum(p.numel() for p in net.parameters())
-    data_parallel = params * width  # every device's gradients, all-reduced each step
+    # every device's gradients, all-reduced each step: fp32 whatever the autocast precision (the
+    # weights are fp32), unless train.grad_compression halves them
+    data_parallel = params * 4
     per_image = sent["total"] / batch
     header = ("layer", "each device holds", "params per device", "crosses between the devices, each way",
               "values/image", "MB/step")
+    def both(pair: list[int]) -> str:  # "2,048", or "4 / 3" where the towers' shares differ (odd sizes)
+        return f"{pair[0]:,}" if pair[0] == pair[1] else f"{pair[0]:,} / {pair[1]:,}"
+
     lines = []
     for r in rows:
         unit = "kernels" if r["layer"].startswith("conv") else "units"
         step = sum(e["values_per_image"][0] * (2 if e["backward"] else 1) for e in r.get("exchanges", []))
-        lines.append((r["layer"], f"{r['holds'][0]:,} of {r['of']:,} {unit}", f"{r['params'][0]:,}", r["crosses"] or "-",
-                      f"{r['values_per_image'][0]:,}" if r["values_per_image"][0] else "-",
+        lines.append((r["layer"], f"{both(r['holds'])} of {r['of']:,} {unit}", both(r["params"]), r["crosses"] or "-",
+                      both(r["values_per_image"]) if r["values_per_image"][0] else "-",
                       f"{step * batch * width / 1e6:.1f}" if step else "-"))
-    lines.append(("total", "", f"{sum(r['params'][0] for r in rows):,}", "",
-                  f"{sum(r['values_per_image'][0] for r in rows):,}", f"{sent['total'] / 1e6:.1f}"))
+    lines.append(("total", "", both([sum(r["params"][t] for r in rows) for t in range(2)]), "",
+                  both([sum(r["values_per_image"][t] for r in rows) for t in range(2)]), f"{sent['total'] / 1e6:.1f}"))
     widths = [max(len(x[i]) for x in [header, *lines]) for i in range(6)]
     fmt = lambda x: "  ".join(v.rjust(w) if i in (2, 4, 5) else v.ljust(w)  # noqa: E731
                               for i, (v, w) in enumerate(zip(x, widths))).rstrip()
@@ -73,13 +78,14 @@ def towers_report(net, input_size: int, batch: int, precision: str) -> tuple[str
         f"{net.variant} on two devices, one tower each (§3.2, Fig. 2): {net.fc8.out_features} classes, "
         f"{input_size}x{input_size} input, batch {batch} per pair of devices, {precision} ({width} bytes per value).",
         "MB/step: what one device sends per optimizer step, forward and backward (the backward pass sends back "
-        "as many values at every exchange but the logits).\n",
+        "as many values at every exchange but the logits); \"a / b\": tower 0's and tower 1's shares where they "
+        "differ, MB/step is tower 0's.\n",
         fmt(header), rule, *map(fmt, lines[:-1]), rule, fmt(lines[-1]), "",
         f"model.parallel=towers: each device sends {sent['total'] / 1e6:.1f} MB per step ({sent['forward'] / 1e6:.1f} "
         f"forward, {sent['backward'] / 1e6:.1f} backward), {per_image / 1e3:.0f} KB per image",
         f"model.parallel=data:   each device all-reduces the gradients of {params:,} parameters, "
-        f"{data_parallel / 1e6:.1f} MB per step whatever the batch (a ring all-reduce over 2 devices sends as much "
-        f"and receives as much)",
+        f"{data_parallel / 1e6:.1f} MB per step in fp32 whatever the batch (a ring all-reduce over 2 devices sends "
+        f"as much and receives as much; train.grad_compression=bf16 halves it)",
         f"at {batch} images per pair the split sends {data_parallel / sent['total']:.1f}x fewer bytes; the two are "
         f"even at {data_parallel / per_image:,.0f} images per pair"])
     report = {"parallel": "towers", "batch_per_pair": batch, "precision": precision, "bytes_per_value": width,
@@ -91,6 +97,12 @@ def towers_report(net, input_size: int, batch: int, precision: str) -> tuple[str
 def main(args) -> int:
     if args.json:
         writable_output(args.json, "JSON table")
+    towers_only = [flag for flag, value in (("--batch", args.batch), ("--precision", args.precision)) if value]
+    if args.parallel == "towers" and args.model is None:
+        raise UserError("--parallel towers describes a network: add --model alexnet2012")
+    if towers_only and args.parallel != "towers":
+        raise UserError(f"{' and '.join(towers_only)} describe{'s' if len(towers_only) == 1 else ''} what crosses "
+                        f"between the towers: add --parallel towers (and --model alexnet2012)")
     if args.model is None:
         env = environment()
         if args.json:
@@ -105,7 +117,7 @@ def main(args) -> int:
     if args.parallel == "towers":
         if args.model != "alexnet2012":
             raise UserError(f"--parallel towers splits the two towers of alexnet2012 (§3.2); {args.model} has one")
-        text, report = towers_report(net, args.input_size, args.batch, args.precision)
+        text, report = towers_report(net, args.input_size, args.batch or 128, args.precision or "fp32")
         print(text)
         if args.json:
             Path(args.json).write_text(json.dumps({"model": args.model, "input_size": args.input_size,

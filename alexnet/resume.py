@@ -65,9 +65,8 @@ def restore(run: Run, resume: str | None) -> bool:
         run.optimizer.load_state_dict(optimizer)
     run.schedule.load_state_dict(state["schedule"])
     run.scaler.load_state_dict(state["scaler"])
-    rng, ctx = state["rng"], run.rt.ctx  # one state per rank; another world size reuses rank 0's
-    checkpoint.set_rng_state(rng[ctx.rank] if isinstance(rng, list) and len(rng) == ctx.world_size
-                             else rng[0] if isinstance(rng, list) else rng)
+    rng, ctx = state["rng"], run.rt.ctx
+    checkpoint.set_rng_state(rng_state_for(rng, ctx))
     run.epoch, run.step, run.best = state["epoch"], state["step"], state["best"]
     run.elapsed = state.get("elapsed_s", 0.0)
     if state["data"].get("normalisation") == "weights":  # a fine-tuning run: its initial weights' normalisation
@@ -83,6 +82,18 @@ def restore(run: Run, resume: str | None) -> bool:
                 f"global batch and the order of the images are unchanged, so the run continues at the same image; "
                 f"only the ranks' dropout streams start from rank 0's saved state")
     return True
+
+
+def rng_state_for(rng: list | dict, ctx) -> dict:
+    """This process's RNG state from a checkpoint's (a list with one per rank; a dict from old
+    checkpoints): its own rank's when the world size is the same, else rank 0's. With
+    model.parallel=towers both processes of a pair take the state of its first rank, whoever wrote
+    the checkpoint, so that they draw the same dropout masks (alexnet.towers)."""
+    if not isinstance(rng, list):
+        return rng
+    if len(rng) != ctx.world_size:
+        return rng[0]
+    return rng[ctx.rank - ctx.rank % ctx.towers]
 
 
 def initialise(run: Run) -> None:

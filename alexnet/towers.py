@@ -41,13 +41,13 @@ towers' ungrouped kernels; conv3 and the FC layers read everything and are cut b
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from .distributed import peer_lost
 from .errors import UserError
 from .lrn import LocalResponseNorm
 from .model import AlexNet
@@ -121,6 +121,11 @@ class Layout:
         tower, replica = rank % TOWERS, rank // TOWERS
         return cls(tower, replica, world_size // TOWERS, rank ^ 1, pairs[replica], replicas[tower])
 
+    def __deepcopy__(self, memo) -> "Layout":
+        """The same layout: a copy of a TowerNet (the moving average of its weights, alexnet.ema)
+        sits on the same processes, and process groups cannot be copied."""
+        return self
+
     @property
     def counts(self) -> bool:
         """Whether this process's batches count in the job's sums (losses, accuracies, images):
@@ -144,8 +149,7 @@ def _swap(x: torch.Tensor, peer: int, shape: torch.Size, where: str) -> torch.Te
                                             dist.P2POp(dist.irecv, theirs, peer)]):
             work.wait()
     except RuntimeError as e:
-        reason = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
-        reason = re.split(r"(?<=\.)\s", re.sub(r"^\[[^\]]*\]\s*", "", reason))[0].rstrip(".")  # gloo's file:line off
+        reason = peer_lost(e) or next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
         raise PartnerLost(f"the process of the other tower (rank {peer}) is gone: the exchange at the {where} "
                           f"failed ({reason[:160]}). A tower cannot go on alone; run the same command again to "
                           f"resume from the last checkpoint") from None
@@ -334,7 +338,8 @@ def plan(net: nn.Module, input_size: int = 224) -> list[dict]:
         what = (f"{label} {shape[1]}x{shape[2]}x{shape[0] // TOWERS} per tower" if len(shape) == 3
                 else f"{label} {sent[0]:,} units per tower")
         row = by_name["fc8"] if into == "logits" else by_name[into]
-        text = f"output: {sent[0]:,} logits per tower" if into == "logits" else f"input: {what}"
+        logits = f"{sent[0]:,} logits per tower" if sent[0] == sent[1] else f"{sent[0]:,} / {sent[1]:,} logits"
+        text = f"output: {logits}" if into == "logits" else f"input: {what}"
         row["crosses"] = text if row["crosses"] is None else f"{row['crosses']}; {text}"
         row["values_per_image"] = [a + b for a, b in zip(row["values_per_image"], sent)]
         row.setdefault("exchanges", []).append({"at": f"{into} input" if into != "logits" else "logits",

@@ -605,9 +605,12 @@ def train(cfg: config_mod.Config, resume: str | None = None, progress: bool = Tr
                     # then fails on its own ("unexpected pos"); atomic_write kept the old file
                     raise KeyboardInterrupt from None
                 death = worker_death(e)
-                if death is None:
-                    raise
-                raise UserError(worker_died(run, death)) from None
+                if death is not None:
+                    raise UserError(worker_died(run, death)) from None
+                lost = distributed.peer_lost(e) if run.rt.ctx.distributed else None
+                if lost is not None:  # e.g. a tower's partner killed while a checkpoint gathered its half
+                    raise UserError(process_lost(run, lost)) from None
+                raise
             finally:
                 # the SIGCHLD handler's error can also land where Python can only print it ("Exception
                 # ignored in ..." with a traceback, e.g. inside logging's lock release); the loader
@@ -704,6 +707,15 @@ def worker_died(run: Run, error: RuntimeError) -> str:
     cause = str(error).splitlines()[0].strip().rstrip(".")
     return (f"a data-loading worker process died in epoch {run.epoch + 1} ({cause}; a worker killed by signal "
             f"Killed is often the out-of-memory killer's work: give fewer --workers or a smaller batch). {resume}")
+
+
+def process_lost(run: Run, reason: str) -> str:
+    """The one line for another process of the job that died mid-run (a collective failed): no
+    checkpoint is written then, and the last one written stands (written atomically)."""
+    last = run.out / "last.pt"
+    resume = (f"run the same command again to resume from {last} (the last checkpoint written)" if last.is_file()
+              else "no checkpoint was written yet: the same command starts again")
+    return f"another process of this job is gone ({reason}), in epoch {run.epoch + 1}: {resume}"
 
 
 def data_summary(ds, cfg, loader, from_weights: bool = False) -> dict:

@@ -144,3 +144,11 @@ def test_dump_round_trips(tmp_path, name):
     path = tmp_path / "config.yaml"
     config.save(cfg, path)
     assert config.resolve(None, files=[path]) == cfg  # a saved run config is a valid --config
+
+
+def test_nesterov_with_the_papers_update_rule_is_a_config_error():
+    # §5's rule has no Nesterov form: refused when the config is read (exit 2), not as a traceback
+    # when the optimizer is built
+    with pytest.raises(config.ConfigError, match="optim.nesterov needs optim.update=torch"):
+        config.resolve("tiny", sets=["optim.update=paper"])
+    assert config.resolve("tiny", sets=["optim.update=paper", "optim.nesterov=false"]).optim.update == "paper"

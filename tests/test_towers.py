@@ -149,14 +149,16 @@ def test_a_pair_member_that_dies_stops_its_partner_with_a_message():
 # ----------------------------------------------------------------------------- training
 
 def test_twenty_split_steps_end_at_the_one_device_weights(tiny, tmp_path):
-    # batch norm, dropout 0.5 (the tiny preset's network with dropout on): the towers see the same
-    # images and draw the same masks, so the pair is the one-device network step for step
-    sets = ["train.epochs=2", "train.batch_size=8", "model.dropout=0.5"]  # 80 images: 2 x 10 steps
+    # batch norm, dropout 0.5 (the tiny preset's network with dropout on), a moving average of the
+    # weights: the towers see the same images and draw the same masks, so the pair is the
+    # one-device network step for step
+    sets = ["train.epochs=2", "train.batch_size=8", "model.dropout=0.5", "train.ema=0.9"]  # 80 images: 2 x 10 steps
     run(train_cmd(tiny, tmp_path / "one", *sets))
     run(train_cmd(tiny, tmp_path / "two", *sets, "model.parallel=towers", procs=2))
     one, two = checkpoint.load(tmp_path / "one" / "last.pt"), checkpoint.load(tmp_path / "two" / "last.pt")
     assert (two["epoch"], two["config"]["model"]["parallel"]) == (2, "towers")
     assert_close_states(one["model"], two["model"])  # the ordinary one-device state dict
+    assert_close_states(one["ema"], two["ema"])  # the moving average, gathered alike
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     reference = json.loads((tmp_path / "one" / "summary.json").read_text())
     assert summary["parallel"] == "towers" and summary["replicas"] == 1
@@ -234,6 +236,25 @@ def test_what_towers_cannot_run_is_one_line_before_any_work(tiny, tmp_path, sets
         assert "Traceback" not in proc.stderr
 
 
+def test_a_pair_resumes_with_one_random_state_whoever_wrote_the_checkpoint():
+    from alexnet.distributed import Context
+    from alexnet.resume import rng_state_for
+    states = [{"rank": r} for r in range(4)]  # a 4-process checkpoint: one state per rank
+    towers4 = [rng_state_for(states, Context(rank=r, world_size=4, towers=2))["rank"] for r in range(4)]
+    assert towers4 == [0, 0, 2, 2]  # both towers of a pair draw the same dropout masks
+    assert [rng_state_for(states, Context(rank=r, world_size=4))["rank"] for r in range(4)] == [0, 1, 2, 3]
+    assert rng_state_for(states, Context(rank=1, world_size=2, towers=2))["rank"] == 0  # another world: rank 0's
+
+
+def test_a_collective_that_loses_a_process_is_named_in_one_line():
+    from alexnet.distributed import peer_lost
+    gloo = RuntimeError("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error "
+                        "[127.0.0.1]:56203: Connection reset by peer. This is typically caused by a remote worker "
+                        "hanging or bugs in the application. Check the logs of the remote worker. GLHF!")
+    assert peer_lost(gloo) == "Read error [127.0.0.1]:56203: Connection reset by peer"
+    assert peer_lost(RuntimeError("CUDA out of memory")) is None and peer_lost(ValueError("x")) is None
+
+
 def test_info_prints_what_each_device_holds_and_sends(tmp_path):
     report = tmp_path / "towers.json"
     proc = subprocess.run([sys.executable, "-m", "alexnet", "info", "--model", "alexnet2012", "--parallel", "towers",
@@ -248,3 +269,12 @@ def test_info_prints_what_each_device_holds_and_sends(tmp_path):
     assert sum(sum(r["params"]) for r in data["layers"]) == 60_965_224
     assert data["data_parallel_bytes_per_step"] == 60_965_224 * 4
     assert "even at 997 images per pair" in proc.stdout
+    # bf16 halves what crosses, not the fp32 gradients data parallelism all-reduces
+    bf16 = subprocess.run([sys.executable, "-m", "alexnet", "info", "--model", "alexnet2012", "--parallel", "towers",
+                           "--precision", "bf16", "--json", str(report)], capture_output=True, text=True, env=ENV)
+    half = json.loads(report.read_text())
+    assert half["towers_bytes_per_step"]["total"] * 2 == data["towers_bytes_per_step"]["total"]
+    assert half["data_parallel_bytes_per_step"] == 60_965_224 * 4, bf16.stdout
+    for args in (["--parallel", "towers"], ["--model", "alexnet2012", "--batch", "64"]):  # half-given: one line
+        bad = subprocess.run([sys.executable, "-m", "alexnet", "info", *args], capture_output=True, text=True, env=ENV)
+        assert bad.returncode == 2 and "--parallel towers" in bad.stderr and "Traceback" not in bad.stderr
