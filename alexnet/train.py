@@ -168,7 +168,7 @@ class Run:
             raise Diverged(f"training diverged before epoch {epoch + 1}, step {step}: tensors "
                            f"{', '.join(bad[:5])} hold NaN/inf, so {name} was not written (no checkpoint was "
                            f"written with non-finite weights): {self.resume_advice()}")
-        norm = self.global_norm(torch.tensor(param_norm(self.model))).item()  # sync point (a save)
+        norm = self.global_norm(torch.tensor(param_norm(self.model), dtype=torch.float64)).item()  # sync point (a save)
         # rank 0's verdict for all: the ranks' weights are equal, but a verdict must never differ
         blown = distributed.broadcast(self.guard.weights(norm) if self.guard is not None else None)
         if blown:
@@ -459,7 +459,8 @@ def fit(run: Run, progress: bool = True) -> dict:
             say(f"  {run.resumed_from.name} holds no moving average of the weights: train.ema starts from its weights")
         say(f"moving average of the weights: decay {cfg.train.ema:g} per optimizer step (half-life "
             f"{run.ema.half_life():,.0f} steps, {run.ema.half_life() / run.steps:.2g} epochs); validated beside them")
-    run.guard = BlowUpGuard(run.num_classes, run.global_norm(torch.tensor(param_norm(run.model))).item(),  # sync point
+    start_norm = run.global_norm(torch.tensor(param_norm(run.model), dtype=torch.float64)).item()  # sync point, once
+    run.guard = BlowUpGuard(run.num_classes, start_norm,
                             f"the resume from {run.resumed_from.name}" if run.resumed_from else "the start")
     with stopper:
         while run.epoch < cfg.train.epochs and not stopper.agreed_out_of_time():
