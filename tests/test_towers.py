@@ -146,6 +146,37 @@ def test_a_pair_member_that_dies_stops_its_partner_with_a_message():
     assert time.time() - t0 < 60  # stopped, not hung until a timeout
 
 
+def test_a_partner_lost_while_a_checkpoint_gathers_is_one_line(tiny, tmp_path):
+    # two processes started by hand (no torchrun agent to stop the survivor); tower 1 dies where the
+    # first checkpoint gathers its half (injected through sitecustomize, in that process only)
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('RANK') == '1':\n"
+        "    import alexnet.towers as t\n"
+        "    t.gather_state = lambda *a, **k: os._exit(9)\n")
+    port = free_port()
+    cmd = train_cmd(tiny, tmp_path / "lost", "train.epochs=2", "train.batch_size=8", "train.checkpoint_every=2",
+                    "model.parallel=towers")
+    procs = []
+    for rank in range(2):
+        env = {**ENV, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+               "PYTHONPATH": os.pathsep.join([str(inject), *filter(None, [os.environ.get("PYTHONPATH")])])}
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    try:
+        out, err = procs[0].communicate(timeout=120)
+    finally:
+        for p in procs:
+            p.kill()
+    assert procs[1].wait() == 9  # the injected death happened
+    assert procs[0].returncode == 2, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert "another process of this job is gone" in last and "Traceback" not in err, err[-2000:]
+    assert not (tmp_path / "lost" / "last.pt").exists()  # nothing half-written
+
+
 # ----------------------------------------------------------------------------- training
 
 def test_twenty_split_steps_end_at_the_one_device_weights(tiny, tmp_path):
