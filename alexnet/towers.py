@@ -270,27 +270,28 @@ def _half(m: nn.Module, tower: int) -> nn.Module:
     return copy.deepcopy(m)  # pooling, dropout, identity: no weights
 
 
-def gather_state(net: TowerNet, state: dict) -> dict | None:
-    """The one-device form of a per-tower dict of tensors (net.state_dict(), an EMA's): on the
-    processes of pair 0, the towers' parts gathered and joined (others: None). Every process of
-    the job calls it; the replicas of a tower hold the same weights, so pair 0 speaks for all."""
-    lay = net.layout
-    if lay.replica != 0:
+def _parts_on_rank_0(obj, layout: Layout) -> list | None:
+    """Both towers' `obj` (picklable, on the CPU) on tower 0 of pair 0, the process that writes
+    checkpoints (rank 0), in tower order; None elsewhere. Only pair 0 takes part: the replicas of a
+    tower hold the same weights, so pair 0 speaks for all."""
+    if layout.replica != 0:
         return None
-    parts = [None, None]
-    dist.all_gather_object(parts, {k: v.cpu() for k, v in state.items()}, group=lay.pair_group)
-    return join(parts)
+    parts = [None, None] if layout.tower == 0 else None
+    dist.gather_object(obj, parts, dst=0, group=layout.pair_group)  # dst: a global rank
+    return parts
+
+
+def gather_state(net: TowerNet, state: dict) -> dict | None:
+    """The one-device form of a per-tower dict of tensors (net.state_dict(), an EMA's), joined on
+    rank 0 (others: None). Every process of the job calls it."""
+    parts = _parts_on_rank_0({k: v.cpu() for k, v in state.items()}, net.layout)
+    return join(parts) if parts else None
 
 
 def gather_optimizer(net: TowerNet, state: dict) -> dict | None:
-    """An optimizer's state_dict in the one-device layout, on pair 0 (see gather_state)."""
-    lay = net.layout
-    if lay.replica != 0:
-        return None
-    cpu = optimizer_state(state, lambda i, k, v: v.cpu())
-    parts = [None, None]
-    dist.all_gather_object(parts, cpu, group=lay.pair_group)
-    return join_optimizer(parts)
+    """An optimizer's state_dict in the one-device layout, on rank 0 (see gather_state)."""
+    parts = _parts_on_rank_0(optimizer_state(state, lambda i, k, v: v.cpu()), net.layout)
+    return join_optimizer(parts) if parts else None
 
 
 def global_norm(norm: torch.Tensor, layout: Layout | None) -> torch.Tensor:

@@ -139,7 +139,7 @@ class Run:
 
     def full_state(self, module: torch.nn.Module | None = None) -> dict | None:
         """The one-device state dict of `module` (default the model): with model.parallel=towers
-        both towers' halves joined (every process calls this; pair 0's get it, others None)."""
+        both towers' halves joined (every process calls this; rank 0 gets it, others None)."""
         module = self.model if module is None else module
         if self.layout is None:
             return module.state_dict()
@@ -182,7 +182,7 @@ class Run:
         rng = distributed.gather(checkpoint.rng_state())  # every rank's, for an exact resume
         best = name == "best.pt"
         use_ema = best and self.best.get("weights") == "ema"  # best.pt holds the better of the two
-        # the one-device layout whatever the processes hold (towers: both halves gathered, on pair 0)
+        # the one-device layout whatever the processes hold (towers: both halves gathered, on rank 0)
         weights = self.full_state(self.ema.module if use_ema else self.model)
         ema = self.full_state(self.ema.module) if self.ema is not None and not best else None
         optimizer = None if best else self.optimizer.state_dict()
